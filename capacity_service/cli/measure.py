@@ -1,0 +1,170 @@
+"""`capacity measure`: train one model on N random samples (or search N) and report I."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from capacity_service.cli.common import (
+    ProgressBar,
+    fail,
+    load_json_file,
+    print_table,
+    set_path,
+    validate,
+)
+from capacity_service.specs import MODEL_KINDS, MeasureResult, MeasureSpec, NSearchResult
+
+# flag destination -> dotted path in the spec document
+MODEL_FLAGS = {
+    "width": "model.width",
+    "depth": "model.depth",
+    "n_in": "model.n_in",
+    "kernel": "model.kernel",
+    "conv_layers": "model.conv_layers",
+    "channels": "model.channels",
+    "input_size": "model.input_size",
+    "fc_hidden": "model.fc_hidden",
+    "hidden": "model.hidden",
+    "steps": "model.steps",
+}
+TRAIN_FLAGS = {
+    "lr": "train.lr",
+    "momentum": "train.momentum",
+    "batch_size": "train.batch_size",
+    "epochs": "train.epochs",
+    "lr_decay": "train.lr_decay",
+    "patience": "train.patience",
+    "max_decays": "train.max_decays",
+}
+TOP_FLAGS = {"n": "n", "seed": "seed", "device": "device"}
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "measure",
+        help="train one model on N random samples and report the bits it memorized",
+        description="Train a model to memorize N random binary samples and report the "
+        "accuracy p and the mutual information I = N (1 - H2(p)). The spec comes from "
+        "SPEC.json, from flags, or both (flags override the file).",
+    )
+    parser.add_argument("spec", nargs="?", help="JSON spec file ('-' for stdin)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", choices=MODEL_KINDS, help="model kind")
+    for flag in MODEL_FLAGS:
+        model.add_argument("--" + flag.replace("_", "-"), dest=flag, type=int)
+    train = parser.add_argument_group("training")
+    train.add_argument("--n", type=int, help="number of random samples N")
+    for flag in ("lr", "momentum", "lr_decay"):
+        train.add_argument("--" + flag.replace("_", "-"), dest=flag, type=float)
+    for flag in ("batch_size", "epochs", "patience", "max_decays"):
+        train.add_argument("--" + flag.replace("_", "-"), dest=flag, type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:i")
+    search = parser.add_argument_group("search over N")
+    search.add_argument(
+        "--search-n",
+        action="store_true",
+        help="grow N from the parameter count and bisect to the N with the largest I",
+    )
+    search.add_argument("--max-trials", type=int, default=12, help="trainings at most")
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.set_defaults(handler=run)
+
+
+def build_spec(args: argparse.Namespace) -> MeasureSpec:
+    document: dict[str, Any] = load_json_file(args.spec) if args.spec else {}
+    if args.model is not None:
+        current = document.get("model")
+        if not isinstance(current, dict) or current.get("kind") != args.model:
+            document["model"] = {"kind": args.model}
+    elif "model" not in document:
+        fail("no model given: pass SPEC.json or --model {" + ",".join(MODEL_KINDS) + "}")
+    for flags in (MODEL_FLAGS, TRAIN_FLAGS, TOP_FLAGS):
+        for dest, path in flags.items():
+            value = getattr(args, dest)
+            if value is not None:
+                set_path(document, path, value)
+    return validate(MeasureSpec, document, args.spec or "flags")
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = build_spec(args)
+    if args.max_trials < 1:
+        fail(f"--max-trials must be >= 1, got {args.max_trials}")
+    from capacity_service.science.device import DeviceUnavailableError, resolve_device
+
+    try:
+        resolve_device(spec.device)
+    except DeviceUnavailableError as error:
+        fail(f"device: {error}")
+
+    bar = None if args.quiet else ProgressBar()
+    on_epoch = None
+    if bar is not None:
+        progress = bar
+
+        def on_epoch(p: Any) -> None:
+            progress.update(
+                p.epoch,
+                p.epochs,
+                f"epoch {p.epoch}/{p.epochs} loss {p.loss:.4f} acc {p.accuracy:.4f} "
+                f"best {p.best_accuracy:.4f} lr {p.lr:.2g}",
+            )
+
+    if args.search_n:
+        from capacity_service.science.search import search_n
+
+        def on_trial(result: MeasureResult) -> None:
+            if bar is not None:
+                bar.prefix = f"N search, {result.n} done (I {result.mutual_information_bits:.0f}) "
+
+        found = search_n(spec, max_trials=args.max_trials, on_trial=on_trial, on_epoch=on_epoch)
+        if bar is not None:
+            bar.close()
+        document = search_document(found)
+        best = found.best
+    else:
+        from capacity_service.science.measure import measure
+
+        best = measure(spec, on_epoch)
+        if bar is not None:
+            bar.close()
+        document = best.model_dump(mode="json")
+    if args.json:
+        print(json.dumps(document))
+        return 0
+    rows = [
+        ("model", spec.model.model_dump_json(exclude_defaults=False)),
+        ("parameters", f"{best.params:,}"),
+        ("N", f"{best.n:,}"),
+        ("accuracy p", f"{best.accuracy:.4%}"),
+        ("I (bits)", f"{best.mutual_information_bits:,.1f}"),
+        ("bits/param", f"{best.bits_per_param:.3f}"),
+        ("epochs", str(best.epochs)),
+        ("wall seconds", f"{best.wall_seconds:.1f}"),
+        ("device", best.device),
+    ]
+    if best.conv_bits_per_param is not None:
+        rows.append(("conv bits/param", f"{best.conv_bits_per_param:.3f}"))
+    if best.diverged:
+        rows.append(("diverged", "yes: the loss became NaN or inf; lower --lr"))
+    print_table(rows)
+    if args.search_n:
+        print("\ncurve (N, accuracy, I):")
+        for point in found.curve:
+            bits = point.mutual_information_bits
+            print(f"  {point.n:>9,}  {point.accuracy:.4f}  {bits:,.1f}")
+    print("\n" + json.dumps(document))
+    return 0
+
+
+def search_document(found: NSearchResult) -> dict[str, Any]:
+    """The best trial's fields at the top level, plus the curve and every trial."""
+    document = found.best.model_dump(mode="json")
+    document["curve"] = [point.model_dump(mode="json") for point in found.curve]
+    document["trials"] = [trial.model_dump(mode="json") for trial in found.trials]
+    document["search_wall_seconds"] = found.wall_seconds
+    return document

@@ -1,0 +1,1 @@
+"""Pure computation: data, models, metrics, training. No database, no HTTP."""

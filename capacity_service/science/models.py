@@ -1,0 +1,207 @@
+"""FCDNN, CNN and RNN models of the memorization task, and their parameter groups.
+
+Every parameter tensor is an effective parameter: the recurrent cells are written here
+rather than taken from torch.nn.LSTM, whose two bias vectors per gate (bias_ih + bias_hh)
+would count one effective bias twice. Each model says, per tensor, which layer it belongs
+to and whether it is quantizable (hidden weights yes; biases and output layer no).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from pydantic import TypeAdapter
+from torch import nn
+
+from capacity_service.specs import (
+    CNNSpec,
+    FCDNNSpec,
+    ModelSpec,
+    ParameterCount,
+    ParameterGroup,
+    RNNSpec,
+)
+
+ModelSpecT = FCDNNSpec | CNNSpec | RNNSpec
+N_CLASSES = 2
+
+
+class MemorizationModel(nn.Module):
+    """A model that maps a batch of inputs to 2 logits and can describe its parameters."""
+
+    def layer_of(self, name: str) -> str:
+        """The layer kind of parameter `name`: dense, conv, recurrent or output."""
+        raise NotImplementedError
+
+    def parameter_groups(self) -> tuple[ParameterGroup, ...]:
+        groups = []
+        for name, tensor in self.named_parameters():
+            layer = self.layer_of(name)
+            is_weight = name.rsplit(".", 1)[-1].startswith("weight")
+            groups.append(
+                ParameterGroup(
+                    name=name,
+                    shape=tuple(tensor.shape),
+                    count=tensor.numel(),
+                    layer=layer,
+                    quantizable=is_weight and layer != "output",
+                )
+            )
+        return tuple(groups)
+
+
+class FCDNN(MemorizationModel):
+    def __init__(self, spec: FCDNNSpec) -> None:
+        super().__init__()
+        widths = [spec.input_bits] + [spec.width] * spec.depth
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
+        self.output = nn.Linear(spec.width, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, n_in) -> (B, 2)
+        for layer in self.hidden:
+            x = torch.relu(layer(x))
+        return self.output(x)  # type: ignore[no-any-return]
+
+    def layer_of(self, name: str) -> str:
+        return "output" if name.startswith("output.") else "dense"
+
+
+def pool_after(conv_layers: int) -> frozenset[int]:
+    """Indices of the convolution layers followed by one of the three 2x2 max-pools.
+
+    The pools are spread evenly over the stack and the last one closes it: 3 layers pool
+    after each; 9 layers after the 3rd, 6th and 9th.
+    """
+    return frozenset(round(conv_layers * k / 3) - 1 for k in (1, 2, 3))
+
+
+class CNN(MemorizationModel):
+    def __init__(self, spec: CNNSpec) -> None:
+        super().__init__()
+        channels = [1] + [spec.channels] * spec.conv_layers
+        self.convs = nn.ModuleList(
+            nn.Conv2d(a, b, spec.kernel, padding=spec.kernel // 2)
+            for a, b in itertools.pairwise(channels)
+        )
+        self.pools = pool_after(spec.conv_layers)
+        features = spec.channels * (spec.input_size // 8) ** 2
+        self.fc = nn.Linear(features, spec.fc_hidden) if spec.fc_hidden else None
+        self.output = nn.Linear(spec.fc_hidden or features, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, S, S) -> (B, 2)
+        for index, conv in enumerate(self.convs):
+            x = torch.relu(conv(x))
+            if index in self.pools:
+                x = nn.functional.max_pool2d(x, 2)
+        x = x.flatten(1)  # (B, C * (S/8)^2)
+        if self.fc is not None:
+            x = torch.relu(self.fc(x))
+        return self.output(x)  # type: ignore[no-any-return]
+
+    def layer_of(self, name: str) -> str:
+        if name.startswith("output."):
+            return "output"
+        return "conv" if name.startswith("convs.") else "dense"
+
+
+# Gate blocks per cell kind, stacked in PyTorch's order (LSTM i, f, g, o; GRU r, z, n).
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+class RecurrentCell(nn.Module):
+    """LSTM, GRU or tanh RNN layer with one effective bias per gate.
+
+    The GRU keeps a second bias for its candidate's hidden term (b_hn), because it sits
+    inside the reset gate's product and is not redundant with the input bias.
+    """
+
+    def __init__(self, cell: str, n_in: int, hidden: int) -> None:
+        super().__init__()
+        self.cell = cell
+        self.hidden = hidden
+        rows = GATES[cell] * hidden
+        self.weight_ih = nn.Parameter(torch.empty(rows, n_in))
+        self.weight_hh = nn.Parameter(torch.empty(rows, hidden))
+        self.bias = nn.Parameter(torch.zeros(rows))
+        self.bias_hn = nn.Parameter(torch.zeros(hidden)) if cell == "gru" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, n_in) -> the last hidden state (B, H)."""
+        w_ih, w_hh = self.weight_ih, self.weight_hh
+        batch, steps, _ = x.shape
+        inputs = torch.matmul(x, w_ih.t()) + self.bias  # (B, T, G*H): all steps at once
+        h = x.new_zeros(batch, self.hidden)
+        c = x.new_zeros(batch, self.hidden)
+        for t in range(steps):
+            recurrent = h @ w_hh.t()  # (B, G*H)
+            if self.cell == "lstm":
+                i, f, g, o = (inputs[:, t] + recurrent).chunk(4, dim=1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+            elif self.cell == "gru":
+                assert self.bias_hn is not None
+                x_r, x_z, x_n = inputs[:, t].chunk(3, dim=1)
+                h_r, h_z, h_n = recurrent.chunk(3, dim=1)
+                r = torch.sigmoid(x_r + h_r)
+                z = torch.sigmoid(x_z + h_z)
+                n = torch.tanh(x_n + r * (h_n + self.bias_hn))
+                h = (1 - z) * n + z * h
+            else:
+                h = torch.tanh(inputs[:, t] + recurrent)
+        return h
+
+
+class RNN(MemorizationModel):
+    def __init__(self, spec: RNNSpec) -> None:
+        super().__init__()
+        self.cell = RecurrentCell(spec.kind, spec.n_in, spec.hidden)
+        self.output = nn.Linear(spec.hidden, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, n_in) -> (B, 2)
+        return self.output(self.cell(x))  # type: ignore[no-any-return]
+
+    def layer_of(self, name: str) -> str:
+        return "output" if name.startswith("output.") else "recurrent"
+
+
+def _construct(spec: ModelSpecT) -> MemorizationModel:
+    if isinstance(spec, FCDNNSpec):
+        return FCDNN(spec)
+    if isinstance(spec, CNNSpec):
+        return CNN(spec)
+    return RNN(spec)
+
+
+def he_initialize(model: nn.Module, generator: torch.Generator) -> None:
+    """He (Kaiming normal, fan-in) weights and zero biases, drawn from `generator`."""
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            if name.rsplit(".", 1)[-1].startswith("weight"):
+                nn.init.kaiming_normal_(tensor, nonlinearity="relu", generator=generator)
+            else:
+                tensor.zero_()
+
+
+def build_model(
+    spec: ModelSpecT, seed: int, device: torch.device | str = "cpu"
+) -> MemorizationModel:
+    """The model of `spec`, He-initialized from `seed` on the CPU (the same weights on
+    every device), then moved to `device`."""
+    model = _construct(spec)
+    he_initialize(model, torch.Generator().manual_seed(seed))
+    return model.to(device)
+
+
+def count_parameters(spec: ModelSpecT | Mapping[str, Any]) -> ParameterCount:
+    """Effective parameters per group and in total, without allocating any weights.
+
+    `spec` is a model spec or its JSON form, e.g. {"kind": "lstm", "hidden": 32}.
+    """
+    if isinstance(spec, Mapping):
+        spec = TypeAdapter(ModelSpec).validate_python(spec)
+    with torch.device("meta"):
+        groups = _construct(spec).parameter_groups()
+    return ParameterCount(total=sum(g.count for g in groups), groups=groups)

@@ -1,0 +1,185 @@
+"""Job specs and results: the one contract shared by the API, store, workers, CLI and tests.
+
+Everything here is plain pydantic (no torch), so the API process can validate specs
+without importing the science stack. Unknown keys are rejected everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class Frozen(BaseModel):
+    """Base of every spec and result: immutable, unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+class FCDNNSpec(Frozen):
+    """Fully connected network: `depth` hidden layers of `width` ReLU units, 2 outputs."""
+
+    kind: Literal["fcdnn"] = "fcdnn"
+    width: int = Field(32, ge=1, description="units per hidden layer")
+    depth: int = Field(1, ge=1, description="number of hidden layers")
+    n_in: int | None = Field(None, ge=1, description="input bits; defaults to width")
+
+    @property
+    def input_bits(self) -> int:
+        return self.n_in if self.n_in is not None else self.width
+
+
+class CNNSpec(Frozen):
+    """Convolution stack on a 1 x S x S image of random bits, three 2x2 max-pools, FC head."""
+
+    kind: Literal["cnn"] = "cnn"
+    kernel: Literal[3, 5] = Field(3, description="kernel size, the same in every layer")
+    conv_layers: int = Field(3, ge=3, le=9, description="number of convolution layers")
+    channels: int = Field(8, ge=1, description="channels of every convolution layer")
+    input_size: int = Field(32, ge=8, description="image side; a multiple of 8")
+    fc_hidden: int = Field(0, ge=0, description="units of a hidden FC layer (0: none)")
+
+    @field_validator("input_size")
+    @classmethod
+    def _divisible_by_pools(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError("must be a multiple of 8 (three 2x2 max-pools halve it 3 times)")
+        return value
+
+    @property
+    def input_bits(self) -> int:
+        return self.input_size * self.input_size
+
+
+class RNNSpec(Frozen):
+    """Recurrent network over `steps` input vectors; one label read at the last step."""
+
+    kind: Literal["lstm", "gru", "rnn"] = "lstm"
+    hidden: int = Field(32, ge=1, description="hidden state size")
+    n_in: int = Field(32, ge=1, description="input bits per step")
+    steps: int = Field(5, ge=1, description="sequence length T")
+
+    @property
+    def input_bits(self) -> int:
+        return self.steps * self.n_in
+
+
+ModelSpec = Annotated[FCDNNSpec | CNNSpec | RNNSpec, Field(discriminator="kind")]
+MODEL_KINDS = ("fcdnn", "cnn", "lstm", "gru", "rnn")
+
+
+# --- training and measurement ------------------------------------------------------------
+
+
+class TrainSpec(Frozen):
+    """SGD with momentum; the learning rate decays by `lr_decay` when accuracy plateaus."""
+
+    lr: float = Field(0.02, gt=0, description="initial learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum, in [0, 1)")
+    batch_size: int = Field(32, ge=1, description="minibatch size")
+    epochs: int = Field(1500, ge=1, description="epoch budget")
+    lr_decay: float = Field(0.3, gt=0, lt=1, description="factor applied on a plateau")
+    patience: int = Field(50, ge=1, description="epochs without a better accuracy = plateau")
+    max_decays: int = Field(4, ge=0, description="plateaus tolerated before training stops")
+
+
+class MeasureSpec(Frozen):
+    """One training of one model on N random samples: the unit of every measurement."""
+
+    model: ModelSpec
+    n: int = Field(2000, ge=2, description="number of random samples N")
+    train: TrainSpec = TrainSpec()
+    seed: int = Field(0, ge=0, description="seeds the data and the initialization")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:i")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not DEVICE_PATTERN.match(value):
+            raise ValueError("must be one of auto, cpu, cuda, cuda:<index>")
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _n_fits_distinct_rows(cls, n: int, info: ValidationInfo) -> int:
+        model = info.data.get("model")  # absent when the model itself was invalid
+        if model is not None:
+            check_n_fits(model, n)
+        return n
+
+
+def check_n_fits(model: FCDNNSpec | CNNSpec | RNNSpec, n: int) -> None:
+    """Raise ValueError when N distinct inputs cannot exist for this model's input size."""
+    if n > 1 << model.input_bits:
+        raise ValueError(
+            f"n = {n} exceeds the 2^{model.input_bits} = {1 << model.input_bits} distinct "
+            f"inputs of {model.input_bits} bits; lower n or enlarge the input "
+            "(n_in, width or steps)"
+        )
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+class ParameterGroup(Frozen):
+    """One weight or bias tensor, counted as effective parameters."""
+
+    name: str
+    shape: tuple[int, ...]
+    count: int
+    layer: Literal["dense", "conv", "recurrent", "output"]
+    quantizable: bool
+
+
+class ParameterCount(Frozen):
+    total: int
+    groups: tuple[ParameterGroup, ...]
+
+    @property
+    def quantizable(self) -> int:
+        return sum(g.count for g in self.groups if g.quantizable)
+
+    def count_layers(self, *layers: str) -> int:
+        return sum(g.count for g in self.groups if g.layer in layers)
+
+
+class MeasureResult(Frozen):
+    """What one training measured: accuracy p over all N samples and I = N (1 - H2(p))."""
+
+    params: int
+    n: int
+    accuracy: float
+    mutual_information_bits: float
+    bits_per_param: float
+    epochs: int
+    wall_seconds: float
+    device: str
+    seed: int
+    diverged: bool
+    train: TrainSpec
+    conv_bits_per_param: float | None = None
+
+
+class CurvePoint(Frozen):
+    """The best accuracy and I found at one N."""
+
+    n: int
+    accuracy: float
+    mutual_information_bits: float
+
+
+class NSearchResult(Frozen):
+    """`measure --search-n`: the N with the largest I at fixed hyperparameters."""
+
+    params: int
+    best: MeasureResult
+    curve: tuple[CurvePoint, ...]
+    trials: tuple[MeasureResult, ...]
+    wall_seconds: float

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from capacity_service.science.models import build_model, count_parameters, pool_after
+from capacity_service.specs import CNNSpec, FCDNNSpec, RNNSpec
+
+
+def fcdnn_by_formula(w: int, d: int, n_in: int) -> int:
+    # SCIENCE.md 2: n_in*w + w + (d-1)*(w*w + w) + 2*w + 2
+    return n_in * w + w + (d - 1) * (w * w + w) + 2 * w + 2
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (FCDNNSpec(width=64, depth=3), 12_610),
+        (FCDNNSpec(width=32, depth=1), 1_122),
+        (FCDNNSpec(width=128, depth=3), fcdnn_by_formula(128, 3, 128)),
+        (FCDNNSpec(width=16, depth=2, n_in=10), fcdnn_by_formula(16, 2, 10)),
+        # the thesis's LSTM: 4*(32*32 + 32*32 + 32) + 32*2 + 2
+        (RNNSpec(kind="lstm", hidden=32, n_in=32), 8_386),
+        # GRU: 3 gates of weights, biases r, z, n plus the candidate's hidden bias b_hn
+        (RNNSpec(kind="gru", hidden=32, n_in=32), 3 * (32 * 32 + 32 * 32) + 4 * 32 + 66),
+        (RNNSpec(kind="rnn", hidden=32, n_in=32), 32 * 32 + 32 * 32 + 32 + 66),
+        # 3x3 kernels, 8 channels, 3 layers on 32x32: conv 9*1*8+8, 2 x (9*8*8+8);
+        # pools leave 8 x 4 x 4 = 128 features -> 128*2 + 2
+        (CNNSpec(kernel=3, conv_layers=3, channels=8), 80 + 584 + 584 + 258),
+        # 5x5, 4 layers, 4 channels, hidden FC of 16: 25*4+4, 3 x (25*16+4), 64*16+16, 16*2+2
+        (
+            CNNSpec(kernel=5, conv_layers=4, channels=4, fc_hidden=16),
+            104 + 3 * 404 + 1_040 + 34,
+        ),
+    ],
+)
+def test_parameter_counts_by_hand(spec: FCDNNSpec | CNNSpec | RNNSpec, expected: int) -> None:
+    counted = count_parameters(spec)
+    assert counted.total == expected
+    assert sum(g.count for g in counted.groups) == expected
+    built = build_model(spec, seed=0)
+    assert sum(p.numel() for p in built.parameters()) == expected
+
+
+def test_count_parameters_accepts_json() -> None:
+    assert count_parameters({"kind": "lstm", "hidden": 32, "n_in": 32}).total == 8_386
+
+
+def test_groups_say_what_is_quantizable() -> None:
+    groups = {g.name: g for g in count_parameters(FCDNNSpec(width=8, depth=2)).groups}
+    assert groups["hidden.0.weight"].quantizable
+    assert groups["hidden.1.weight"].quantizable
+    assert not groups["hidden.0.bias"].quantizable
+    assert not groups["output.weight"].quantizable
+    assert groups["output.weight"].layer == "output"
+    lstm = {g.name: g for g in count_parameters(RNNSpec()).groups}
+    assert lstm["cell.weight_ih"].quantizable and lstm["cell.weight_hh"].quantizable
+    assert not lstm["cell.bias"].quantizable
+    assert lstm["cell.weight_hh"].shape == (128, 32)
+    cnn = count_parameters(CNNSpec(conv_layers=5))
+    assert [g.quantizable for g in cnn.groups if g.layer == "conv"] == [True, False] * 5
+
+
+@pytest.mark.parametrize(
+    ("layers", "expected"), [(3, {0, 1, 2}), (4, {0, 2, 3}), (6, {1, 3, 5}), (9, {2, 5, 8})]
+)
+def test_three_pools_spread_over_the_stack(layers: int, expected: set[int]) -> None:
+    assert pool_after(layers) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape"),
+    [
+        (FCDNNSpec(width=16, depth=2), (7, 16)),
+        (CNNSpec(kernel=5, conv_layers=9, channels=2), (7, 1, 32, 32)),
+        (RNNSpec(kind="lstm", hidden=8, n_in=6, steps=3), (7, 3, 6)),
+        (RNNSpec(kind="gru", hidden=8, n_in=6, steps=3), (7, 3, 6)),
+        (RNNSpec(kind="rnn", hidden=8, n_in=6, steps=1), (7, 1, 6)),
+    ],
+)
+def test_models_map_inputs_to_two_logits(
+    spec: FCDNNSpec | CNNSpec | RNNSpec, shape: tuple[int, ...]
+) -> None:
+    logits = build_model(spec, seed=1)(torch.rand(shape))
+    assert logits.shape == (7, 2)
+    assert torch.isfinite(logits).all()
+
+
+def test_he_initialization_is_seeded_and_scaled() -> None:
+    a = build_model(FCDNNSpec(width=256, depth=1), seed=3)
+    b = build_model(FCDNNSpec(width=256, depth=1), seed=3)
+    c = build_model(FCDNNSpec(width=256, depth=1), seed=4)
+    wa, wb, wc = (m.hidden[0].weight for m in (a, b, c))  # type: ignore[index]
+    torch.testing.assert_close(wa, wb)
+    assert not torch.equal(wa, wc)
+    # He: std = sqrt(2 / fan_in) = sqrt(2 / 256) = 0.0884
+    assert float(wa.detach().std()) == pytest.approx((2 / 256) ** 0.5, rel=0.05)
+    assert float(a.hidden[0].bias.abs().sum()) == 0.0  # type: ignore[index]
