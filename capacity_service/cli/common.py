@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from capacity_service.specs import MODEL_KINDS
+from capacity_service.specs import MODEL_KINDS, CNNSpec, FCDNNSpec, RNNSpec
+
+if TYPE_CHECKING:
+    from capacity_service.science.train import EpochProgress
 
 EXIT_BAD_INPUT = 2
 M = TypeVar("M", bound=BaseModel)
@@ -54,13 +58,13 @@ def describe_validation_error(error: ValidationError) -> str:
         loc = [str(part) for part in problem["loc"]]
         if len(loc) > 1 and loc[0] == "model" and loc[1] in MODEL_KINDS:
             del loc[1]  # the union's tag, not a field
-        where = ".".join(loc) or "(spec)"
+        where = ".".join(loc)
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown field; remove it (check the spelling and the model kind)"
         given = problem.get("input")
         suffix = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
-        lines.append(f"  {where}: {message}{suffix}")
+        lines.append(f"  {where}: {message}{suffix}" if where else f"  {message}")
     return "\n".join(lines)
 
 
@@ -74,6 +78,78 @@ def set_path(document: dict[str, Any], dotted: str, value: Any) -> None:
             fail(f"{key}: must be a JSON object to set {dotted}")
         node = child
     node[leaf] = value
+
+
+# flag destination -> dotted path in the spec document
+MODEL_FLAGS = {
+    "width": "model.width",
+    "depth": "model.depth",
+    "n_in": "model.n_in",
+    "kernel": "model.kernel",
+    "conv_layers": "model.conv_layers",
+    "channels": "model.channels",
+    "input_size": "model.input_size",
+    "fc_hidden": "model.fc_hidden",
+    "hidden": "model.hidden",
+    "steps": "model.steps",
+}
+TRAIN_FLAGS = {
+    "lr": "train.lr",
+    "momentum": "train.momentum",
+    "batch_size": "train.batch_size",
+    "epochs": "train.epochs",
+    "lr_decay": "train.lr_decay",
+    "patience": "train.patience",
+    "max_decays": "train.max_decays",
+    "seed": "seed",
+    "device": "device",
+}
+FLOAT_FLAGS = {"lr", "momentum", "lr_decay"}
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    """The spec file, the model flags and the (float) training flags."""
+    parser.add_argument("spec", nargs="?", help="JSON spec file ('-' for stdin)")
+    model = parser.add_argument_group("model (override the spec file)")
+    model.add_argument("--model", choices=MODEL_KINDS, help="model kind")
+    for dest in MODEL_FLAGS:
+        model.add_argument("--" + dest.replace("_", "-"), dest=dest, type=int)
+    train = parser.add_argument_group("training (override the spec file)")
+    for dest in TRAIN_FLAGS:
+        kind = float if dest in FLOAT_FLAGS else (str if dest == "device" else int)
+        train.add_argument("--" + dest.replace("_", "-"), dest=dest, type=kind)
+
+
+def spec_document(args: argparse.Namespace, extra_flags: dict[str, str]) -> dict[str, Any]:
+    """The spec file's JSON (or {}) with every given flag written over it."""
+    document: dict[str, Any] = load_json_file(args.spec) if args.spec else {}
+    if args.model is not None:
+        current = document.get("model")
+        if not isinstance(current, dict) or current.get("kind") != args.model:
+            document["model"] = {"kind": args.model}
+    elif "model" not in document:
+        fail("no model given: pass SPEC.json or --model {" + ",".join(MODEL_KINDS) + "}")
+    for dest, path in (MODEL_FLAGS | TRAIN_FLAGS | extra_flags).items():
+        value = getattr(args, dest)
+        if value is not None:
+            set_path(document, path, value)
+    return document
+
+
+def check_device(name: str) -> None:
+    """A UsageError when the device does not exist here (imports torch)."""
+    from capacity_service.science.device import DeviceUnavailableError, resolve_device
+
+    try:
+        resolve_device(name)
+    except DeviceUnavailableError as error:
+        fail(f"device: {error}")
+
+
+def describe_model(model: FCDNNSpec | CNNSpec | RNNSpec) -> str:
+    """e.g. fcdnn(width=32, depth=1, n_in=None)."""
+    fields = model.model_dump(exclude={"kind"})
+    return f"{model.kind}(" + ", ".join(f"{k}={v}" for k, v in fields.items()) + ")"
 
 
 class ProgressBar:
@@ -102,6 +178,14 @@ class ProgressBar:
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+    def on_epoch(self, p: EpochProgress) -> None:
+        self.update(
+            p.epoch,
+            p.epochs,
+            f"epoch {p.epoch}/{p.epochs} loss {p.loss:.4f} acc {p.accuracy:.4f} "
+            f"best {p.best_accuracy:.4f} lr {p.lr:.2g}",
+        )
 
     def close(self) -> None:
         if self.interactive:

@@ -8,37 +8,15 @@ from typing import Any
 
 from capacity_service.cli.common import (
     ProgressBar,
+    add_spec_arguments,
+    check_device,
+    describe_model,
     fail,
-    load_json_file,
     print_table,
-    set_path,
+    spec_document,
     validate,
 )
-from capacity_service.specs import MODEL_KINDS, MeasureResult, MeasureSpec, NSearchResult
-
-# flag destination -> dotted path in the spec document
-MODEL_FLAGS = {
-    "width": "model.width",
-    "depth": "model.depth",
-    "n_in": "model.n_in",
-    "kernel": "model.kernel",
-    "conv_layers": "model.conv_layers",
-    "channels": "model.channels",
-    "input_size": "model.input_size",
-    "fc_hidden": "model.fc_hidden",
-    "hidden": "model.hidden",
-    "steps": "model.steps",
-}
-TRAIN_FLAGS = {
-    "lr": "train.lr",
-    "momentum": "train.momentum",
-    "batch_size": "train.batch_size",
-    "epochs": "train.epochs",
-    "lr_decay": "train.lr_decay",
-    "patience": "train.patience",
-    "max_decays": "train.max_decays",
-}
-TOP_FLAGS = {"n": "n", "seed": "seed", "device": "device"}
+from capacity_service.specs import MeasureResult, MeasureSpec, NSearchResult
 
 
 def add_parser(subparsers: Any) -> None:
@@ -49,19 +27,8 @@ def add_parser(subparsers: Any) -> None:
         "accuracy p and the mutual information I = N (1 - H2(p)). The spec comes from "
         "SPEC.json, from flags, or both (flags override the file).",
     )
-    parser.add_argument("spec", nargs="?", help="JSON spec file ('-' for stdin)")
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", choices=MODEL_KINDS, help="model kind")
-    for flag in MODEL_FLAGS:
-        model.add_argument("--" + flag.replace("_", "-"), dest=flag, type=int)
-    train = parser.add_argument_group("training")
-    train.add_argument("--n", type=int, help="number of random samples N")
-    for flag in ("lr", "momentum", "lr_decay"):
-        train.add_argument("--" + flag.replace("_", "-"), dest=flag, type=float)
-    for flag in ("batch_size", "epochs", "patience", "max_decays"):
-        train.add_argument("--" + flag.replace("_", "-"), dest=flag, type=int)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:i")
+    add_spec_arguments(parser)
+    parser.add_argument("--n", type=int, help="number of random samples N")
     search = parser.add_argument_group("search over N")
     search.add_argument(
         "--search-n",
@@ -75,18 +42,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def build_spec(args: argparse.Namespace) -> MeasureSpec:
-    document: dict[str, Any] = load_json_file(args.spec) if args.spec else {}
-    if args.model is not None:
-        current = document.get("model")
-        if not isinstance(current, dict) or current.get("kind") != args.model:
-            document["model"] = {"kind": args.model}
-    elif "model" not in document:
-        fail("no model given: pass SPEC.json or --model {" + ",".join(MODEL_KINDS) + "}")
-    for flags in (MODEL_FLAGS, TRAIN_FLAGS, TOP_FLAGS):
-        for dest, path in flags.items():
-            value = getattr(args, dest)
-            if value is not None:
-                set_path(document, path, value)
+    document = spec_document(args, {"n": "n"})
     return validate(MeasureSpec, document, args.spec or "flags")
 
 
@@ -94,25 +50,9 @@ def run(args: argparse.Namespace) -> int:
     spec = build_spec(args)
     if args.max_trials < 1:
         fail(f"--max-trials must be >= 1, got {args.max_trials}")
-    from capacity_service.science.device import DeviceUnavailableError, resolve_device
-
-    try:
-        resolve_device(spec.device)
-    except DeviceUnavailableError as error:
-        fail(f"device: {error}")
-
+    check_device(spec.device)
     bar = None if args.quiet else ProgressBar()
-    on_epoch = None
-    if bar is not None:
-        progress = bar
-
-        def on_epoch(p: Any) -> None:
-            progress.update(
-                p.epoch,
-                p.epochs,
-                f"epoch {p.epoch}/{p.epochs} loss {p.loss:.4f} acc {p.accuracy:.4f} "
-                f"best {p.best_accuracy:.4f} lr {p.lr:.2g}",
-            )
+    on_epoch = None if bar is None else bar.on_epoch
 
     if args.search_n:
         from capacity_service.science.search import search_n
@@ -137,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(document))
         return 0
     rows = [
-        ("model", spec.model.model_dump_json(exclude_defaults=False)),
+        ("model", describe_model(spec.model)),
         ("parameters", f"{best.params:,}"),
         ("N", f"{best.n:,}"),
         ("accuracy p", f"{best.accuracy:.4%}"),

@@ -65,6 +65,7 @@ def train_memorization(
 ) -> TrainOutcome:
     """Train until every sample is memorized, the plateaus run out, or the epochs do.
 
+    The model keeps the weights with the best accuracy seen (the starting ones included).
     A plateau is `patience` epochs without a better accuracy; each one multiplies the
     learning rate by `lr_decay`, and the plateau after `max_decays` of them ends training.
     A NaN or infinite loss ends it as diverged.
@@ -74,10 +75,13 @@ def train_memorization(
     generator = torch.Generator(device=device).manual_seed(seed)
     optimizer = MomentumSGD(list(model.parameters()), lr=train.lr, momentum=train.momentum)
     lr = train.lr
-    best_accuracy, best_state = -1.0, _snapshot(model)
+    # The starting weights count too: retraining a quantized model must not end worse
+    # than it began, and one that already memorizes everything needs no epoch.
+    best_accuracy, best_state = accuracy(model, data), _snapshot(model)
     since_best, decays, epoch, diverged = 0, 0, 0, False
+    epochs = 0 if best_accuracy == 1.0 else train.epochs
     model.train()
-    for epoch in range(1, train.epochs + 1):
+    for epoch in range(1, epochs + 1):
         loss = _train_one_epoch(model, data, optimizer, train.batch_size, generator)
         if not math.isfinite(loss):
             diverged = True
@@ -106,8 +110,7 @@ def train_memorization(
             lr *= train.lr_decay
             optimizer.lr = lr
             decays, since_best = decays + 1, 0
-    if not diverged:
-        model.load_state_dict(best_state)
+    model.load_state_dict(best_state)  # after a divergence too: never keep NaN weights
     return TrainOutcome(
         accuracy=accuracy(model, data),
         epochs=epoch,
