@@ -17,6 +17,11 @@ _EXPORTS = {
     "count_parameters": "capacity_service.science.models",
     "measure": "capacity_service.science.measure",
     "search_n": "capacity_service.science.search",
+    "lloyd_max_step": "capacity_service.science.quantize",
+    "quantize": "capacity_service.science.quantize",
+    "sweep": "capacity_service.science.sweep",
+    "SweepSpec": "capacity_service.specs",
+    "SweepResult": "capacity_service.specs",
     "MeasureSpec": "capacity_service.specs",
     "MeasureResult": "capacity_service.specs",
 }
@@ -24,20 +29,27 @@ _EXPORTS = {
 __all__ = [
     "MeasureResult",
     "MeasureSpec",
+    "SweepResult",
+    "SweepSpec",
     "__version__",
     "binary_entropy",
     "count_parameters",
+    "lloyd_max_step",
     "measure",
     "mutual_information",
+    "quantize",
     "search_n",
+    "sweep",
 ]
 
 if TYPE_CHECKING:
     from capacity_service.science.measure import measure
     from capacity_service.science.metrics import binary_entropy, mutual_information
     from capacity_service.science.models import count_parameters
+    from capacity_service.science.quantize import lloyd_max_step, quantize
     from capacity_service.science.search import search_n
-    from capacity_service.specs import MeasureResult, MeasureSpec
+    from capacity_service.science.sweep import sweep
+    from capacity_service.specs import MeasureResult, MeasureSpec, SweepResult, SweepSpec
 
 
 def __getattr__(name: str) -> Any:

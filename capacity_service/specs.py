@@ -7,11 +7,29 @@ without importing the science stack. Unknown keys are rejected everywhere.
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _known_device(value: str) -> str:
+    if not DEVICE_PATTERN.match(value):
+        raise ValueError("must be one of auto, cpu, cuda, cuda:<index>")
+    return value
+
+
+Device = Annotated[str, AfterValidator(_known_device)]
 
 
 class Frozen(BaseModel):
@@ -97,14 +115,7 @@ class MeasureSpec(Frozen):
     n: int = Field(2000, ge=2, description="number of random samples N")
     train: TrainSpec = TrainSpec()
     seed: int = Field(0, ge=0, description="seeds the data and the initialization")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:i")
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, value: str) -> str:
-        if not DEVICE_PATTERN.match(value):
-            raise ValueError("must be one of auto, cpu, cuda, cuda:<index>")
-        return value
+    device: Device = Field("auto", description="auto, cpu, cuda or cuda:i")
 
     @field_validator("n")
     @classmethod
@@ -123,6 +134,86 @@ def check_n_fits(model: FCDNNSpec | CNNSpec | RNNSpec, n: int) -> None:
             f"inputs of {model.input_bits} bits; lower n or enlarge the input "
             "(n_in, width or steps)"
         )
+
+
+class RetrainSpec(TrainSpec):
+    """Fine-tuning after quantization: a few epochs at a small learning rate (thesis 2.3.3).
+    0 epochs measures direct quantization only."""
+
+    lr: float = Field(0.002, gt=0, description="initial learning rate of retraining")
+    epochs: int = Field(20, ge=0, description="retraining epochs per precision (0: none)")
+    patience: int = Field(5, ge=1, description="epochs without a better accuracy = plateau")
+    max_decays: int = Field(2, ge=0, description="plateaus tolerated before retraining stops")
+
+
+DEFAULT_PRECISIONS = (8, 6, 5, 4, 3, 2)
+MAX_BITS = 16
+
+
+class SweepSpec(Frozen):
+    """Train in floating point, then quantize to falling precisions and retrain at each.
+
+    N is given directly (`n`: one N or a list), or relative to a capacity result
+    (`regime` "full" = the N that gave the capacity, "half" = N / 2, with `capacity_n`).
+    """
+
+    model: ModelSpec
+    n: int | list[int] | None = Field(None, description="N, or a list of N")
+    regime: Literal["full", "half"] | None = Field(None, description="N relative to capacity")
+    capacity_n: int | None = Field(None, ge=2, description="the N that gave the capacity")
+    bits: tuple[int, ...] = Field(DEFAULT_PRECISIONS, description="precisions, falling")
+    train: TrainSpec = TrainSpec()
+    retrain: RetrainSpec = RetrainSpec()
+    tolerance: float = Field(
+        0.005, ge=0, le=1, description="accuracy drop (fraction) the boundary tolerates"
+    )
+    seed: int = Field(0, ge=0)
+    device: Device = Field("auto", description="auto, cpu, cuda or cuda:i")
+
+    @field_validator("bits")
+    @classmethod
+    def _falling_precisions(cls, bits: tuple[int, ...]) -> tuple[int, ...]:
+        if not bits:
+            raise ValueError("give at least one precision, e.g. [8, 6, 5, 4, 3, 2]")
+        for value in bits:
+            if not 1 <= value <= MAX_BITS:
+                raise ValueError(f"each precision must be in 1..{MAX_BITS}, got {value}")
+        if any(a <= b for a, b in pairwise(bits)):
+            raise ValueError(f"precisions must fall strictly, e.g. [8, 6, 4], got {list(bits)}")
+        return bits
+
+    @model_validator(mode="after")
+    def _one_way_to_choose_n(self) -> SweepSpec:
+        if (self.n is None) == (self.regime is None):
+            raise ValueError(
+                "n, regime: give either n (one N or a list) or regime ('full' or 'half') "
+                "with capacity_n"
+            )
+        if self.regime is not None and self.capacity_n is None:
+            raise ValueError(
+                f"capacity_n: regime {self.regime!r} needs the N that gave the capacity "
+                "(from a capacity result)"
+            )
+        for n in self.sample_counts():
+            if n < 2:
+                raise ValueError(f"n: every N must be >= 2, got {n}")
+            try:
+                check_n_fits(self.model, n)
+            except ValueError as error:
+                raise ValueError(f"n: {error}") from None
+        return self
+
+    def sample_counts(self) -> list[int]:
+        """The N of each curve of the sweep."""
+        if self.regime is not None:
+            assert self.capacity_n is not None
+            return [self.capacity_n if self.regime == "full" else self.capacity_n // 2]
+        if isinstance(self.n, list):
+            if not self.n:
+                raise ValueError("n: give at least one N")
+            return list(self.n)
+        assert self.n is not None
+        return [self.n]
 
 
 # --- results -----------------------------------------------------------------------------
@@ -182,4 +273,42 @@ class NSearchResult(Frozen):
     best: MeasureResult
     curve: tuple[CurvePoint, ...]
     trials: tuple[MeasureResult, ...]
+    wall_seconds: float
+
+
+class SweepPoint(Frozen):
+    """One precision of a sweep: accuracy directly after quantization and after retraining."""
+
+    bits: int
+    accuracy_quantized: float
+    accuracy_retrained: float
+    mutual_information_quantized_bits: float
+    mutual_information_bits: float  # after retraining
+    retrain_epochs: int
+    retrain_diverged: bool
+    steps: dict[str, float]  # the step D of each quantized group
+    levels_used: dict[str, int]  # distinct codes each group uses after retraining
+
+
+class SweepCurve(Frozen):
+    """The sweep at one N."""
+
+    n: int
+    float_accuracy: float
+    float_mutual_information_bits: float
+    float_epochs: int
+    float_diverged: bool
+    points: tuple[SweepPoint, ...]
+    precision_boundary: int | None  # smallest precision within tolerance, None if none
+    wall_seconds: float
+
+
+class SweepResult(Frozen):
+    params: int
+    quantized_params: int
+    regime: str  # "n", "list", "full" or "half"
+    tolerance: float
+    device: str
+    seed: int
+    curves: tuple[SweepCurve, ...]
     wall_seconds: float

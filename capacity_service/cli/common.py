@@ -28,18 +28,18 @@ def fail(message: str) -> NoReturn:
     raise UsageError(message)
 
 
-def load_json_file(path: str) -> dict[str, Any]:
+def load_json_file(path: str, what: str = "spec file") -> dict[str, Any]:
     """The JSON object in `path` (`-` reads standard input)."""
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as error:
-        fail(f"{path}: cannot read the spec file ({error.strerror})")
+        fail(f"{path}: cannot read the {what} ({error.strerror})")
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         fail(f"{path}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}")
     if not isinstance(document, dict):
-        fail(f"{path}: the spec must be a JSON object, got {type(document).__name__}")
+        fail(f"{path}: the {what} must be a JSON object, got {type(document).__name__}")
     return document
 
 

@@ -1,0 +1,138 @@
+"""`capacity sweep`: quantize a trained model to falling precisions and retrain at each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from capacity_service.cli.common import (
+    ProgressBar,
+    add_spec_arguments,
+    check_device,
+    describe_model,
+    fail,
+    load_json_file,
+    print_table,
+    spec_document,
+    validate,
+)
+from capacity_service.specs import SweepPoint, SweepResult, SweepSpec
+
+SWEEP_FLAGS = {
+    "n": "n",
+    "regime": "regime",
+    "capacity_n": "capacity_n",
+    "bits": "bits",
+    "tolerance": "tolerance",
+    "retrain_epochs": "retrain.epochs",
+    "retrain_lr": "retrain.lr",
+    "retrain_batch_size": "retrain.batch_size",
+}
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="quantize a trained model to falling precisions, retrain, find the boundary",
+        description="Train a model in floating point on N random samples, then quantize its "
+        "weights to each precision in turn (Lloyd-Max step per group, straight-through "
+        "retraining) and report the accuracy and I before and after retraining, and the "
+        "precision boundary. N is given (--n) or taken from a capacity result (--regime).",
+    )
+    add_spec_arguments(parser)
+    sweep = parser.add_argument_group("sweep (override the spec file)")
+    sweep.add_argument("--n", type=_int_list, help="N, or a comma-separated list of N")
+    sweep.add_argument("--regime", choices=("full", "half"), help="N relative to capacity")
+    sweep.add_argument("--capacity-n", type=int, help="the N that gave the capacity")
+    sweep.add_argument(
+        "--capacity-result",
+        help="a capacity result JSON (from `capacity measure --json`) to take capacity_n from",
+    )
+    sweep.add_argument("--bits", type=_int_list, help="precisions, falling: 8,6,5,4,3,2")
+    sweep.add_argument("--tolerance", type=float, help="accuracy drop allowed (fraction)")
+    sweep.add_argument("--retrain-epochs", type=int, help="retraining epochs per precision")
+    sweep.add_argument("--retrain-lr", type=float, help="retraining learning rate")
+    sweep.add_argument("--retrain-batch-size", type=int, help="retraining batch size")
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.set_defaults(handler=run)
+
+
+def _int_list(text: str) -> int | list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}")
+    return values[0] if len(values) == 1 and "," not in text else values
+
+
+def build_spec(args: argparse.Namespace) -> SweepSpec:
+    if isinstance(args.bits, int):
+        args.bits = [args.bits]
+    if args.capacity_result is not None:
+        result = load_json_file(args.capacity_result, what="capacity result")
+        capacity_n = result.get("n")
+        if not isinstance(capacity_n, int):
+            fail(f"{args.capacity_result}: a capacity result needs an integer field 'n'")
+        if args.capacity_n is None:
+            args.capacity_n = capacity_n
+    document = spec_document(args, SWEEP_FLAGS)
+    return validate(SweepSpec, document, args.spec or "flags")
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = build_spec(args)
+    check_device(spec.device)
+    from capacity_service.science.sweep import sweep
+
+    bar = None if args.quiet else ProgressBar()
+
+    def on_point(n: int, point: SweepPoint) -> None:
+        if bar is not None:
+            bar.prefix = (
+                f"N {n}: {point.bits} bits {point.accuracy_quantized:.4f} -> "
+                f"{point.accuracy_retrained:.4f} "
+            )
+
+    result = sweep(spec, on_epoch=None if bar is None else bar.on_epoch, on_point=on_point)
+    if bar is not None:
+        bar.close()
+    document = sweep_document(result)
+    if args.json:
+        print(json.dumps(document))
+        return 0
+    print_table(
+        [
+            ("model", describe_model(spec.model)),
+            ("parameters", f"{result.params:,} ({result.quantized_params:,} quantized)"),
+            ("tolerance", f"{result.tolerance:.2%}"),
+            ("device", result.device),
+            ("wall seconds", f"{result.wall_seconds:.1f}"),
+        ]
+    )
+    for curve in result.curves:
+        print(
+            f"\nN = {curve.n:,}: float accuracy {curve.float_accuracy:.4%}, "
+            f"I = {curve.float_mutual_information_bits:,.1f} bits"
+        )
+        print(f"  {'bits':>4}  {'quantized':>9}  {'retrained':>9}  {'I (bits)':>10}")
+        for p in curve.points:
+            print(
+                f"  {p.bits:>4}  {p.accuracy_quantized:>9.4f}  {p.accuracy_retrained:>9.4f}  "
+                f"{p.mutual_information_bits:>10,.1f}"
+            )
+        boundary = curve.precision_boundary
+        print(f"  precision boundary: {boundary if boundary is not None else 'none'} bits")
+    print("\n" + json.dumps(document))
+    return 0
+
+
+def sweep_document(result: SweepResult) -> dict[str, Any]:
+    """The whole result, with the first (or only) curve's fields also at the top level."""
+    document = result.model_dump(mode="json")
+    first = document["curves"][0]
+    for key in ("n", "float_accuracy", "float_mutual_information_bits", "points"):
+        document[key] = first[key]
+    document["precision_boundary"] = first["precision_boundary"]
+    return document

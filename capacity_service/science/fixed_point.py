@@ -1,0 +1,80 @@
+"""Fixed-point versions of the memorization models.
+
+Every quantizable group (FCDNN hidden layers, CNN convolution kernels, RNN weight
+matrices) computes with W' = D * codes through a parametrization, each group with its own
+D; biases and the output layer stay in floating point. The float W stays the parameter,
+so the trainer retrains it through the straight-through path, and D stays fixed until
+the next precision is applied.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from capacity_service.science.models import MemorizationModel
+from capacity_service.science.quantize import fake_quantize, lloyd_max_step, quantize_codes
+
+
+class FixedPointWeight(nn.Module):
+    """Parametrization: the float weight in, its fixed-point value out (D fixed)."""
+
+    def __init__(self, bits: int, step: float) -> None:
+        super().__init__()
+        self.bits, self.step = bits, step
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return fake_quantize(weight, self.bits, self.step)
+
+
+def quantizable_groups(model: MemorizationModel) -> list[str]:
+    """Names of the parameters a precision applies to (the float names, not parametrized)."""
+    return [group.name for group in model.parameter_groups() if group.quantizable]
+
+
+def apply_precision(model: MemorizationModel, bits: int) -> dict[str, float]:
+    """Quantize every quantizable group of `model` to `bits`, starting from its current
+    float weights; returns the step D chosen for each group (Lloyd-Max)."""
+    clear_precision(model)
+    steps = {}
+    for name in quantizable_groups(model):
+        owner, attribute = _owner(model, name)
+        step = lloyd_max_step(getattr(owner, attribute), bits)
+        parametrize.register_parametrization(owner, attribute, FixedPointWeight(bits, step))
+        steps[name] = step
+    return steps
+
+
+def clear_precision(model: MemorizationModel) -> None:
+    """Back to floating point, keeping the float weights as retraining left them."""
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module):
+            for attribute in list(module.parametrizations.keys()):  # type: ignore[union-attr,operator]
+                parametrize.remove_parametrizations(module, attribute, leave_parametrized=False)
+
+
+def float_weight(model: MemorizationModel, name: str) -> torch.Tensor:
+    """The float weight behind group `name`, quantized or not."""
+    owner, attribute = _owner(model, name)
+    if parametrize.is_parametrized(owner, attribute):
+        original = owner.parametrizations[attribute].original  # type: ignore[union-attr,index]
+        assert isinstance(original, torch.Tensor)
+        return original
+    weight = getattr(owner, attribute)
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+@torch.no_grad()
+def levels_used(model: MemorizationModel, bits: int, steps: dict[str, float]) -> dict[str, int]:
+    """How many distinct integer codes each quantized group uses (at most 2^n - 1)."""
+    return {
+        name: int(torch.unique(quantize_codes(float_weight(model, name), bits, step)).numel())
+        for name, step in steps.items()
+    }
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, attribute = name.rpartition(".")
+    return (model.get_submodule(path) if path else model), attribute

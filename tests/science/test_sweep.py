@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from capacity_service.science.data import make_dataset
+from capacity_service.science.fixed_point import (
+    apply_precision,
+    clear_precision,
+    float_weight,
+    levels_used,
+)
+from capacity_service.science.models import build_model
+from capacity_service.science.quantize import quantize
+from capacity_service.science.sweep import precision_boundary, sweep
+from capacity_service.science.train import accuracy, train_memorization
+from capacity_service.specs import (
+    CNNSpec,
+    FCDNNSpec,
+    RetrainSpec,
+    RNNSpec,
+    SweepPoint,
+    SweepSpec,
+    TrainSpec,
+)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        FCDNNSpec(width=8, depth=2),
+        CNNSpec(channels=2, fc_hidden=4),
+        RNNSpec(kind="gru", hidden=6, n_in=5, steps=2),
+    ],
+)
+def test_only_quantizable_groups_change(spec: FCDNNSpec | CNNSpec | RNNSpec) -> None:
+    model = build_model(spec, seed=0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    groups = {g.name: g for g in model.parameter_groups()}
+    steps = apply_precision(model, 2)
+    assert set(steps) == {name for name, g in groups.items() if g.quantizable}
+    for name, group in groups.items():
+        owner_path, _, attribute = name.rpartition(".")
+        owner = model.get_submodule(owner_path)
+        used = getattr(owner, attribute)  # what the forward pass computes with
+        if group.quantizable:
+            torch.testing.assert_close(used, quantize(before[name], 2, steps[name]))
+            assert torch.unique(used).numel() <= 3
+        else:  # biases and the output layer: bit for bit unchanged
+            assert torch.equal(used, before[name])
+    clear_precision(model)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name])  # the float weights are back
+
+
+def test_retraining_updates_float_weights_and_keeps_the_step() -> None:
+    spec = FCDNNSpec(width=8, n_in=10)
+    data = make_dataset(spec, 200, seed=0)
+    model = build_model(spec, seed=0)
+    steps = apply_precision(model, 3)
+    float_before = float_weight(model, "hidden.0.weight").detach().clone()
+    train_memorization(model, data, RetrainSpec(epochs=3, lr=0.01), seed=0)
+    float_after = float_weight(model, "hidden.0.weight")
+    assert not torch.equal(float_before, float_after)  # gradients reached the float W
+    parametrization = model.hidden[0].parametrizations.weight[0]  # type: ignore[index,union-attr]
+    assert parametrization.step == steps["hidden.0.weight"]  # D fixed while retraining
+    torch.testing.assert_close(
+        model.hidden[0].weight,  # type: ignore[index]
+        quantize(float_after.detach(), 3, steps["hidden.0.weight"]),
+    )
+    assert levels_used(model, 3, steps)["hidden.0.weight"] <= 7
+
+
+def test_eight_bits_keeps_and_retraining_recovers_two_bits() -> None:
+    spec = FCDNNSpec(width=16)
+    data = make_dataset(spec, 300, seed=0)
+    model = build_model(spec, seed=0)
+    memorized = train_memorization(model, data, TrainSpec(lr=0.05, batch_size=16, epochs=300), 0)
+    assert memorized.accuracy == 1.0
+    apply_precision(model, 8)
+    assert accuracy(model, data) == 1.0
+    apply_precision(model, 2)
+    direct = accuracy(model, data)
+    retrained = train_memorization(model, data, RetrainSpec(epochs=20), seed=1)
+    assert direct < 1.0
+    assert retrained.accuracy > direct + 0.03
+
+
+def test_sweep_records_every_precision_in_order() -> None:
+    spec = SweepSpec.model_validate(
+        {
+            "model": {"kind": "fcdnn", "width": 16},
+            "n": [150, 300],
+            "bits": [8, 4, 2, 1],
+            "train": {"lr": 0.05, "batch_size": 16, "epochs": 200},
+            "retrain": {"epochs": 5},
+        }
+    )
+    result = sweep(spec)
+    assert result.regime == "list" and result.params == 306 and result.quantized_params == 256
+    assert [c.n for c in result.curves] == [150, 300]
+    for curve in result.curves:
+        assert [p.bits for p in curve.points] == [8, 4, 2, 1]
+        for point in curve.points:
+            assert point.accuracy_retrained >= point.accuracy_quantized
+            assert set(point.steps) == {"hidden.0.weight"}
+            limit = 2 if point.bits == 1 else 2**point.bits - 1
+            assert point.levels_used["hidden.0.weight"] <= limit
+        assert curve.precision_boundary in (None, 8, 4, 2, 1)
+
+
+def test_half_regime_takes_half_the_capacity_n() -> None:
+    spec = SweepSpec.model_validate(
+        {
+            "model": {"kind": "fcdnn", "width": 8},
+            "regime": "half",
+            "capacity_n": 101,
+            "bits": [4],
+            "train": {"epochs": 2},
+            "retrain": {"epochs": 0},
+        }  # fmt: skip
+    )
+    result = sweep(spec)
+    assert result.regime == "half" and result.curves[0].n == 50
+    assert result.curves[0].points[0].retrain_epochs == 0
+
+
+def _point(bits: int, retrained: float) -> SweepPoint:
+    return SweepPoint(
+        bits=bits, accuracy_quantized=retrained, accuracy_retrained=retrained,
+        mutual_information_quantized_bits=0.0, mutual_information_bits=0.0, retrain_epochs=0,
+        retrain_diverged=False, steps={}, levels_used={},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("accuracies", "expected"),
+    [
+        ({8: 1.0, 6: 0.998, 5: 0.99, 4: 0.9}, 6),  # 5 bits drops 1 point > 0.5
+        ({8: 1.0, 6: 1.0, 5: 1.0, 4: 1.0}, 4),
+        ({8: 0.98, 6: 1.0}, None),  # the highest precision already fails
+        ({8: 1.0, 6: 0.9, 5: 1.0}, 8),  # a later recovery does not count
+    ],
+)
+def test_precision_boundary(accuracies: dict[int, float], expected: int | None) -> None:
+    points = [_point(bits, acc) for bits, acc in accuracies.items()]
+    assert precision_boundary(1.0, points, 0.005) == expected
