@@ -63,7 +63,9 @@ def _int_list(text: str) -> int | list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected integers separated by commas, got {text!r}"
+        ) from None
     return values[0] if len(values) == 1 and "," not in text else values
 
 

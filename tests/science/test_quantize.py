@@ -72,7 +72,7 @@ def test_zero_tensor_is_guarded() -> None:
 
 def test_max_code_rejects_bad_precisions() -> None:
     assert max_code(2) == 1 and max_code(8) == 127 and max_code(16) == 32767
-    with pytest.raises(ValueError, match="bits must be in 1..16"):
+    with pytest.raises(ValueError, match=r"bits must be in 1\.\.16"):
         max_code(0)
     with pytest.raises(ValueError):
         max_code(17)

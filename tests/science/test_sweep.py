@@ -118,7 +118,7 @@ def test_half_regime_takes_half_the_capacity_n() -> None:
             "bits": [4],
             "train": {"epochs": 2},
             "retrain": {"epochs": 0},
-        }  # fmt: skip
+        }
     )
     result = sweep(spec)
     assert result.regime == "half" and result.curves[0].n == 50
