@@ -17,6 +17,9 @@ _EXPORTS = {
     "count_parameters": "capacity_service.science.models",
     "measure": "capacity_service.science.measure",
     "search_n": "capacity_service.science.search",
+    "search_capacity": "capacity_service.science.search",
+    "CapacitySpec": "capacity_service.specs",
+    "CapacityResult": "capacity_service.specs",
     "lloyd_max_step": "capacity_service.science.quantize",
     "quantize": "capacity_service.science.quantize",
     "sweep": "capacity_service.science.sweep",
@@ -27,6 +30,8 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "CapacityResult",
+    "CapacitySpec",
     "MeasureResult",
     "MeasureSpec",
     "SweepResult",
@@ -38,6 +43,7 @@ __all__ = [
     "measure",
     "mutual_information",
     "quantize",
+    "search_capacity",
     "search_n",
     "sweep",
 ]
@@ -47,9 +53,16 @@ if TYPE_CHECKING:
     from capacity_service.science.metrics import binary_entropy, mutual_information
     from capacity_service.science.models import count_parameters
     from capacity_service.science.quantize import lloyd_max_step, quantize
-    from capacity_service.science.search import search_n
+    from capacity_service.science.search import search_capacity, search_n
     from capacity_service.science.sweep import sweep
-    from capacity_service.specs import MeasureResult, MeasureSpec, SweepResult, SweepSpec
+    from capacity_service.specs import (
+        CapacityResult,
+        CapacitySpec,
+        MeasureResult,
+        MeasureSpec,
+        SweepResult,
+        SweepSpec,
+    )
 
 
 def __getattr__(name: str) -> Any:

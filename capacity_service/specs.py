@@ -216,6 +216,72 @@ class SweepSpec(Frozen):
         return [self.n]
 
 
+class SearchSpec(Frozen):
+    """Budget and bounds of the three-stage capacity search (thesis 2.3.1)."""
+
+    budget_trials: int = Field(60, ge=1, description="trainings at most, all stages")
+    budget_seconds: float = Field(600, gt=0, description="wall seconds at most")
+    batch: int = Field(32, ge=1, description="K: trials trained together by the engine")
+    epochs: int = Field(1500, ge=1, description="epoch budget of each trial")
+    patience: int = Field(50, ge=1, description="epochs without a better accuracy = plateau")
+    max_decays: int = Field(4, ge=0, description="plateaus tolerated before a trial stops")
+    lr: tuple[float, float] = Field((0.001, 0.05), description="learning rate, log scale")
+    lr_decay: tuple[float, float] = Field((0.1, 0.5), description="decay factor")
+    momentum: tuple[float, float] = Field((0.6, 0.99), description="SGD momentum")
+    batch_sizes: tuple[int, ...] = Field((32, 64, 128), description="minibatch sizes")
+    n_range: tuple[int, int] | None = Field(None, description="N bounds; default from stage 1")
+    estimator: Literal["GP", "RF", "ET"] = Field("GP", description="scikit-optimize model")
+
+    @field_validator("lr", "lr_decay", "momentum", "n_range")
+    @classmethod
+    def _ordered_bounds(cls, bounds: tuple[float, float] | None) -> tuple[float, float] | None:
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"low must be < high, got {list(bounds)}")
+        return bounds
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        if bounds[0] <= 0:
+            raise ValueError(f"learning rates must be > 0, got {list(bounds)}")
+        return bounds
+
+    @field_validator("lr_decay", "momentum")
+    @classmethod
+    def _unit_interval(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        if bounds[0] < 0 or bounds[1] >= 1:
+            raise ValueError(f"must lie in [0, 1), got {list(bounds)}")
+        return bounds
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batch_sizes(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        if not sizes or min(sizes) < 1:
+            raise ValueError("give at least one batch size, each >= 1")
+        return tuple(sorted(set(sizes)))
+
+
+class CapacitySpec(Frozen):
+    """A capacity measurement: search N and the hyperparameters for the largest I."""
+
+    model: ModelSpec
+    search: SearchSpec = SearchSpec()
+    seed: int = Field(0, ge=0)
+    device: Device = Field("auto", description="auto, cpu, cuda or cuda:i")
+
+    @model_validator(mode="after")
+    def _n_range_fits(self) -> CapacitySpec:
+        if self.search.n_range is not None:
+            low, high = self.search.n_range
+            if low < 2:
+                raise ValueError(f"search.n_range: N must be >= 2, got {low}")
+            try:
+                check_n_fits(self.model, high)
+            except ValueError as error:
+                raise ValueError(f"search.n_range: {error}") from None
+        return self
+
+
 # --- results -----------------------------------------------------------------------------
 
 
@@ -312,3 +378,37 @@ class SweepResult(Frozen):
     seed: int
     curves: tuple[SweepCurve, ...]
     wall_seconds: float
+
+
+class TrialRecord(Frozen):
+    """One finished training of the capacity search: what was tried and what it gave."""
+
+    index: int
+    stage: Literal["bracket", "grid", "bayes"]
+    n: int
+    lr: float
+    momentum: float
+    lr_decay: float
+    batch_size: int
+    seed: int  # the trial's initialization seed
+    accuracy: float
+    mutual_information_bits: float
+    epochs: int
+    wall_seconds: float
+    device: str
+    diverged: bool
+
+
+class CapacityResult(Frozen):
+    params: int
+    capacity_bits: float
+    bits_per_param: float
+    conv_bits_per_param: float | None
+    best: TrialRecord
+    bracket_n: int  # stage 1: the largest N memorized (accuracy >= 0.99) at coarse settings
+    curve: tuple[CurvePoint, ...]
+    trials: tuple[TrialRecord, ...]
+    engine: str  # "batched", or "sequential" where the model kind is not batched yet
+    wall_seconds: float
+    device: str
+    seed: int

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from capacity_service import __version__
-from capacity_service.cli import measure, sweep
+from capacity_service.cli import measure, search, sweep
 from capacity_service.cli.common import EXIT_BAD_INPUT, UsageError
 
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     measure.add_parser(subparsers)
+    search.add_parser(subparsers)
     sweep.add_parser(subparsers)
     return parser
 

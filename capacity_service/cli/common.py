@@ -101,23 +101,26 @@ TRAIN_FLAGS = {
     "lr_decay": "train.lr_decay",
     "patience": "train.patience",
     "max_decays": "train.max_decays",
-    "seed": "seed",
-    "device": "device",
 }
+RUN_FLAGS = {"seed": "seed", "device": "device"}
 FLOAT_FLAGS = {"lr", "momentum", "lr_decay"}
 
 
-def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
-    """The spec file, the model flags and the (float) training flags."""
+def add_spec_arguments(parser: argparse.ArgumentParser, training: bool = True) -> None:
+    """The spec file, the model flags, seed and device, and (with `training`) the
+    training flags."""
     parser.add_argument("spec", nargs="?", help="JSON spec file ('-' for stdin)")
     model = parser.add_argument_group("model (override the spec file)")
     model.add_argument("--model", choices=MODEL_KINDS, help="model kind")
     for dest in MODEL_FLAGS:
         model.add_argument("--" + dest.replace("_", "-"), dest=dest, type=int)
-    train = parser.add_argument_group("training (override the spec file)")
-    for dest in TRAIN_FLAGS:
-        kind = float if dest in FLOAT_FLAGS else (str if dest == "device" else int)
-        train.add_argument("--" + dest.replace("_", "-"), dest=dest, type=kind)
+    parser.add_argument("--seed", type=int, help="seeds data, initialization, shuffling")
+    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:i")
+    if training:
+        train = parser.add_argument_group("training (override the spec file)")
+        for dest in TRAIN_FLAGS:
+            kind = float if dest in FLOAT_FLAGS else int
+            train.add_argument("--" + dest.replace("_", "-"), dest=dest, type=kind)
 
 
 def spec_document(args: argparse.Namespace, extra_flags: dict[str, str]) -> dict[str, Any]:
@@ -129,8 +132,8 @@ def spec_document(args: argparse.Namespace, extra_flags: dict[str, str]) -> dict
             document["model"] = {"kind": args.model}
     elif "model" not in document:
         fail("no model given: pass SPEC.json or --model {" + ",".join(MODEL_KINDS) + "}")
-    for dest, path in (MODEL_FLAGS | TRAIN_FLAGS | extra_flags).items():
-        value = getattr(args, dest)
+    for dest, path in (MODEL_FLAGS | TRAIN_FLAGS | RUN_FLAGS | extra_flags).items():
+        value = getattr(args, dest, None)
         if value is not None:
             set_path(document, path, value)
     return document

@@ -1,0 +1,133 @@
+"""`capacity search`: the three-stage capacity search (N bracket, grid, Bayesian)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from capacity_service.cli.common import (
+    ProgressBar,
+    add_spec_arguments,
+    check_device,
+    describe_model,
+    print_table,
+    spec_document,
+    validate,
+)
+from capacity_service.specs import CapacitySpec, TrialRecord
+
+SEARCH_FLAGS = {
+    "budget_trials": "search.budget_trials",
+    "budget_seconds": "search.budget_seconds",
+    "batch": "search.batch",
+    "epochs": "search.epochs",
+    "patience": "search.patience",
+    "lr_range": "search.lr",
+    "n_range": "search.n_range",
+    "estimator": "search.estimator",
+}
+
+
+def _pair(kind: type) -> Any:
+    def parse(text: str) -> list[Any]:
+        parts = text.split(",")
+        try:
+            values = [kind(part) for part in parts]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected LOW,HIGH, got {text!r}") from None
+        if len(values) != 2:
+            raise argparse.ArgumentTypeError(f"expected two values LOW,HIGH, got {text!r}")
+        return values
+
+    return parse
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "search",
+        help="measure capacity: search N and the training settings for the largest I",
+        description="The three-stage search of the thesis: bracket N, a coarse grid over "
+        "learning rate and batch size, then Bayesian optimization (scikit-optimize) over "
+        "learning rate, decay, momentum, batch size and N together, maximizing "
+        "I = N (1 - H2(p)); K trials at a time on the batched engine.",
+    )
+    add_spec_arguments(parser, training=False)
+    search = parser.add_argument_group("search (override the spec file)")
+    search.add_argument("--budget-trials", type=int, help="trainings at most (60)")
+    search.add_argument("--budget-seconds", type=float, help="wall seconds at most (600)")
+    search.add_argument("--batch", type=int, help="K: trials trained together (32)")
+    search.add_argument("--epochs", type=int, help="epoch budget of each trial (1500)")
+    search.add_argument("--patience", type=int, help="plateau patience of each trial (50)")
+    search.add_argument("--lr-range", type=_pair(float), help="LOW,HIGH (0.001,0.05)")
+    search.add_argument("--n-range", type=_pair(int), help="LOW,HIGH of N (from stage 1)")
+    search.add_argument("--estimator", choices=("GP", "RF", "ET"), help="surrogate (GP)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.set_defaults(handler=run)
+
+
+@dataclass
+class SearchProgress:
+    stage: str = "bracket"
+    done: int = 0
+    best: float = 0.0
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = validate(CapacitySpec, spec_document(args, SEARCH_FLAGS), args.spec or "flags")
+    check_device(spec.device)
+    from capacity_service.science.search import search_capacity
+
+    bar = None if args.quiet else ProgressBar(interval=2.0)
+    progress = SearchProgress()
+
+    def show() -> None:
+        if bar is not None:
+            bar.update(
+                progress.done,
+                spec.search.budget_trials,
+                f"stage {progress.stage}: {progress.done} trials, best I {progress.best:,.0f} bits",
+            )
+
+    def on_stage(stage: str) -> None:
+        progress.stage = stage
+        show()
+
+    def on_trial(record: TrialRecord) -> None:
+        progress.done += 1
+        progress.best = max(progress.best, record.mutual_information_bits)
+        show()
+
+    result = search_capacity(spec, on_trial=on_trial, on_stage=on_stage)
+    if bar is not None:
+        bar.close()
+    document = result.model_dump(mode="json")
+    if args.json:
+        print(json.dumps(document))
+        return 0
+    best = result.best
+    rows = [
+        ("model", describe_model(spec.model)),
+        ("parameters", f"{result.params:,}"),
+        ("capacity (bits)", f"{result.capacity_bits:,.1f}"),
+        ("bits/param", f"{result.bits_per_param:.3f}"),
+        ("best N", f"{best.n:,} at accuracy {best.accuracy:.4%}"),
+        (
+            "best settings",
+            f"lr {best.lr:.4g}, momentum {best.momentum:.3f}, "
+            f"decay {best.lr_decay:.2f}, batch {best.batch_size}",
+        ),
+        ("trials", f"{len(result.trials)} ({result.engine} engine)"),
+        ("wall seconds", f"{result.wall_seconds:.1f}"),
+        ("device", result.device),
+    ]
+    if result.conv_bits_per_param is not None:
+        rows.append(("conv bits/param", f"{result.conv_bits_per_param:.3f}"))
+    print_table(rows)
+    print("\ncurve (N, accuracy, I):")
+    for point in result.curve:
+        bits = point.mutual_information_bits
+        print(f"  {point.n:>9,}  {point.accuracy:.4f}  {bits:,.1f}")
+    return 0

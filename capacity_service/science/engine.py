@@ -1,0 +1,280 @@
+"""The batched engine: train K memorization trials of one architecture at once.
+
+Small models waste a processor when trained one at a time: each step is a handful of tiny
+kernels whose launch cost dwarfs their arithmetic. Here K FCDNN trials are one stacked
+model (weights (K, out, in), batched matrix products, hand-written backward pass), each
+trial with its own initialization, learning rate, momentum, decay factor, N, batch size
+and shuffling, following exactly the schedule of `train.train_memorization` (the same
+permutations, batches, plateau and stopping rules), so a trial's result matches the
+sequential trainer's up to floating-point reassociation.
+
+Trials of one call share a data pool; trial k trains on the first N_k samples of the pool,
+B_k at a time (masking: every step computes B_max samples per trial, which costs nothing
+extra while the step is bound by kernel launches, as it is for small models). A trial
+that finishes is dropped from the stack, so it stops costing compute. Kinds without a
+batched implementation yet (CNN, RNN) run their trials one after another through the
+sequential trainer, and say so.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from capacity_service.science.data import Dataset
+from capacity_service.science.models import FCDNN, ModelSpecT, build_model
+from capacity_service.science.train import TrainOutcome, train_memorization
+from capacity_service.specs import FCDNNSpec, TrainSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialConfig:
+    """One trial: its N, its training settings and its seeds."""
+
+    n: int
+    train: TrainSpec
+    init_seed: int
+    shuffle_seed: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineRun:
+    outcomes: tuple[TrainOutcome | None, ...]  # in the order of the configs; None: not run
+    engine: str  # "batched" or "sequential" (the kind has no batched implementation)
+
+
+CancelCheck = Callable[[], bool]
+
+
+def train_trials(
+    model: ModelSpecT,
+    pool: Dataset,
+    configs: Sequence[TrialConfig],
+    should_stop: CancelCheck | None = None,
+    deadline: float | None = None,
+) -> EngineRun:
+    """Train every trial of `configs` on the first N of `pool`; batched where possible.
+
+    At the `deadline` (a time.perf_counter() value) batched trials end early with the best
+    accuracy they reached, as if their epoch budget had run out. The sequential fallback
+    asks `should_stop` between trials; trials not run are None in the result.
+    """
+    for config in configs:
+        if config.n > pool.n:
+            raise ValueError(f"trial N = {config.n} exceeds the data pool of {pool.n} samples")
+    if isinstance(model, FCDNNSpec):
+        return EngineRun(outcomes=tuple(StackedFCDNN(model, configs, pool).train(deadline)),
+                         engine="batched")  # fmt: skip
+    outcomes: list[TrainOutcome | None] = [None] * len(configs)
+    for index, config in enumerate(configs):
+        if should_stop is not None and should_stop():
+            break
+        outcomes[index] = _train_sequential(model, pool, config)
+    return EngineRun(outcomes=tuple(outcomes), engine="sequential")
+
+
+def _train_sequential(model: ModelSpecT, pool: Dataset, config: TrialConfig) -> TrainOutcome:
+    data = Dataset(x=pool.x[: config.n], y=pool.y[: config.n])
+    network = build_model(model, config.init_seed, pool.x.device)
+    return train_memorization(network, data, config.train, config.shuffle_seed)
+
+
+class StackedFCDNN:
+    """K FCDNN trials as one model. Row r of every device tensor is the r-th active trial;
+    `trial[r]` says which; finished rows are dropped."""
+
+    def __init__(self, spec: FCDNNSpec, configs: Sequence[TrialConfig], pool: Dataset) -> None:
+        self.configs = list(configs)
+        self.pool = pool
+        device = pool.x.device
+        self.batch = torch.tensor([c.train.batch_size for c in configs], device=device)
+        self.batch_max = max(c.train.batch_size for c in configs)
+        models = [build_model(spec, c.init_seed, device) for c in configs]
+        self.weights: list[torch.Tensor] = []  # (K, out, in) per layer
+        self.biases: list[torch.Tensor] = []  # (K, out) per layer
+        for layer in range(spec.depth + 1):
+            linears = [_linear(m, layer) for m in models]
+            self.weights.append(torch.stack([lin.weight.detach() for lin in linears]))
+            self.biases.append(torch.stack([lin.bias.detach() for lin in linears]))
+        self.velocity_w = [torch.zeros_like(w) for w in self.weights]
+        self.velocity_b = [torch.zeros_like(b) for b in self.biases]
+        self.lr = torch.tensor([c.train.lr for c in configs], device=device)  # (K,)
+        self.momentum = torch.tensor([c.train.momentum for c in configs], device=device)
+        self.n = torch.tensor([c.n for c in configs], device=device)
+        self.order = torch.zeros(len(configs), max(c.n for c in configs), dtype=torch.int64,
+                                 device=device)  # fmt: skip
+        self.cursor = torch.zeros(len(configs), dtype=torch.int64, device=device)
+        self.loss_total = torch.zeros(len(configs), device=device)
+        self.trial = list(range(len(configs)))
+        self.generators = [
+            torch.Generator(device=device).manual_seed(c.shuffle_seed) for c in configs
+        ]
+        # The schedule of each trial, by trial index, on the host (read once per epoch).
+        self.epoch = [0] * len(configs)
+        self.since_best = [0] * len(configs)
+        self.decays = [0] * len(configs)
+        self.best_accuracy = [0.0] * len(configs)
+        self.current_lr = [c.train.lr for c in configs]
+        self.diverged = [False] * len(configs)
+        self.finished: dict[int, TrainOutcome] = {}
+        self.started = time.perf_counter()
+
+    def train(self, deadline: float | None = None) -> list[TrainOutcome]:
+        rows = list(range(len(self.trial)))
+        for row, accuracy in zip(rows, self._accuracy(rows), strict=True):
+            self.best_accuracy[row] = accuracy
+        for row in rows:
+            self._new_epoch(row)
+        # trials already perfect need no epoch (as in the sequential trainer)
+        self._finish([r for r in rows if self.best_accuracy[r] == 1.0])
+        offsets = torch.arange(self.batch_max, device=self.pool.x.device)
+        while self.trial:
+            position = self.cursor.unsqueeze(1) + offsets  # (K, B_max)
+            inside = (offsets < self.batch.unsqueeze(1)) & (position < self.n.unsqueeze(1))
+            mask = inside.to(self.pool.x.dtype)
+            sample = self.order.gather(1, position.clamp_max(self.order.shape[1] - 1))
+            self.loss_total += self._step(self.pool.x[sample], self.pool.y[sample], mask)
+            self.cursor += self.batch
+            ended = (self.cursor >= self.n).nonzero().flatten().tolist()
+            if ended:
+                self._end_epochs(ended)
+                if deadline is not None and time.perf_counter() > deadline:
+                    self._finish(list(range(len(self.trial))))
+        return [self.finished[t] for t in range(len(self.configs))]
+
+    # -- forward and backward -------------------------------------------------------
+
+    @staticmethod
+    def _forward(
+        x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x (K, B, n_in) -> logits (K, B, 2), and the input of every layer."""
+        inputs = [x]
+        h = x
+        for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))  # (K, B, out)
+            if layer < len(weights) - 1:
+                h = h.relu_()
+                inputs.append(h)
+        return h, inputs
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One SGD-with-momentum step of every active trial on its own batch (mean
+        cross-entropy over its unmasked samples); returns each trial's loss sum (K,)."""
+        logits, inputs = self._forward(x, self.weights, self.biases)
+        log_p = torch.log_softmax(logits, dim=2)  # (K, B, 2)
+        picked = log_p.gather(2, y.unsqueeze(2))  # (K, B, 1)
+        loss_sum = -(picked.squeeze(2) * mask).sum(dim=1)  # (K,)
+        # d(mean CE)/d logits = (softmax - onehot) / count, zero on padding
+        grad = log_p.exp_().scatter_add_(2, y.unsqueeze(2), torch.full_like(picked, -1.0))
+        grad.mul_((mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0)).unsqueeze(2))
+        lr, momentum = self.lr.view(-1, 1, 1), self.momentum.view(-1, 1, 1)
+        for layer in range(len(self.weights) - 1, -1, -1):
+            a = inputs[layer]  # (K, B, in)
+            grad_w = torch.bmm(grad.transpose(1, 2), a)  # (K, out, in)
+            grad_b = grad.sum(dim=1)  # (K, out)
+            if layer > 0:  # through the layer (old weights) and the ReLU below it
+                grad = torch.bmm(grad, self.weights[layer]).mul_(a > 0)
+            # v = m v + g; w -= lr v, each one fused pass over memory
+            v_w, v_b = self.velocity_w[layer], self.velocity_b[layer]
+            torch.addcmul(grad_w, v_w, momentum, out=v_w)
+            torch.addcmul(grad_b, v_b, momentum.view(-1, 1), out=v_b)
+            torch.addcmul(self.weights[layer], v_w, -lr, out=self.weights[layer])
+            torch.addcmul(self.biases[layer], v_b, -lr.view(-1, 1), out=self.biases[layer])
+        return loss_sum
+
+    @torch.no_grad()
+    def _accuracy(self, rows: list[int]) -> list[float]:
+        """Accuracy of these rows over each one's N samples, with its current weights."""
+        index = torch.tensor(rows, device=self.pool.x.device)
+        n = self.n[index]
+        n_max = int(n.max())
+        x = self.pool.x[:n_max].unsqueeze(0).expand(len(rows), -1, -1)
+        logits, _ = self._forward(
+            x, [w[index] for w in self.weights], [b[index] for b in self.biases]
+        )
+        hits = logits.argmax(dim=2) == self.pool.y[:n_max]  # (R, n_max)
+        valid = torch.arange(n_max, device=x.device) < n.unsqueeze(1)
+        return ((hits & valid).sum(dim=1).double() / n).tolist()
+
+    # -- the schedule (mirrors train.train_memorization) ----------------------------
+
+    def _new_epoch(self, row: int) -> None:
+        n = int(self.n[row])
+        generator = self.generators[self.trial[row]]
+        self.order[row, :n] = torch.randperm(n, generator=generator, device=self.order.device)
+        self.cursor[row] = 0
+
+    def _end_epochs(self, rows: list[int]) -> None:
+        losses = (self.loss_total[rows] / self.n[rows]).tolist()
+        self.loss_total[rows] = 0.0
+        done: list[int] = []
+        finite: list[int] = []
+        for row, loss in zip(rows, losses, strict=True):
+            trial = self.trial[row]
+            self.epoch[trial] += 1
+            if math.isfinite(loss):
+                finite.append(row)
+            else:
+                self.diverged[trial] = True
+                done.append(row)
+        for row, accuracy in zip(finite, self._accuracy(finite) if finite else [], strict=True):
+            trial = self.trial[row]
+            train = self.configs[trial].train
+            if accuracy > self.best_accuracy[trial]:
+                self.best_accuracy[trial], self.since_best[trial] = accuracy, 0
+            else:
+                self.since_best[trial] += 1
+            if accuracy == 1.0:
+                done.append(row)
+                continue
+            if self.since_best[trial] >= train.patience:
+                if self.decays[trial] >= train.max_decays:
+                    done.append(row)
+                    continue
+                self.current_lr[trial] *= train.lr_decay
+                self.lr[row] = self.current_lr[trial]
+                self.decays[trial] += 1
+                self.since_best[trial] = 0
+            if self.epoch[trial] >= train.epochs:
+                done.append(row)
+        for row in rows:
+            if row not in done:
+                self._new_epoch(row)
+        self._finish(done)
+
+    def _finish(self, rows: list[int]) -> None:
+        """Record the outcome of these rows and drop them from the stack."""
+        if not rows:
+            return
+        for row in rows:
+            trial = self.trial[row]
+            self.finished[trial] = TrainOutcome(
+                accuracy=self.best_accuracy[trial],
+                epochs=self.epoch[trial],
+                diverged=self.diverged[trial],
+                wall_seconds=time.perf_counter() - self.started,
+                final_lr=self.current_lr[trial],
+            )
+        gone = set(rows)
+        kept = [r for r in range(len(self.trial)) if r not in gone]
+        keep = torch.tensor(kept, dtype=torch.int64, device=self.n.device)
+        for tensors in (self.weights, self.biases, self.velocity_w, self.velocity_b):
+            tensors[:] = [t[keep] for t in tensors]
+        self.lr, self.momentum, self.n = self.lr[keep], self.momentum[keep], self.n[keep]
+        self.batch = self.batch[keep]
+        self.order, self.cursor = self.order[keep], self.cursor[keep]
+        self.loss_total = self.loss_total[keep]
+        self.trial = [self.trial[r] for r in kept]
+
+
+def _linear(model: torch.nn.Module, layer: int) -> torch.nn.Linear:
+    assert isinstance(model, FCDNN)
+    hidden = list(model.hidden)
+    linear = hidden[layer] if layer < len(hidden) else model.output
+    assert isinstance(linear, torch.nn.Linear)
+    return linear
