@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from capacity_service.science.data import Dataset
@@ -108,7 +109,11 @@ class StackedFCDNN:
         self.order = torch.zeros(len(configs), max(c.n for c in configs), dtype=torch.int64,
                                  device=device)  # fmt: skip
         self.cursor = torch.zeros(len(configs), dtype=torch.int64, device=device)
+        self.cursor_host = np.zeros(len(configs), dtype=np.int64)
+        self.n_host = np.array([c.n for c in configs], dtype=np.int64)
+        self.batch_host = np.array([c.train.batch_size for c in configs], dtype=np.int64)
         self.loss_total = torch.zeros(len(configs), device=device)
+        self._masks()
         self.trial = list(range(len(configs)))
         self.generators = [
             torch.Generator(device=device).manual_seed(c.shuffle_seed) for c in configs
@@ -133,18 +138,35 @@ class StackedFCDNN:
         self._finish([r for r in rows if self.best_accuracy[r] == 1.0])
         offsets = torch.arange(self.batch_max, device=self.pool.x.device)
         while self.trial:
+            # the host mirrors the cursors, so that the common step (no trial in its
+            # last, partial batch) reuses a fixed mask and nothing waits on the device
+            partial = self.cursor_host + self.batch_host > self.n_host
             position = self.cursor.unsqueeze(1) + offsets  # (K, B_max)
-            inside = (offsets < self.batch.unsqueeze(1)) & (position < self.n.unsqueeze(1))
-            mask = inside.to(self.pool.x.dtype)
+            if partial.any():
+                inside = self.batch_mask & (position < self.n.unsqueeze(1))
+                mask = inside.to(self.pool.x.dtype)
+                weight = mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
+            else:
+                mask, weight = self.full_mask, self.full_weight
             sample = self.order.gather(1, position.clamp_max(self.order.shape[1] - 1))
-            self.loss_total += self._step(self.pool.x[sample], self.pool.y[sample], mask)
+            self.loss_total += self._step(self.pool.x[sample], self.pool.y[sample], mask, weight)
             self.cursor += self.batch
-            ended = (self.cursor >= self.n).nonzero().flatten().tolist()
+            self.cursor_host += self.batch_host
+            ended = np.flatnonzero(self.cursor_host >= self.n_host).tolist()
             if ended:
                 self._end_epochs(ended)
                 if deadline is not None and time.perf_counter() > deadline:
                     self._finish(list(range(len(self.trial))))
         return [self.finished[t] for t in range(len(self.configs))]
+
+    def _masks(self) -> None:
+        """Per-row constants of a step that no trial ends: which of the B_max slots are
+        its batch, and the weight 1 / B_k of each; also -lr."""
+        offsets = torch.arange(self.batch_max, device=self.n.device)
+        self.batch_mask = offsets < self.batch.unsqueeze(1)  # (K, B_max)
+        self.full_mask = self.batch_mask.to(self.pool.x.dtype)
+        self.full_weight = self.full_mask / self.batch.unsqueeze(1).to(self.pool.x.dtype)
+        self.neg_lr = -self.lr
 
     # -- forward and backward -------------------------------------------------------
 
@@ -162,29 +184,32 @@ class StackedFCDNN:
                 inputs.append(h)
         return h, inputs
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _step(
+        self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
         """One SGD-with-momentum step of every active trial on its own batch (mean
-        cross-entropy over its unmasked samples); returns each trial's loss sum (K,)."""
+        cross-entropy over its unmasked samples; `weight` is mask / count); returns each
+        trial's loss sum (K,)."""
         logits, inputs = self._forward(x, self.weights, self.biases)
         log_p = torch.log_softmax(logits, dim=2)  # (K, B, 2)
         picked = log_p.gather(2, y.unsqueeze(2))  # (K, B, 1)
         loss_sum = -(picked.squeeze(2) * mask).sum(dim=1)  # (K,)
         # d(mean CE)/d logits = (softmax - onehot) / count, zero on padding
         grad = log_p.exp_().scatter_add_(2, y.unsqueeze(2), torch.full_like(picked, -1.0))
-        grad.mul_((mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0)).unsqueeze(2))
-        lr, momentum = self.lr.view(-1, 1, 1), self.momentum.view(-1, 1, 1)
+        grad.mul_(weight.unsqueeze(2))
+        neg_lr, momentum = self.neg_lr.view(-1, 1, 1), self.momentum.view(-1, 1, 1)
         for layer in range(len(self.weights) - 1, -1, -1):
             a = inputs[layer]  # (K, B, in)
             grad_w = torch.bmm(grad.transpose(1, 2), a)  # (K, out, in)
             grad_b = grad.sum(dim=1)  # (K, out)
             if layer > 0:  # through the layer (old weights) and the ReLU below it
-                grad = torch.bmm(grad, self.weights[layer]).mul_(a > 0)
+                grad = torch.ops.aten.threshold_backward(torch.bmm(grad, self.weights[layer]), a, 0)
             # v = m v + g; w -= lr v, each one fused pass over memory
             v_w, v_b = self.velocity_w[layer], self.velocity_b[layer]
             torch.addcmul(grad_w, v_w, momentum, out=v_w)
             torch.addcmul(grad_b, v_b, momentum.view(-1, 1), out=v_b)
-            torch.addcmul(self.weights[layer], v_w, -lr, out=self.weights[layer])
-            torch.addcmul(self.biases[layer], v_b, -lr.view(-1, 1), out=self.biases[layer])
+            torch.addcmul(self.weights[layer], v_w, neg_lr, out=self.weights[layer])
+            torch.addcmul(self.biases[layer], v_b, neg_lr.view(-1, 1), out=self.biases[layer])
         return loss_sum
 
     @torch.no_grad()
@@ -208,6 +233,7 @@ class StackedFCDNN:
         generator = self.generators[self.trial[row]]
         self.order[row, :n] = torch.randperm(n, generator=generator, device=self.order.device)
         self.cursor[row] = 0
+        self.cursor_host[row] = 0
 
     def _end_epochs(self, rows: list[int]) -> None:
         losses = (self.loss_total[rows] / self.n[rows]).tolist()
@@ -238,6 +264,7 @@ class StackedFCDNN:
                     continue
                 self.current_lr[trial] *= train.lr_decay
                 self.lr[row] = self.current_lr[trial]
+                self.neg_lr[row] = -self.current_lr[trial]
                 self.decays[trial] += 1
                 self.since_best[trial] = 0
             if self.epoch[trial] >= train.epochs:
@@ -268,8 +295,11 @@ class StackedFCDNN:
         self.lr, self.momentum, self.n = self.lr[keep], self.momentum[keep], self.n[keep]
         self.batch = self.batch[keep]
         self.order, self.cursor = self.order[keep], self.cursor[keep]
+        self.cursor_host, self.n_host = self.cursor_host[kept], self.n_host[kept]
+        self.batch_host = self.batch_host[kept]
         self.loss_total = self.loss_total[keep]
         self.trial = [self.trial[r] for r in kept]
+        self._masks()
 
 
 def _linear(model: torch.nn.Module, layer: int) -> torch.nn.Linear:
