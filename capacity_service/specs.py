@@ -228,7 +228,7 @@ class SearchSpec(Frozen):
     lr: tuple[float, float] = Field((0.001, 0.05), description="learning rate, log scale")
     lr_decay: tuple[float, float] = Field((0.1, 0.5), description="decay factor")
     momentum: tuple[float, float] = Field((0.6, 0.99), description="SGD momentum")
-    batch_sizes: tuple[int, ...] = Field((32, 64, 128), description="minibatch sizes")
+    batch_sizes: tuple[int, ...] = Field((64, 128), description="minibatch sizes")
     n_range: tuple[int, int] | None = Field(None, description="N bounds; default from stage 1")
     estimator: Literal["GP", "RF", "ET"] = Field("GP", description="scikit-optimize model")
 

@@ -68,14 +68,14 @@ def train_trials(
         if config.n > pool.n:
             raise ValueError(f"trial N = {config.n} exceeds the data pool of {pool.n} samples")
     if isinstance(model, FCDNNSpec):
-        return EngineRun(outcomes=tuple(StackedFCDNN(model, configs, pool).train(deadline)),
-                         engine="batched")  # fmt: skip
-    outcomes: list[TrainOutcome | None] = [None] * len(configs)
+        outcomes = StackedFCDNN(model, configs, pool).train(deadline) if configs else []
+        return EngineRun(outcomes=tuple(outcomes), engine="batched")
+    done: list[TrainOutcome | None] = [None] * len(configs)
     for index, config in enumerate(configs):
         if should_stop is not None and should_stop():
             break
-        outcomes[index] = _train_sequential(model, pool, config)
-    return EngineRun(outcomes=tuple(outcomes), engine="sequential")
+        done[index] = _train_sequential(model, pool, config)
+    return EngineRun(outcomes=tuple(done), engine="sequential")
 
 
 def _train_sequential(model: ModelSpecT, pool: Dataset, config: TrialConfig) -> TrainOutcome:
