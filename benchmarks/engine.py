@@ -113,9 +113,15 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=2048, help="samples per trial")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--widths", help="comma-separated widths (default 32,64,128,256)")
+    parser.add_argument("--ks", help="comma-separated K values (default 1,8,32,64)")
     args = parser.parse_args()
     widths = [32, 256] if args.quick else [32, 64, 128, 256]
     ks = [1, 8, 64] if args.quick else [1, 8, 32, 64]
+    if args.widths:
+        widths = [int(w) for w in args.widths.split(",")]
+    if args.ks:
+        ks = [int(k) for k in args.ks.split(",")]
     n, epochs = (1024, 2) if args.quick else (args.n, args.epochs)
     rows = run(widths, ks, n, epochs, args.batch)
     if args.json:
