@@ -95,4 +95,4 @@ def test_he_initialization_is_seeded_and_scaled() -> None:
     assert not torch.equal(wa, wc)
     # He: std = sqrt(2 / fan_in) = sqrt(2 / 256) = 0.0884
     assert float(wa.detach().std()) == pytest.approx((2 / 256) ** 0.5, rel=0.05)
-    assert float(a.hidden[0].bias.abs().sum()) == 0.0  # type: ignore[index]
+    assert float(a.hidden[0].bias.detach().abs().sum()) == 0.0  # type: ignore[index]
