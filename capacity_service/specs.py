@@ -195,12 +195,7 @@ class SweepSpec(Frozen):
                 "(from a capacity result)"
             )
         for n in self.sample_counts():
-            if n < 2:
-                raise ValueError(f"n: every N must be >= 2, got {n}")
-            try:
-                check_n_fits(self.model, n)
-            except ValueError as error:
-                raise ValueError(f"n: {error}") from None
+            check_sample_count(self.model, n, "n")
         return self
 
     def sample_counts(self) -> list[int]:
@@ -272,14 +267,19 @@ class CapacitySpec(Frozen):
     @model_validator(mode="after")
     def _n_range_fits(self) -> CapacitySpec:
         if self.search.n_range is not None:
-            low, high = self.search.n_range
-            if low < 2:
-                raise ValueError(f"search.n_range: N must be >= 2, got {low}")
-            try:
-                check_n_fits(self.model, high)
-            except ValueError as error:
-                raise ValueError(f"search.n_range: {error}") from None
+            for n in self.search.n_range:
+                check_sample_count(self.model, n, "search.n_range")
         return self
+
+
+def check_sample_count(model: FCDNNSpec | CNNSpec | RNNSpec, n: int, field: str) -> None:
+    """ValueError naming `field` unless 2 <= N <= the distinct inputs of the model."""
+    if n < 2:
+        raise ValueError(f"{field}: every N must be >= 2, got {n}")
+    try:
+        check_n_fits(model, n)
+    except ValueError as error:
+        raise ValueError(f"{field}: {error}") from None
 
 
 # --- results -----------------------------------------------------------------------------

@@ -123,6 +123,11 @@ def add_spec_arguments(parser: argparse.ArgumentParser, training: bool = True) -
             train.add_argument("--" + dest.replace("_", "-"), dest=dest, type=kind)
 
 
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
 def spec_document(args: argparse.Namespace, extra_flags: dict[str, str]) -> dict[str, Any]:
     """The spec file's JSON (or {}) with every given flag written over it."""
     document: dict[str, Any] = load_json_file(args.spec) if args.spec else {}

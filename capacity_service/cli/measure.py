@@ -8,6 +8,7 @@ from typing import Any
 
 from capacity_service.cli.common import (
     ProgressBar,
+    add_output_arguments,
     add_spec_arguments,
     check_device,
     describe_model,
@@ -36,8 +37,7 @@ def add_parser(subparsers: Any) -> None:
         help="grow N from the parameter count and bisect to the N with the largest I",
     )
     search.add_argument("--max-trials", type=int, default=12, help="trainings at most")
-    parser.add_argument("--json", action="store_true", help="print one JSON object only")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_output_arguments(parser)
     parser.set_defaults(handler=run)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from capacity_service.cli.common import (
     ProgressBar,
+    add_output_arguments,
     add_spec_arguments,
     check_device,
     describe_model,
@@ -63,8 +64,7 @@ def add_parser(subparsers: Any) -> None:
     search.add_argument("--lr-range", type=_pair(float), help="LOW,HIGH (0.001,0.05)")
     search.add_argument("--n-range", type=_pair(int), help="LOW,HIGH of N (from stage 1)")
     search.add_argument("--estimator", choices=("GP", "RF", "ET"), help="surrogate (GP)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object only")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_output_arguments(parser)
     parser.set_defaults(handler=run)
 
 

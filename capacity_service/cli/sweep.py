@@ -8,6 +8,7 @@ from typing import Any
 
 from capacity_service.cli.common import (
     ProgressBar,
+    add_output_arguments,
     add_spec_arguments,
     check_device,
     describe_model,
@@ -54,8 +55,7 @@ def add_parser(subparsers: Any) -> None:
     sweep.add_argument("--retrain-epochs", type=int, help="retraining epochs per precision")
     sweep.add_argument("--retrain-lr", type=float, help="retraining learning rate")
     sweep.add_argument("--retrain-batch-size", type=int, help="retraining batch size")
-    parser.add_argument("--json", action="store_true", help="print one JSON object only")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_output_arguments(parser)
     parser.set_defaults(handler=run)
 
 
