@@ -6,7 +6,9 @@ model (weights (K, out, in), batched matrix products, hand-written backward pass
 trial with its own initialization, learning rate, momentum, decay factor, N, batch size
 and shuffling, following exactly the schedule of `train.train_memorization` (the same
 permutations, batches, plateau and stopping rules), so a trial's result matches the
-sequential trainer's up to floating-point reassociation.
+sequential trainer's up to floating-point reassociation. (One difference: divergence is
+seen as non-finite logits at the end of an epoch rather than as a non-finite mean loss,
+since the engine never computes the loss, only its gradient.)
 
 Trials of one call share a data pool; trial k trains on the first N_k samples of the pool,
 B_k at a time (masking: every step computes B_max samples per trial, which costs nothing
@@ -18,7 +20,6 @@ sequential trainer, and say so.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -112,7 +113,6 @@ class StackedFCDNN:
         self.cursor_host = np.zeros(len(configs), dtype=np.int64)
         self.n_host = np.array([c.n for c in configs], dtype=np.int64)
         self.batch_host = np.array([c.train.batch_size for c in configs], dtype=np.int64)
-        self.loss_total = torch.zeros(len(configs), device=device)
         self._masks()
         self.trial = list(range(len(configs)))
         self.generators = [
@@ -130,7 +130,7 @@ class StackedFCDNN:
 
     def train(self, deadline: float | None = None) -> list[TrainOutcome]:
         rows = list(range(len(self.trial)))
-        for row, accuracy in zip(rows, self._accuracy(rows), strict=True):
+        for row, accuracy in zip(rows, self._accuracy(rows)[0], strict=True):
             self.best_accuracy[row] = accuracy
         for row in rows:
             self._new_epoch(row)
@@ -147,9 +147,12 @@ class StackedFCDNN:
                 mask = inside.to(self.pool.x.dtype)
                 weight = mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
             else:
-                mask, weight = self.full_mask, self.full_weight
-            sample = self.order.gather(1, position.clamp_max(self.order.shape[1] - 1))
-            self.loss_total += self._step(self.pool.x[sample], self.pool.y[sample], mask, weight)
+                weight = self.full_weight
+            sample = self.order.gather(1, position.clamp_max(self.order.shape[1] - 1)).flatten()
+            # index_select on the flat sample list: about 4x faster than x[sample] here
+            x = self.pool.x.index_select(0, sample).view(*position.shape, -1)  # (K, B, n_in)
+            y = self.pool.y.index_select(0, sample).view(position.shape)  # (K, B)
+            self._step(x, y, weight)
             self.cursor += self.batch
             self.cursor_host += self.batch_host
             ended = np.flatnonzero(self.cursor_host >= self.n_host).tolist()
@@ -166,6 +169,7 @@ class StackedFCDNN:
         self.batch_mask = offsets < self.batch.unsqueeze(1)  # (K, B_max)
         self.full_mask = self.batch_mask.to(self.pool.x.dtype)
         self.full_weight = self.full_mask / self.batch.unsqueeze(1).to(self.pool.x.dtype)
+        self.minus_one = torch.full((len(self.n), self.batch_max, 1), -1.0, device=self.n.device)
         self.neg_lr = -self.lr
 
     # -- forward and backward -------------------------------------------------------
@@ -184,18 +188,16 @@ class StackedFCDNN:
                 inputs.append(h)
         return h, inputs
 
-    def _step(
-        self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor
-    ) -> torch.Tensor:
-        """One SGD-with-momentum step of every active trial on its own batch (mean
-        cross-entropy over its unmasked samples; `weight` is mask / count); returns each
-        trial's loss sum (K,)."""
+    def _step(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> None:
+        """One SGD-with-momentum step of every active trial on the mean cross-entropy of
+        its own batch (`weight` is 1 / count on its samples, 0 on padding).
+
+        The loss itself is never computed: only its gradient is needed, and divergence
+        shows at the end of the epoch as non-finite logits (see `_accuracy`)."""
         logits, inputs = self._forward(x, self.weights, self.biases)
-        log_p = torch.log_softmax(logits, dim=2)  # (K, B, 2)
-        picked = log_p.gather(2, y.unsqueeze(2))  # (K, B, 1)
-        loss_sum = -(picked.squeeze(2) * mask).sum(dim=1)  # (K,)
-        # d(mean CE)/d logits = (softmax - onehot) / count, zero on padding
-        grad = log_p.exp_().scatter_add_(2, y.unsqueeze(2), torch.full_like(picked, -1.0))
+        # d(mean CE)/d logits = (softmax - onehot) / count
+        grad = torch.softmax(logits, dim=2)  # (K, B, 2)
+        grad.scatter_add_(2, y.unsqueeze(2), self.minus_one[: len(self.trial)])
         grad.mul_(weight.unsqueeze(2))
         neg_lr, momentum = self.neg_lr.view(-1, 1, 1), self.momentum.view(-1, 1, 1)
         for layer in range(len(self.weights) - 1, -1, -1):
@@ -210,11 +212,11 @@ class StackedFCDNN:
             torch.addcmul(grad_b, v_b, momentum.view(-1, 1), out=v_b)
             torch.addcmul(self.weights[layer], v_w, neg_lr, out=self.weights[layer])
             torch.addcmul(self.biases[layer], v_b, neg_lr.view(-1, 1), out=self.biases[layer])
-        return loss_sum
 
     @torch.no_grad()
-    def _accuracy(self, rows: list[int]) -> list[float]:
-        """Accuracy of these rows over each one's N samples, with its current weights."""
+    def _accuracy(self, rows: list[int]) -> tuple[list[float], list[bool]]:
+        """Accuracy of these rows over each one's N samples with its current weights, and
+        whether all its logits are finite (a diverged trial's are not)."""
         index = torch.tensor(rows, device=self.pool.x.device)
         n = self.n[index]
         n_max = int(n.max())
@@ -224,7 +226,8 @@ class StackedFCDNN:
         )
         hits = logits.argmax(dim=2) == self.pool.y[:n_max]  # (R, n_max)
         valid = torch.arange(n_max, device=x.device) < n.unsqueeze(1)
-        return ((hits & valid).sum(dim=1).double() / n).tolist()
+        finite = torch.isfinite(logits).flatten(1).all(dim=1)
+        return ((hits & valid).sum(dim=1).double() / n).tolist(), finite.tolist()
 
     # -- the schedule (mirrors train.train_memorization) ----------------------------
 
@@ -236,19 +239,14 @@ class StackedFCDNN:
         self.cursor_host[row] = 0
 
     def _end_epochs(self, rows: list[int]) -> None:
-        losses = (self.loss_total[rows] / self.n[rows]).tolist()
-        self.loss_total[rows] = 0.0
         done: list[int] = []
-        finite: list[int] = []
-        for row, loss in zip(rows, losses, strict=True):
-            trial = self.trial[row]
-            self.epoch[trial] += 1
-            if math.isfinite(loss):
-                finite.append(row)
-            else:
-                self.diverged[trial] = True
+        accuracies, finite = self._accuracy(rows)
+        for row, accuracy, ok in zip(rows, accuracies, finite, strict=True):
+            self.epoch[self.trial[row]] += 1
+            if not ok:
+                self.diverged[self.trial[row]] = True
                 done.append(row)
-        for row, accuracy in zip(finite, self._accuracy(finite) if finite else [], strict=True):
+                continue
             trial = self.trial[row]
             train = self.configs[trial].train
             if accuracy > self.best_accuracy[trial]:
@@ -297,7 +295,6 @@ class StackedFCDNN:
         self.order, self.cursor = self.order[keep], self.cursor[keep]
         self.cursor_host, self.n_host = self.cursor_host[kept], self.n_host[kept]
         self.batch_host = self.batch_host[kept]
-        self.loss_total = self.loss_total[keep]
         self.trial = [self.trial[r] for r in kept]
         self._masks()
 
