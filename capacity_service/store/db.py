@@ -1,0 +1,42 @@
+"""Engines for SQLite (WAL, busy timeout, immediate transactions) and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+SQLITE_BUSY_MS = 30_000
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; nothing connects until it is used."""
+    if make_url(url).get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_MS / 1000})
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite would defer it)
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_begin(connection: Any) -> None:
+    # IMMEDIATE takes the write lock up front: two claimers never both read "queued"
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def database_now_sql(engine: Engine) -> Any:
+    """SQL for the database's clock in seconds since the epoch."""
+    if engine.dialect.name == "sqlite":
+        return text("(julianday('now') - 2440587.5) * 86400.0")
+    return text("extract(epoch from clock_timestamp())")

@@ -1,0 +1,391 @@
+"""The job store: the one module that queries the database. It returns frozen Job
+objects, never ORM rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from capacity_service.store.db import database_now_sql, make_engine
+from capacity_service.store.models import JobRow, ResultRow, TrialRow
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"  # waiting for a worker
+    RUNNING = "running"  # claimed; its worker renews the lease
+    SUCCEEDED = "succeeded"  # the result is stored
+    FAILED = "failed"  # error says why (including too many expired leases)
+    CANCELLED = "cancelled"  # stopped on request
+
+
+FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class StoreError(Exception):
+    """The database could not be reached or refused the operation."""
+
+
+class JobNotFoundError(StoreError):
+    """No job has this id."""
+
+
+class JobFinishedError(StoreError):
+    """The job has already finished."""
+
+
+class LeaseLostError(StoreError):
+    """This worker no longer holds the job (its lease expired and another took it)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    id: int
+    kind: str
+    state: JobState
+    spec: dict[str, Any]
+    model_kind: str
+    priority: int
+    idempotency_key: str | None
+    attempts: int
+    max_attempts: int
+    worker_id: str | None
+    cancel_requested: bool
+    progress: dict[str, Any]
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: JobRow) -> Job:
+        return cls(
+            id=row.id,
+            kind=row.kind,
+            state=JobState(row.state),
+            spec=row.spec,
+            model_kind=row.model_kind,
+            priority=row.priority,
+            idempotency_key=row.idempotency_key,
+            attempts=row.attempts,
+            max_attempts=row.max_attempts,
+            worker_id=row.worker_id,
+            cancel_requested=row.cancel_requested,
+            progress=row.progress,
+            error=row.error,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+        )
+
+    def to_document(self) -> dict[str, Any]:
+        """The job as JSON: what the CLI prints and the API serves."""
+        stamp = _iso
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state.value,
+            "model_kind": self.model_kind,
+            "priority": self.priority,
+            "idempotency_key": self.idempotency_key,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "worker_id": self.worker_id,
+            "cancel_requested": self.cancel_requested,
+            "progress": self.progress,
+            "error": self.error,
+            "created_at": stamp(self.created_at),
+            "started_at": stamp(self.started_at),
+            "finished_at": stamp(self.finished_at),
+            "spec": self.spec,
+        }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Store:
+    """Jobs, trials and results in one SQL database (SQLite or PostgreSQL)."""
+
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._db_now = database_now_sql(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back on error."""
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except SQLAlchemyError as error:
+            session.rollback()
+            raise StoreError(f"database error: {error.__class__.__name__}: {error}") from error
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- jobs ---------------------------------------------------------------------
+
+    def submit(
+        self,
+        kind: str,
+        spec: dict[str, Any],
+        model_kind: str,
+        *,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+        max_attempts: int = 3,
+    ) -> Job:
+        """Queue a job (the spec must already be valid); the same idempotency key returns
+        the first job instead of queueing another."""
+        if idempotency_key is not None and (known := self._by_key(idempotency_key)):
+            return known
+        row = JobRow(
+            kind=kind,
+            state=JobState.QUEUED.value,
+            spec=spec,
+            model_kind=model_kind,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            attempts=0,
+            max_attempts=max_attempts,
+            cancel_requested=False,
+            progress={},
+            created_at=_now(),
+        )
+        try:
+            with self.session() as session:
+                session.add(row)
+                session.flush()
+                return Job.from_row(row)
+        except StoreError as error:
+            if idempotency_key is not None and isinstance(error.__cause__, IntegrityError):
+                known = self._by_key(idempotency_key)  # a concurrent submit won the race
+                if known is not None:
+                    return known
+            raise
+
+    def _by_key(self, key: str) -> Job | None:
+        with self.session() as session:
+            row = session.scalars(select(JobRow).where(JobRow.idempotency_key == key)).first()
+            return None if row is None else Job.from_row(row)
+
+    def get(self, job_id: int) -> Job:
+        with self.session() as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise JobNotFoundError(f"no job with id {job_id}")
+            return Job.from_row(row)
+
+    def list_jobs(
+        self,
+        *,
+        state: str | None = None,
+        kind: str | None = None,
+        model_kind: str | None = None,
+        after_id: int | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Jobs by id, newest first; `after_id` continues a page (cursor pagination)."""
+        query = select(JobRow).order_by(JobRow.id.desc()).limit(limit)
+        if state is not None:
+            query = query.where(JobRow.state == state)
+        if kind is not None:
+            query = query.where(JobRow.kind == kind)
+        if model_kind is not None:
+            query = query.where(JobRow.model_kind == model_kind)
+        if after_id is not None:
+            query = query.where(JobRow.id < after_id)
+        with self.session() as session:
+            return [Job.from_row(row) for row in session.scalars(query)]
+
+    def cancel(self, job_id: int) -> Job:
+        """A queued job is cancelled at once; a running one when its worker next looks
+        (between trials)."""
+        with self.session() as session:
+            row = session.get(JobRow, job_id, with_for_update=True)
+            if row is None:
+                raise JobNotFoundError(f"no job with id {job_id}")
+            if row.state in FINISHED:
+                raise JobFinishedError(f"job {job_id} has already {row.state}")
+            if row.state == JobState.QUEUED:
+                row.state, row.finished_at = JobState.CANCELLED.value, _now()
+            else:
+                row.cancel_requested = True
+            session.flush()
+            return Job.from_row(row)
+
+    # -- the queue ----------------------------------------------------------------
+
+    def claim(self, worker_id: str, lease_seconds: float) -> Job | None:
+        """Take the next queued job (highest priority, then oldest) for `worker_id`.
+
+        First, running jobs whose lease has expired (by the database's clock) go back to
+        the queue, or fail once they have used all their attempts. The pick is one row
+        locked with SKIP LOCKED on PostgreSQL; on SQLite the transaction began IMMEDIATE,
+        so no other writer runs between the read and the update.
+        """
+        with self.session() as session:
+            now = float(session.execute(select(self._db_now)).scalar_one())
+            expired = (JobRow.state == JobState.RUNNING.value) & (JobRow.lease_expires_at < now)
+            session.execute(
+                update(JobRow)
+                .where(expired & (JobRow.attempts >= JobRow.max_attempts))
+                .values(
+                    state=JobState.FAILED.value,
+                    error="lease expired on every attempt (workers died or hung)",
+                    finished_at=_now(),
+                    worker_id=None,
+                )
+            )
+            session.execute(
+                update(JobRow)
+                .where(expired)
+                .values(state=JobState.QUEUED.value, worker_id=None, lease_expires_at=None)
+            )
+            pick = (
+                select(JobRow)
+                .where(JobRow.state == JobState.QUEUED.value)
+                .order_by(JobRow.priority.desc(), JobRow.id)
+                .limit(1)
+            )
+            if self.engine.dialect.name == "postgresql":
+                pick = pick.with_for_update(skip_locked=True)
+            row = session.scalars(pick).first()
+            if row is None:
+                return None
+            row.state = JobState.RUNNING.value
+            row.worker_id = worker_id
+            row.attempts += 1
+            row.lease_expires_at = now + lease_seconds
+            row.started_at = row.started_at or _now()
+            session.flush()
+            return Job.from_row(row)
+
+    def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float) -> bool:
+        """Renew the lease; True when a cancel was requested. LeaseLostError when the job
+        is no longer this worker's."""
+        with self.session() as session:
+            now = float(session.execute(select(self._db_now)).scalar_one())
+            row = self._held(session, job_id, worker_id)
+            row.lease_expires_at = now + lease_seconds
+            return row.cancel_requested
+
+    def release(self, job_id: int, worker_id: str) -> None:
+        """Give a running job back to the queue at once (a clean shutdown: the attempt
+        does not count)."""
+        with self.session() as session:
+            row = self._held(session, job_id, worker_id)
+            row.state, row.worker_id, row.lease_expires_at = JobState.QUEUED.value, None, None
+            row.attempts = max(0, row.attempts - 1)
+
+    def set_progress(self, job_id: int, worker_id: str, progress: dict[str, Any]) -> None:
+        with self.session() as session:
+            self._held(session, job_id, worker_id).progress = progress
+
+    def finish(
+        self,
+        job_id: int,
+        worker_id: str,
+        state: JobState,
+        *,
+        error: str | None = None,
+        result: ResultSummary | None = None,
+    ) -> None:
+        """End a running job as succeeded (with its result), failed or cancelled."""
+        with self.session() as session:
+            row = self._held(session, job_id, worker_id)
+            row.state, row.error, row.finished_at = state.value, error, _now()
+            row.lease_expires_at = None
+            if result is not None:
+                session.merge(
+                    ResultRow(
+                        job_id=job_id,
+                        document=result.document,
+                        model_kind=row.model_kind,
+                        params=result.params,
+                        capacity_bits=result.capacity_bits,
+                        bits_per_param=result.bits_per_param,
+                        precision_boundary=result.precision_boundary,
+                        code_version=result.code_version,
+                        created_at=_now(),
+                    )
+                )
+
+    def fail_unclaimed(self, job_id: int, error: str) -> None:
+        """Fail a job outright (e.g. one whose kind this version cannot run)."""
+        with self.session() as session:
+            row = session.get(JobRow, job_id)
+            if row is not None:
+                row.state, row.error, row.finished_at = JobState.FAILED.value, error, _now()
+                row.worker_id, row.lease_expires_at = None, None
+
+    def _held(self, session: Session, job_id: int, worker_id: str) -> JobRow:
+        row = session.get(JobRow, job_id, with_for_update=True)
+        if row is None or row.state != JobState.RUNNING or row.worker_id != worker_id:
+            raise LeaseLostError(f"job {job_id} is no longer held by worker {worker_id}")
+        return row
+
+    # -- trials and results -------------------------------------------------------
+
+    def record_trial(self, job_id: int, index: int, record: dict[str, Any]) -> bool:
+        """Store a finished trial; False when (job, index) was already stored, so a
+        retried write never duplicates it."""
+        try:
+            with self.session() as session:
+                session.add(TrialRow(job_id=job_id, index=index, record=record,
+                                     created_at=_now()))  # fmt: skip
+            return True
+        except StoreError as error:
+            if isinstance(error.__cause__, IntegrityError):
+                return False
+            raise
+
+    def trials(
+        self, job_id: int, *, after_index: int = -1, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        query = (
+            select(TrialRow.record)
+            .where(TrialRow.job_id == job_id, TrialRow.index > after_index)
+            .order_by(TrialRow.index)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        with self.session() as session:
+            return list(session.scalars(query))
+
+    def result(self, job_id: int) -> dict[str, Any] | None:
+        with self.session() as session:
+            row = session.get(ResultRow, job_id)
+            return None if row is None else row.document
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultSummary:
+    """A result's whole document and the columns the dashboard sorts and filters on."""
+
+    document: dict[str, Any]
+    params: int
+    capacity_bits: float | None = None
+    bits_per_param: float | None = None
+    precision_boundary: int | None = None
+    code_version: str
