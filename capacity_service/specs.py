@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from itertools import pairwise
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -161,6 +161,9 @@ class SweepSpec(Frozen):
     n: int | list[int] | None = Field(None, description="N, or a list of N")
     regime: Literal["full", "half"] | None = Field(None, description="N relative to capacity")
     capacity_n: int | None = Field(None, ge=2, description="the N that gave the capacity")
+    capacity_job: int | None = Field(
+        None, ge=1, description="a finished capacity job to take capacity_n from (job store)"
+    )
     bits: tuple[int, ...] = Field(DEFAULT_PRECISIONS, description="precisions, falling")
     train: TrainSpec = TrainSpec()
     retrain: RetrainSpec = RetrainSpec()
@@ -189,19 +192,21 @@ class SweepSpec(Frozen):
                 "n, regime: give either n (one N or a list) or regime ('full' or 'half') "
                 "with capacity_n"
             )
-        if self.regime is not None and self.capacity_n is None:
+        if self.regime is not None and self.capacity_n is None and self.capacity_job is None:
             raise ValueError(
                 f"capacity_n: regime {self.regime!r} needs the N that gave the capacity "
-                "(from a capacity result)"
+                "(from a capacity result, or capacity_job naming a finished capacity job)"
             )
-        for n in self.sample_counts():
-            check_sample_count(self.model, n, "n")
+        if self.regime is None or self.capacity_n is not None:
+            for n in self.sample_counts():
+                check_sample_count(self.model, n, "n")
         return self
 
     def sample_counts(self) -> list[int]:
         """The N of each curve of the sweep."""
         if self.regime is not None:
-            assert self.capacity_n is not None
+            if self.capacity_n is None:
+                raise ValueError(f"capacity_n of capacity job {self.capacity_job} not resolved")
             return [self.capacity_n if self.regime == "full" else self.capacity_n // 2]
         if isinstance(self.n, list):
             if not self.n:
@@ -412,3 +417,16 @@ class CapacityResult(Frozen):
     wall_seconds: float
     device: str
     seed: int
+
+
+JOB_KINDS = ("capacity", "quant_sweep")
+
+
+def validate_job_spec(kind: str, spec: dict[str, Any]) -> CapacitySpec | SweepSpec:
+    """The spec of a job of `kind`; ValueError for an unknown kind, ValidationError for
+    a bad spec."""
+    if kind == "capacity":
+        return CapacitySpec.model_validate(spec)
+    if kind == "quant_sweep":
+        return SweepSpec.model_validate(spec)
+    raise ValueError(f"unknown job kind {kind!r}; use one of {', '.join(JOB_KINDS)}")

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from capacity_service import __version__
-from capacity_service.cli import measure, search, sweep
+from capacity_service.cli import jobs, measure, search, sweep
 from capacity_service.cli.common import EXIT_BAD_INPUT, UsageError
 
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_parser(subparsers)
     search.add_parser(subparsers)
     sweep.add_parser(subparsers)
+    jobs.add_parsers(subparsers)
     return parser
 
 

@@ -1,0 +1,202 @@
+"""Operator commands against the job store: db upgrade, worker, submit, jobs, job, cancel."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from capacity_service.cli.common import (
+    describe_validation_error,
+    fail,
+    load_json_file,
+    print_table,
+)
+from capacity_service.settings import Settings
+from capacity_service.specs import JOB_KINDS, validate_job_spec
+
+
+def add_parsers(subparsers: Any) -> None:
+    db = subparsers.add_parser("db", help="database schema (Alembic migrations)")
+    db_commands = db.add_subparsers(title="db commands", metavar="ACTION", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="migrate the schema to the newest version")
+    _database_argument(upgrade)
+    upgrade.set_defaults(handler=run_db_upgrade)
+
+    worker = subparsers.add_parser("worker", help="claim and run queued jobs")
+    _database_argument(worker)
+    worker.add_argument("--once", action="store_true", help="run one job (if any) and exit")
+    worker.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:i")
+    worker.add_argument("--worker-id", help="name in the store (default host-pid-random)")
+    worker.set_defaults(handler=run_worker)
+
+    submit = subparsers.add_parser("submit", help="queue a capacity or quant_sweep job")
+    _database_argument(submit)
+    submit.add_argument("spec", help="JSON spec file ('-' for stdin)")
+    submit.add_argument("--kind", required=True, choices=JOB_KINDS)
+    submit.add_argument("--priority", type=int, default=0, help="higher runs first")
+    submit.add_argument("--idempotency-key", help="submitting the same key returns that job")
+    submit.add_argument("--json", action="store_true")
+    submit.set_defaults(handler=run_submit)
+
+    jobs = subparsers.add_parser("jobs", help="list jobs, newest first")
+    _database_argument(jobs)
+    jobs.add_argument("--state", choices=("queued", "running", "succeeded", "failed",
+                                          "cancelled"))  # fmt: skip
+    jobs.add_argument("--kind", choices=JOB_KINDS)
+    jobs.add_argument("--model-kind")
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument("--after", type=int, help="continue after this job id")
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(handler=run_jobs)
+
+    job = subparsers.add_parser("job", help="one job: state, progress, result")
+    _database_argument(job)
+    job.add_argument("id", type=int)
+    job.add_argument("--json", action="store_true")
+    job.set_defaults(handler=run_job)
+
+    cancel = subparsers.add_parser("cancel", help="cancel a job (running: between trials)")
+    _database_argument(cancel)
+    cancel.add_argument("id", type=int)
+    cancel.add_argument("--json", action="store_true")
+    cancel.set_defaults(handler=run_cancel)
+
+
+def _database_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url", help="SQLAlchemy URL (default CAPACITY_DATABASE_URL or SQLite)"
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings()
+    if args.database_url:
+        settings = settings.model_copy(update={"database_url": args.database_url})
+    return settings
+
+
+def _store(args: argparse.Namespace, migrate: bool = False) -> Any:
+    from capacity_service.store.migrate import upgrade
+    from capacity_service.store.queries import Store
+
+    settings = _settings(args)
+    if migrate:
+        upgrade(settings.database_url)
+    return Store(settings.database_url)
+
+
+def run_db_upgrade(args: argparse.Namespace) -> int:
+    from capacity_service.store.migrate import upgrade
+
+    upgrade(_settings(args).database_url)
+    print("schema at head")
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from capacity_service.science.device import DeviceUnavailableError, resolve_device
+    from workers.runtime import Worker
+
+    try:
+        device = str(resolve_device(args.device))
+    except DeviceUnavailableError as error:
+        fail(f"--device: {error}")
+    settings = _settings(args)
+    store = _store(args, migrate=True)
+    worker = Worker(store, settings, device=device, worker_id=args.worker_id)
+    worker.install_signal_handlers()
+    try:
+        worker.run(once=args.once)
+    finally:
+        store.close()
+    return 0
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    document = load_json_file(args.spec)
+    try:
+        spec = validate_job_spec(args.kind, document)
+    except ValidationError as error:
+        fail(f"invalid {args.kind} spec ({args.spec}):\n{describe_validation_error(error)}")
+    store = _store(args, migrate=True)
+    try:
+        job = store.submit(
+            args.kind,
+            spec.model_dump(mode="json"),
+            spec.model.kind,
+            priority=args.priority,
+            idempotency_key=args.idempotency_key,
+            max_attempts=_settings(args).max_attempts,
+        )
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(job.to_document()))
+    else:
+        print(f"job {job.id} {job.state.value}")
+    return 0
+
+
+def run_jobs(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        found = store.list_jobs(state=args.state, kind=args.kind, model_kind=args.model_kind,
+                                after_id=args.after, limit=args.limit)  # fmt: skip
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([job.to_document() for job in found]))
+        return 0
+    for job in found:
+        progress = job.progress
+        done = f"{progress.get('trials_done', '-')} trials" if progress else ""
+        print(f"{job.id:>6}  {job.kind:<11} {job.model_kind:<6} {job.state.value:<10} {done}")
+    return 0
+
+
+def run_job(args: argparse.Namespace) -> int:
+    from capacity_service.store.queries import JobNotFoundError
+
+    store = _store(args)
+    try:
+        job = store.get(args.id)
+        result = store.result(args.id)
+    except JobNotFoundError as error:
+        fail(str(error))
+    finally:
+        store.close()
+    document = job.to_document() | {"result": result}
+    if args.json:
+        print(json.dumps(document))
+        return 0
+    rows = [("job", str(job.id)), ("kind", job.kind), ("state", job.state.value),
+            ("attempts", f"{job.attempts}/{job.max_attempts}"),
+            ("progress", json.dumps(job.progress))]  # fmt: skip
+    if job.error:
+        rows.append(("error", job.error))
+    if result is not None and "capacity_bits" in result:
+        rows.append(("capacity", f"{result['capacity_bits']:,.1f} bits, "
+                                 f"{result['bits_per_param']:.3f} bits/param"))  # fmt: skip
+    print_table(rows)
+    return 0
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    from capacity_service.store.queries import JobFinishedError, JobNotFoundError
+
+    store = _store(args)
+    try:
+        job = store.cancel(args.id)
+    except (JobNotFoundError, JobFinishedError) as error:
+        fail(str(error))
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(job.to_document()))
+    else:
+        state = "cancel requested" if job.cancel_requested else job.state.value
+        print(f"job {job.id} {state}")
+    return 0
