@@ -1,0 +1,148 @@
+"""Workers against real databases: in-process for the flow, real processes for signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from capacity_service.settings import Settings
+from capacity_service.store.migrate import upgrade
+from capacity_service.store.queries import JobState, Store
+from workers.runtime import Worker
+
+TINY_MODEL = {"kind": "fcdnn", "width": 6, "n_in": 10}
+
+
+def capacity_spec(trials: int, epochs: int = 30, batch: int = 6) -> dict[str, object]:
+    search = {"budget_trials": trials, "batch": batch, "epochs": epochs, "batch_sizes": [8]}
+    return {"model": TINY_MODEL, "search": search, "seed": 1}
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> Iterator[Store]:
+    store = Store(sqlite_url)
+    yield store
+    store.close()
+
+
+def fast_settings(url: str) -> Settings:
+    return Settings(database_url=url, lease_seconds=2.0, heartbeat_seconds=0.2, poll_seconds=0.1)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.1)
+
+
+def start_worker(url: str, *extra: str) -> subprocess.Popen[str]:
+    env = os.environ | {
+        "CAPACITY_DATABASE_URL": url,
+        "CAPACITY_LEASE_SECONDS": "2",
+        "CAPACITY_HEARTBEAT_SECONDS": "0.2",
+        "CAPACITY_POLL_SECONDS": "0.1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "capacity_service.cli", "worker", "--device", "cpu", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_a_capacity_job_then_a_sweep_from_it(store: Store, sqlite_url: str) -> None:
+    capacity = store.submit("capacity", capacity_spec(6), "fcdnn")
+    sweep_spec = {"model": TINY_MODEL, "regime": "half", "capacity_job": capacity.id,
+                  "bits": [8, 4], "train": {"epochs": 20}, "retrain": {"epochs": 2}}  # fmt: skip
+    worker = Worker(store, fast_settings(sqlite_url), device="cpu")
+    assert worker.run(once=True) == 1
+    done = store.get(capacity.id)
+    assert done.state == JobState.SUCCEEDED and done.attempts == 1
+    assert done.progress["trials_done"] == 6 and done.progress["stage"] == "bayes"
+    trials = store.trials(capacity.id)
+    assert [t["index"] for t in trials] == list(range(6))
+    result = store.result(capacity.id)
+    assert result is not None
+    assert result["capacity_bits"] == max(t["mutual_information_bits"] for t in trials)
+    sweep = store.submit("quant_sweep", sweep_spec, "fcdnn")
+    assert worker.run(once=True) == 1
+    swept = store.result(sweep.id)
+    assert store.get(sweep.id).state == JobState.SUCCEEDED and swept is not None
+    assert swept["curves"][0]["n"] == result["best"]["n"] // 2
+
+
+def test_a_job_it_cannot_run_fails_with_the_reason_and_the_worker_goes_on(
+    store: Store, sqlite_url: str
+) -> None:
+    mystery = store.submit("mystery", {"model": TINY_MODEL}, "fcdnn")
+    fine = store.submit("capacity", capacity_spec(2), "fcdnn")
+    worker = Worker(store, fast_settings(sqlite_url), device="cpu")
+    assert worker.run(once=True) == 1
+    failed = store.get(mystery.id)
+    assert failed.state == JobState.FAILED and "unknown job kind 'mystery'" in (failed.error or "")
+    assert worker.run(once=True) == 1
+    assert store.get(fine.id).state == JobState.SUCCEEDED
+
+
+def test_cancel_is_honoured_between_trials(store: Store, sqlite_url: str) -> None:
+    job = store.submit("capacity", capacity_spec(200, epochs=200, batch=2), "fcdnn")
+    process = start_worker(sqlite_url, "--once")
+    try:
+        wait_for(lambda: len(store.trials(job.id)) >= 1)
+        store.cancel(job.id)
+        wait_for(lambda: store.get(job.id).state == JobState.CANCELLED)
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    assert len(store.trials(job.id)) < 200
+
+
+def test_sigterm_hands_the_job_back_at_once(store: Store, sqlite_url: str) -> None:
+    job = store.submit("capacity", capacity_spec(200, epochs=200, batch=2), "fcdnn")
+    process = start_worker(sqlite_url)
+    try:
+        wait_for(lambda: len(store.trials(job.id)) >= 1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    back = store.get(job.id)
+    assert back.state == JobState.QUEUED and back.attempts == 0 and back.worker_id is None
+
+
+def test_a_killed_worker_is_replaced_and_no_finished_trial_runs_again(
+    store: Store, sqlite_url: str
+) -> None:
+    job = store.submit("capacity", capacity_spec(12, epochs=60, batch=2), "fcdnn")
+    first = start_worker(sqlite_url)
+    second = None
+    try:
+        wait_for(lambda: len(store.trials(job.id)) >= 4)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        before = {t["index"]: json.dumps(t, sort_keys=True) for t in store.trials(job.id)}
+        second = start_worker(sqlite_url, "--once")
+        wait_for(lambda: store.get(job.id).state == JobState.SUCCEEDED, timeout=120)
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+    after = {t["index"]: json.dumps(t, sort_keys=True) for t in store.trials(job.id)}
+    assert sorted(after) == list(range(12))
+    assert all(after[i] == record for i, record in before.items())  # untouched, not rerun
+    assert store.get(job.id).attempts == 2
