@@ -18,8 +18,10 @@ def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test run, dropped afterwards."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
 
-    admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+    # no pool: a connection per statement survives a server restart during the run
+    admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     name = f"capacity_test_{uuid.uuid4().hex[:10]}"
     try:
         with admin.connect() as connection:

@@ -11,8 +11,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -35,6 +36,28 @@ from capacity_service.store.queries import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+STORE_RETRY_SECONDS = 60.0  # how long a write waits for the database to come back
+
+
+def retrying(write: Callable[[], T]) -> T:
+    """Run a store write, retrying while the database is unreachable (a restart): every
+    write the worker makes is idempotent or guarded by its lease."""
+    deadline = time.monotonic() + STORE_RETRY_SECONDS
+    delay = 0.2
+    while True:
+        try:
+            return write()
+        except LeaseLostError:
+            raise
+        except StoreError as error:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("store write failed, retrying: %s", error)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 class Heartbeat(threading.Thread):
@@ -130,7 +153,7 @@ class Worker:
             if heartbeat.lost:
                 log.warning("job %s: lease lost; its result is left to the new holder", job.id)
             elif self.stopping:
-                self.store.release(job.id, self.worker_id)
+                retrying(lambda: self.store.release(job.id, self.worker_id))
                 log.info("job %s handed back to the queue", job.id)
             elif heartbeat.cancel_requested:
                 self._end(job, JobState.CANCELLED)
@@ -141,28 +164,30 @@ class Worker:
 
     def _end(self, job: Job, state: JobState, **details: Any) -> None:
         try:
-            self.store.finish(job.id, self.worker_id, state, **details)
+            retrying(lambda: self.store.finish(job.id, self.worker_id, state, **details))
         except LeaseLostError:
             log.warning("job %s: lease lost before it could be ended as %s", job.id, state)
 
     def _progress(self, job: Job, **progress: Any) -> None:
         try:
             self.store.set_progress(job.id, self.worker_id, progress)
-        except StoreError as error:
+        except StoreError as error:  # progress is advisory: the next update replaces it
             log.warning("progress of job %s not saved: %s", job.id, error)
 
     def _capacity(self, job: Job, spec: CapacitySpec, should_stop: Any) -> ResultSummary | None:
         from capacity_service.science.search import search_capacity
 
         spec = spec.model_copy(update={"device": self.device})
-        completed = [TrialRecord.model_validate(r) for r in self.store.trials(job.id)]
+        stored = retrying(lambda: self.store.trials(job.id))
+        completed = [TrialRecord.model_validate(r) for r in stored]
         best = max((r.mutual_information_bits for r in completed), default=0.0)
         state: dict[str, Any] = {"stage": "bracket", "trials_done": len(completed),
                                  "best_bits": best}  # fmt: skip
 
         def on_trial(record: TrialRecord) -> None:
             # written the moment it finishes; a retried write of the same index is ignored
-            self.store.record_trial(job.id, record.index, record.model_dump(mode="json"))
+            document = record.model_dump(mode="json")
+            retrying(lambda: self.store.record_trial(job.id, record.index, document))
             state["trials_done"] += 1
             state["best_bits"] = max(state["best_bits"], record.mutual_information_bits)
             self._progress(job, **state)
@@ -191,7 +216,7 @@ class Worker:
         from capacity_service.science.sweep import sweep
 
         if spec.regime is not None and spec.capacity_n is None:
-            source = self.store.result(spec.capacity_job or 0)
+            source = retrying(lambda: self.store.result(spec.capacity_job or 0))
             if source is None:
                 raise ValueError(f"capacity job {spec.capacity_job} has no result (yet)")
             spec = spec.model_copy(update={"capacity_n": int(source["best"]["n"])})
