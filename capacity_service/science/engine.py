@@ -50,6 +50,7 @@ class EngineRun:
 
 
 CancelCheck = Callable[[], bool]
+OutcomeCallback = Callable[[int, TrainOutcome], None]  # (position in configs, outcome)
 
 
 def train_trials(
@@ -58,24 +59,29 @@ def train_trials(
     configs: Sequence[TrialConfig],
     should_stop: CancelCheck | None = None,
     deadline: float | None = None,
+    on_outcome: OutcomeCallback | None = None,
 ) -> EngineRun:
     """Train every trial of `configs` on the first N of `pool`; batched where possible.
 
     At the `deadline` (a time.perf_counter() value) batched trials end early with the best
     accuracy they reached, as if their epoch budget had run out. The sequential fallback
     asks `should_stop` between trials; trials not run are None in the result.
+    `on_outcome` hears of each trial the moment it finishes (so it can be stored at once).
     """
     for config in configs:
         if config.n > pool.n:
             raise ValueError(f"trial N = {config.n} exceeds the data pool of {pool.n} samples")
     if isinstance(model, FCDNNSpec):
-        outcomes = StackedFCDNN(model, configs, pool).train(deadline) if configs else []
+        stacked = StackedFCDNN(model, configs, pool, on_outcome) if configs else None
+        outcomes = stacked.train(deadline) if stacked is not None else []
         return EngineRun(outcomes=tuple(outcomes), engine="batched")
     done: list[TrainOutcome | None] = [None] * len(configs)
     for index, config in enumerate(configs):
         if should_stop is not None and should_stop():
             break
-        done[index] = _train_sequential(model, pool, config)
+        done[index] = outcome = _train_sequential(model, pool, config)
+        if on_outcome is not None:
+            on_outcome(index, outcome)
     return EngineRun(outcomes=tuple(done), engine="sequential")
 
 
@@ -89,8 +95,15 @@ class StackedFCDNN:
     """K FCDNN trials as one model. Row r of every device tensor is the r-th active trial;
     `trial[r]` says which; finished rows are dropped."""
 
-    def __init__(self, spec: FCDNNSpec, configs: Sequence[TrialConfig], pool: Dataset) -> None:
+    def __init__(
+        self,
+        spec: FCDNNSpec,
+        configs: Sequence[TrialConfig],
+        pool: Dataset,
+        on_outcome: OutcomeCallback | None = None,
+    ) -> None:
         self.configs = list(configs)
+        self.on_outcome = on_outcome
         self.pool = pool
         device = pool.x.device
         self.batch = torch.tensor([c.train.batch_size for c in configs], device=device)
@@ -285,6 +298,8 @@ class StackedFCDNN:
                 wall_seconds=time.perf_counter() - self.started,
                 final_lr=self.current_lr[trial],
             )
+            if self.on_outcome is not None:
+                self.on_outcome(trial, self.finished[trial])
         gone = set(rows)
         kept = [r for r in range(len(self.trial)) if r not in gone]
         keep = torch.tensor(kept, dtype=torch.int64, device=self.n.device)

@@ -26,7 +26,7 @@ from capacity_service.science.metrics import (
 )
 from capacity_service.science.models import count_parameters
 from capacity_service.science.seeds import derive_seed
-from capacity_service.science.train import ProgressCallback
+from capacity_service.science.train import ProgressCallback, TrainOutcome
 from capacity_service.specs import (
     CapacityResult,
     CapacitySpec,
@@ -170,6 +170,7 @@ class _Runner:
         self.spec, self.pool, self.device = spec, pool, device
         self.completed = {record.index: record for record in completed}
         self.records: list[TrialRecord] = []
+        self.next_index = 0  # trial indices are never reused, even when one was lost
         self.on_trial, self.should_stop = on_trial, should_stop
         self.started = time.perf_counter()
         self.deadline = self.started + spec.search.budget_seconds
@@ -188,7 +189,8 @@ class _Runner:
         """Train (or replay) these points, at most as many as the budget has left, with
         at most `epochs` epochs each (the search's epoch budget by default)."""
         points = list(points)[: max(0, self.remaining())]
-        first = len(self.records)
+        first = self.next_index
+        self.next_index += len(points)
         fresh: list[tuple[int, Point]] = []
         results: dict[int, TrialRecord] = {}
         for offset, point in enumerate(points):
@@ -203,10 +205,7 @@ class _Runner:
                 break
             results.update(self._train(stage, chunk, epochs or self.spec.search.epochs))
         finished = [results[i] for i in sorted(results)]
-        for record in finished:
-            self.records.append(record)
-            if record.index not in self.completed and self.on_trial is not None:
-                self.on_trial(record)
+        self.records.extend(finished)
         return finished
 
     def _replayed(self, index: int, stage: str, point: Point) -> TrialRecord:
@@ -221,8 +220,10 @@ class _Runner:
     def replay_rest(self) -> list[TrialRecord]:
         """Take the finished trials beyond those replayed so far (the Bayesian stage's,
         whose points came from an optimizer state that is gone) as they are."""
-        rest = [self.completed[i] for i in sorted(self.completed) if i >= len(self.records)]
+        rest = [self.completed[i] for i in sorted(self.completed) if i >= self.next_index]
         self.records.extend(rest)
+        if rest:  # a trial lost mid-batch leaves a gap: its index is not used again
+            self.next_index = rest[-1].index + 1
         return rest
 
     def _train(
@@ -246,14 +247,12 @@ class _Runner:
             )
             for index, point in chunk
         ]
-        run = train_trials(self.spec.model, self.pool, configs, self.should_stop, self.deadline)
-        self.engine = run.engine
-        records = {}
-        for (index, point), config, outcome in zip(chunk, configs, run.outcomes, strict=True):
-            if outcome is None:  # cancelled before its group ran
-                continue
+        records: dict[int, TrialRecord] = {}
+
+        def finished(position: int, outcome: TrainOutcome) -> None:
+            index, point = chunk[position]
             information = 0.0 if outcome.diverged else mutual_information(point.n, outcome.accuracy)
-            records[index] = TrialRecord(
+            record = TrialRecord(
                 index=index,
                 stage=stage,
                 n=point.n,
@@ -261,7 +260,7 @@ class _Runner:
                 momentum=point.momentum,
                 lr_decay=point.lr_decay,
                 batch_size=point.batch_size,
-                seed=config.init_seed,
+                seed=configs[position].init_seed,
                 accuracy=outcome.accuracy,
                 mutual_information_bits=information,
                 epochs=outcome.epochs,
@@ -269,6 +268,14 @@ class _Runner:
                 device=str(self.device),
                 diverged=outcome.diverged,
             )
+            records[index] = record
+            if self.on_trial is not None:  # stored the moment it finishes
+                self.on_trial(record)
+
+        run = train_trials(
+            self.spec.model, self.pool, configs, self.should_stop, self.deadline, finished
+        )
+        self.engine = run.engine
         return records
 
 

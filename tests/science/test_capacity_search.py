@@ -47,7 +47,9 @@ def test_resume_replays_finished_trials_and_runs_none_again() -> None:
     resumed = search_capacity(_spec(), completed=finished, on_trial=rerun.append)
     assert {t.index for t in rerun}.isdisjoint({t.index for t in finished})
     assert len(resumed.trials) == len(uninterrupted.trials) == 14
-    assert resumed.trials[: len(finished)] == tuple(finished)
+    assert sorted(t.index for t in resumed.trials) == list(range(14))
+    by_index = sorted(finished, key=lambda t: t.index)
+    assert [t for t in resumed.trials if t.index in {f.index for f in finished}] == by_index
 
 
 def test_a_diverging_trial_counts_zero_and_the_search_goes_on() -> None:
@@ -80,3 +82,16 @@ def test_bracketing_lands_where_brute_force_does() -> None:
     first_failure = min(n for n, ok in memorized.items() if not ok)
     last_success = max(n for n, ok in memorized.items() if ok)
     assert first_failure / 2 <= result.bracket_n <= last_success * 2
+
+
+def test_resume_trains_a_trial_lost_mid_batch_and_keeps_the_rest() -> None:
+    finished: list[TrialRecord] = []
+    with contextlib.suppress(RuntimeError):
+        search_capacity(_spec(), on_trial=finished.append, should_stop=lambda: len(finished) >= 5)
+    lost = min(finished, key=lambda t: t.index)  # as if its worker died before storing it
+    kept = [t for t in finished if t is not lost]
+    rerun: list[TrialRecord] = []
+    resumed = search_capacity(_spec(), completed=kept, on_trial=rerun.append)
+    assert lost.index in {t.index for t in rerun}
+    assert {t.index for t in rerun}.isdisjoint({t.index for t in kept})
+    assert sorted(t.index for t in resumed.trials) == list(range(14))
