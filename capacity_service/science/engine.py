@@ -64,8 +64,9 @@ def train_trials(
     """Train every trial of `configs` on the first N of `pool`; batched where possible.
 
     At the `deadline` (a time.perf_counter() value) batched trials end early with the best
-    accuracy they reached, as if their epoch budget had run out. The sequential fallback
-    asks `should_stop` between trials; trials not run are None in the result.
+    accuracy they reached, as if their epoch budget had run out. `should_stop` is asked at
+    each epoch's end (batched) or between trials (sequential); trials it leaves unfinished
+    are None in the result.
     `on_outcome` hears of each trial the moment it finishes (so it can be stored at once).
     """
     for config in configs:
@@ -73,7 +74,7 @@ def train_trials(
             raise ValueError(f"trial N = {config.n} exceeds the data pool of {pool.n} samples")
     if isinstance(model, FCDNNSpec):
         stacked = StackedFCDNN(model, configs, pool, on_outcome) if configs else None
-        outcomes = stacked.train(deadline) if stacked is not None else []
+        outcomes = stacked.train(deadline, should_stop) if stacked is not None else []
         return EngineRun(outcomes=tuple(outcomes), engine="batched")
     done: list[TrainOutcome | None] = [None] * len(configs)
     for index, config in enumerate(configs):
@@ -141,7 +142,12 @@ class StackedFCDNN:
         self.finished: dict[int, TrainOutcome] = {}
         self.started = time.perf_counter()
 
-    def train(self, deadline: float | None = None) -> list[TrainOutcome]:
+    def train(
+        self, deadline: float | None = None, should_stop: CancelCheck | None = None
+    ) -> list[TrainOutcome | None]:
+        """Run every trial to its end; at the deadline, end them all with what they
+        reached; when `should_stop` says so (asked at each epoch's end), abandon the
+        unfinished ones (None) so that nothing half-trained is reported."""
         rows = list(range(len(self.trial)))
         for row, accuracy in zip(rows, self._accuracy(rows)[0], strict=True):
             self.best_accuracy[row] = accuracy
@@ -173,7 +179,9 @@ class StackedFCDNN:
                 self._end_epochs(ended)
                 if deadline is not None and time.perf_counter() > deadline:
                     self._finish(list(range(len(self.trial))))
-        return [self.finished[t] for t in range(len(self.configs))]
+                elif should_stop is not None and should_stop():
+                    break
+        return [self.finished.get(t) for t in range(len(self.configs))]
 
     def _masks(self) -> None:
         """Per-row constants of a step that no trial ends: which of the B_max slots are

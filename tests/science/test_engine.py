@@ -71,3 +71,14 @@ def test_n_beyond_the_pool_is_refused() -> None:
     pool = make_dataset(SPEC, 50, seed=0)
     with pytest.raises(ValueError, match="exceeds the data pool"):
         train_trials(SPEC, pool, [_config(51, 0.02, 0.9, 8, 1)])
+
+
+def test_a_stop_abandons_unfinished_trials_instead_of_reporting_them() -> None:
+    pool = make_dataset(SPEC, 400, seed=0)
+    quick = _config(8, 0.05, 0.9, 8, 1, epochs=200)
+    slow = _config(400, 0.01, 0.9, 32, 2, epochs=500, patience=1000)
+    heard: list[int] = []
+    run = train_trials(SPEC, pool, [quick, slow], should_stop=lambda: bool(heard),
+                       on_outcome=lambda position, _outcome: heard.append(position))  # fmt: skip
+    assert heard == [0]
+    assert run.outcomes[0] is not None and run.outcomes[1] is None
