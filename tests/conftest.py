@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +33,17 @@ def postgres_url() -> Iterator[str]:
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database of each backend: a SQLite file, then PostgreSQL."""
+    from capacity_service.store.migrate import downgrade, upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'capacity.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+        downgrade(url)  # empty it: the PostgreSQL database lives for the whole run
+    upgrade(url)
+    return url

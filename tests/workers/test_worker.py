@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from capacity_service.settings import Settings
-from capacity_service.store.migrate import downgrade, upgrade
+from capacity_service.store.migrate import upgrade
 from capacity_service.store.queries import JobState, Store
 from workers.runtime import Worker
 
@@ -38,18 +38,6 @@ def store(sqlite_url: str) -> Iterator[Store]:
     store = Store(sqlite_url)
     yield store
     store.close()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A migrated, empty database of each backend."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-        downgrade(url)
-    upgrade(url)
-    return url
 
 
 def fast_settings(url: str) -> Settings:
@@ -137,17 +125,17 @@ def test_sigterm_hands_the_job_back_at_once(store: Store, sqlite_url: str) -> No
     assert back.state == JobState.QUEUED and back.attempts == 0 and back.worker_id is None
 
 
-def test_a_killed_worker_is_replaced_and_no_finished_trial_runs_again(any_url: str) -> None:
-    store = Store(any_url)
+def test_a_killed_worker_is_replaced_and_no_finished_trial_runs_again(database_url: str) -> None:
+    store = Store(database_url)
     job = store.submit("capacity", capacity_spec(12, epochs=60, batch=2), "fcdnn")
-    first = start_worker(any_url)
+    first = start_worker(database_url)
     second = None
     try:
         wait_for(lambda: len(store.trials(job.id)) >= 4)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
         before = {t["index"]: json.dumps(t, sort_keys=True) for t in store.trials(job.id)}
-        second = start_worker(any_url, "--once")
+        second = start_worker(database_url, "--once")
         wait_for(lambda: store.get(job.id).state == JobState.SUCCEEDED, timeout=120)
     finally:
         first.kill()
