@@ -17,7 +17,7 @@ from capacity_service.cli.common import (
     spec_document,
     validate,
 )
-from capacity_service.specs import MeasureResult, MeasureSpec, NSearchResult
+from capacity_service.specs import CurvePoint, MeasureResult, MeasureSpec, NSearchResult
 
 
 def add_parser(subparsers: Any) -> None:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     check_device(spec.device)
     bar = None if args.quiet else ProgressBar()
     on_epoch = None if bar is None else bar.on_epoch
-
+    curve: tuple[CurvePoint, ...] = ()
     if args.search_n:
         from capacity_service.science.search import search_n
 
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
         document = search_document(found)
-        best = found.best
+        best, curve = found.best, found.curve
     else:
         from capacity_service.science.measure import measure
 
@@ -92,9 +92,9 @@ def run(args: argparse.Namespace) -> int:
     if best.diverged:
         rows.append(("diverged", "yes: the loss became NaN or inf; lower --lr"))
     print_table(rows)
-    if args.search_n:
+    if curve:
         print("\ncurve (N, accuracy, I):")
-        for point in found.curve:
+        for point in curve:
             bits = point.mutual_information_bits
             print(f"  {point.n:>9,}  {point.accuracy:.4f}  {bits:,.1f}")
     print("\n" + json.dumps(document))
