@@ -143,7 +143,7 @@ class Worker:
                 if isinstance(spec, CapacitySpec):
                     summary = self._capacity(job, spec, should_stop)
                 else:
-                    summary = self._sweep(job, spec)
+                    summary = self._sweep(job, spec, should_stop)
             except Exception as error:
                 if heartbeat.lost:
                     return
@@ -212,8 +212,8 @@ class Worker:
             code_version=__version__,
         )
 
-    def _sweep(self, job: Job, spec: SweepSpec) -> ResultSummary:
-        from capacity_service.science.sweep import sweep
+    def _sweep(self, job: Job, spec: SweepSpec, should_stop: Any) -> ResultSummary | None:
+        from capacity_service.science.sweep import SweepStopped, sweep
 
         if spec.regime is not None and spec.capacity_n is None:
             source = retrying(lambda: self.store.result(spec.capacity_job or 0))
@@ -226,7 +226,10 @@ class Worker:
             self._progress(job, stage="sweep", n=n, bits=point.bits,
                            accuracy_retrained=point.accuracy_retrained)  # fmt: skip
 
-        result = sweep(spec, on_point=on_point)
+        try:
+            result = sweep(spec, on_point=on_point, should_stop=should_stop)
+        except SweepStopped:
+            return None
         first = result.curves[0]
         return ResultSummary(
             document=result.model_dump(mode="json"),

@@ -23,16 +23,24 @@ from capacity_service.specs import SweepCurve, SweepPoint, SweepResult, SweepSpe
 PointCallback = Callable[[int, SweepPoint], None]  # (N, point)
 
 
+class SweepStopped(Exception):
+    """The sweep was asked to stop (cancel or shutdown) before it finished."""
+
+
 def sweep(
     spec: SweepSpec,
     on_epoch: ProgressCallback | None = None,
     on_point: PointCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SweepResult:
-    """Run the sweep at every N of `spec` and name each curve's precision boundary."""
+    """Run the sweep at every N of `spec` and name each curve's precision boundary.
+    `should_stop` is asked before each precision; SweepStopped when it says so."""
     started = time.perf_counter()
     device = resolve_device(spec.device)
     counted = count_parameters(spec.model)
-    curves = tuple(sweep_at(spec, n, device, on_epoch, on_point) for n in spec.sample_counts())
+    curves = tuple(
+        sweep_at(spec, n, device, on_epoch, on_point, should_stop) for n in spec.sample_counts()
+    )
     regime: str = spec.regime or ("list" if isinstance(spec.n, list) else "n")
     return SweepResult(
         params=counted.total,
@@ -52,6 +60,7 @@ def sweep_at(
     device: torch.device,
     on_epoch: ProgressCallback | None = None,
     on_point: PointCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SweepCurve:
     started = time.perf_counter()
     data = make_dataset(spec.model, n, derive_seed(spec.seed, "data"), device)
@@ -62,6 +71,8 @@ def sweep_at(
     float_information = 0.0 if trained.diverged else mutual_information(n, trained.accuracy)
     points = []
     for bits in spec.bits:
+        if should_stop is not None and should_stop():
+            raise SweepStopped(f"stopped before {bits} bits at N = {n}")
         steps = apply_precision(model, bits)
         quantized = accuracy(model, data)
         retrained = train_memorization(

@@ -112,6 +112,23 @@ def test_cancel_is_honoured_between_trials(store: Store, sqlite_url: str) -> Non
     assert len(store.trials(job.id)) < 200
 
 
+def test_cancel_stops_a_running_sweep_between_precisions(store: Store, sqlite_url: str) -> None:
+    spec = {"model": {"kind": "fcdnn", "width": 16}, "n": 300, "bits": list(range(12, 0, -1)),
+            "train": {"lr": 0.05, "batch_size": 16, "epochs": 300},
+            "retrain": {"epochs": 300, "lr": 1e-6, "patience": 300}}  # fmt: skip
+    job = store.submit("quant_sweep", spec, "fcdnn")
+    process = start_worker(sqlite_url, "--once")
+    try:
+        wait_for(lambda: store.get(job.id).progress.get("stage") == "sweep")
+        store.cancel(job.id)
+        wait_for(lambda: store.get(job.id).state == JobState.CANCELLED)
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    assert store.result(job.id) is None
+    assert store.get(job.id).progress["bits"] > 1  # it stopped before the last precision
+
+
 def test_sigterm_hands_the_job_back_at_once(store: Store, sqlite_url: str) -> None:
     job = store.submit("capacity", capacity_spec(200, epochs=200, batch=2), "fcdnn")
     process = start_worker(sqlite_url)
