@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from capacity_service.specs import CNNSpec, FCDNNSpec, RNNSpec, check_n_fits
+from capacity_service.specs import CNNSpec, FCDNNSpec, RNNSpec, check_sample_count
 
 ModelSpecT = FCDNNSpec | CNNSpec | RNNSpec
 
@@ -68,10 +68,7 @@ def make_dataset(
     model: ModelSpecT, n: int, seed: int, device: torch.device | str = "cpu"
 ) -> Dataset:
     """N distinct random inputs shaped for `model`, with uniform random labels."""
-    try:
-        check_n_fits(model, n)
-    except ValueError as error:
-        raise ValueError(f"n: {error}") from None
+    check_sample_count(model, n, "n")
     generator = torch.Generator().manual_seed(seed)
     rows = distinct_bit_rows(n, model.input_bits, generator)
     labels = torch.randint(0, 2, (n,), generator=generator, dtype=torch.int64)

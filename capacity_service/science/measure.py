@@ -9,10 +9,10 @@ from capacity_service.science.metrics import (
     conv_bits_per_parameter,
     mutual_information,
 )
-from capacity_service.science.models import build_model, count_parameters
+from capacity_service.science.models import ModelSpecT, build_model, count_parameters
 from capacity_service.science.seeds import derive_seed
 from capacity_service.science.train import ProgressCallback, train_memorization
-from capacity_service.specs import CNNSpec, MeasureResult, MeasureSpec
+from capacity_service.specs import CNNSpec, MeasureResult, MeasureSpec, ParameterCount
 
 
 def measure(spec: MeasureSpec, on_epoch: ProgressCallback | None = None) -> MeasureResult:
@@ -25,13 +25,6 @@ def measure(spec: MeasureSpec, on_epoch: ProgressCallback | None = None) -> Meas
     )
     counted = count_parameters(spec.model)
     information = 0.0 if outcome.diverged else mutual_information(spec.n, outcome.accuracy)
-    conv_bits = None
-    if isinstance(spec.model, CNNSpec):
-        conv_bits = conv_bits_per_parameter(
-            information,
-            conv_params=counted.count_layers("conv"),
-            fc_params=counted.count_layers("dense", "output"),
-        )
     return MeasureResult(
         params=counted.total,
         n=spec.n,
@@ -44,5 +37,16 @@ def measure(spec: MeasureSpec, on_epoch: ProgressCallback | None = None) -> Meas
         seed=spec.seed,
         diverged=outcome.diverged,
         train=spec.train,
-        conv_bits_per_param=conv_bits,
+        conv_bits_per_param=conv_bits(spec.model, counted, information),
+    )
+
+
+def conv_bits(model: ModelSpecT, counted: ParameterCount, information: float) -> float | None:
+    """A CNN's convolution-only bits per parameter for I bits (None for other kinds)."""
+    if not isinstance(model, CNNSpec):
+        return None
+    return conv_bits_per_parameter(
+        information,
+        conv_params=counted.count_layers("conv"),
+        fc_params=counted.count_layers("dense", "output"),
     )

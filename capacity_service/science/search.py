@@ -18,19 +18,17 @@ import torch
 from capacity_service.science.data import Dataset, make_dataset
 from capacity_service.science.device import resolve_device
 from capacity_service.science.engine import TrialConfig, train_trials
-from capacity_service.science.measure import measure
+from capacity_service.science.measure import conv_bits, measure
 from capacity_service.science.metrics import (
     bits_per_parameter,
-    conv_bits_per_parameter,
     mutual_information,
 )
-from capacity_service.science.models import count_parameters
+from capacity_service.science.models import ModelSpecT, count_parameters
 from capacity_service.science.seeds import derive_seed
 from capacity_service.science.train import ProgressCallback, TrainOutcome
 from capacity_service.specs import (
     CapacityResult,
     CapacitySpec,
-    CNNSpec,
     CurvePoint,
     MeasureResult,
     MeasureSpec,
@@ -41,6 +39,11 @@ from capacity_service.specs import (
 
 TrialCallback = Callable[[MeasureResult], None]
 GOLDEN = 0.381966  # 2 - golden ratio: the golden-section probe fraction
+
+
+def most_distinct_inputs(model: ModelSpecT) -> int:
+    """2 ** input bits, capped where no dataset could reach anyway (an int64 index)."""
+    return 1 << min(model.input_bits, 62)
 
 
 def capacity_curve(trials: Sequence[MeasureResult | TrialRecord]) -> tuple[CurvePoint, ...]:
@@ -74,7 +77,7 @@ def search_n(
     if growth <= 1.0:
         raise ValueError(f"growth must be > 1, got {growth}")
     started = time.perf_counter()
-    limit = 1 << min(spec.model.input_bits, 62)
+    limit = most_distinct_inputs(spec.model)
     trials: list[MeasureResult] = []
     by_n: dict[int, float] = {}
 
@@ -298,7 +301,7 @@ def search_capacity(
     search = spec.search
     device = resolve_device(spec.device)
     counted = count_parameters(spec.model)
-    distinct = 1 << min(spec.model.input_bits, 62)
+    distinct = most_distinct_inputs(spec.model)
     pool_n = search.n_range[1] if search.n_range else min(distinct, POOL_FACTOR * counted.total)
     pool = make_dataset(spec.model, max(pool_n, 2), derive_seed(spec.seed, "data"), device)
     runner = _Runner(spec, pool, device, completed, on_trial, should_stop)
@@ -319,18 +322,11 @@ def search_capacity(
     if not records:
         raise RuntimeError("the search ended before any trial finished (budget or cancel)")
     best = max(records, key=lambda r: r.mutual_information_bits)
-    conv_bits = None
-    if isinstance(spec.model, CNNSpec):
-        conv_bits = conv_bits_per_parameter(
-            best.mutual_information_bits,
-            conv_params=counted.count_layers("conv"),
-            fc_params=counted.count_layers("dense", "output"),
-        )
     return CapacityResult(
         params=counted.total,
         capacity_bits=best.mutual_information_bits,
         bits_per_param=bits_per_parameter(best.mutual_information_bits, counted.total),
-        conv_bits_per_param=conv_bits,
+        conv_bits_per_param=conv_bits(spec.model, counted, best.mutual_information_bits),
         best=best,
         bracket_n=n_star,
         curve=capacity_curve(records),
