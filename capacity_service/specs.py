@@ -20,11 +20,11 @@ from pydantic import (
     model_validator,
 )
 
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def _known_device(value: str) -> str:
-    if not DEVICE_PATTERN.match(value):
+    if not DEVICE_PATTERN.fullmatch(value):
         raise ValueError("must be one of auto, cpu, cuda, cuda:<index>")
     return value
 
@@ -33,9 +33,10 @@ Device = Annotated[str, AfterValidator(_known_device)]
 
 
 class Frozen(BaseModel):
-    """Base of every spec and result: immutable, unknown keys are an error."""
+    """Base of every spec and result: immutable, unknown keys are an error, and so are
+    NaN and infinity (no budget or bound is infinite, and JSON cannot carry them)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --- models ------------------------------------------------------------------------------
@@ -128,7 +129,8 @@ class MeasureSpec(Frozen):
 
 def check_n_fits(model: FCDNNSpec | CNNSpec | RNNSpec, n: int) -> None:
     """Raise ValueError when N distinct inputs cannot exist for this model's input size."""
-    if n > 1 << model.input_bits:
+    # compare bit lengths first: 1 << input_bits of a huge model would not fit in memory
+    if model.input_bits < n.bit_length() and n > 1 << model.input_bits:
         raise ValueError(
             f"n = {n} exceeds the 2^{model.input_bits} = {1 << model.input_bits} distinct "
             f"inputs of {model.input_bits} bits; lower n or enlarge the input "
@@ -285,6 +287,46 @@ def check_sample_count(model: FCDNNSpec | CNNSpec | RNNSpec, n: int, field: str)
         check_n_fits(model, n)
     except ValueError as error:
         raise ValueError(f"{field}: {error}") from None
+
+
+# --- sizes, computed without torch (the API checks its limits with these) ---------------
+
+GATE_BLOCKS = {"lstm": 4, "gru": 3, "rnn": 1}  # LSTM i, f, g, o; GRU r, z, n; tanh RNN
+N_CLASSES = 2
+POOL_FACTOR = 8  # a search's data pool holds up to 8 samples per parameter (capacity < 4 bits)
+
+
+def parameter_total(model: FCDNNSpec | CNNSpec | RNNSpec) -> int:
+    """Effective parameters of `model` by arithmetic; equals science.models.count_parameters
+    (a test compares them) without building a module."""
+    if isinstance(model, FCDNNSpec):
+        widths = [model.input_bits] + [model.width] * model.depth
+        hidden = sum(a * b + b for a, b in pairwise(widths))
+        return hidden + model.width * N_CLASSES + N_CLASSES
+    if isinstance(model, CNNSpec):
+        channels = [1] + [model.channels] * model.conv_layers
+        conv = sum(model.kernel**2 * a * b + b for a, b in pairwise(channels))
+        features = model.channels * (model.input_size // 8) ** 2
+        fc = features * model.fc_hidden + model.fc_hidden if model.fc_hidden else 0
+        return conv + fc + (model.fc_hidden or features) * N_CLASSES + N_CLASSES
+    rows = GATE_BLOCKS[model.kind] * model.hidden
+    recurrent = rows * (model.n_in + model.hidden + 1)
+    if model.kind == "gru":
+        recurrent += model.hidden  # b_hn, inside the reset gate's product
+    return recurrent + model.hidden * N_CLASSES + N_CLASSES
+
+
+def most_distinct_inputs(model: FCDNNSpec | CNNSpec | RNNSpec) -> int:
+    """2 ** input bits, capped where no dataset could reach anyway (an int64 index)."""
+    return 1 << min(model.input_bits, 62)
+
+
+def largest_search_n(spec: CapacitySpec) -> int:
+    """The largest N a capacity search may train on: the upper end of `search.n_range`, or
+    POOL_FACTOR samples per parameter (capped by the distinct inputs)."""
+    if spec.search.n_range is not None:
+        return spec.search.n_range[1]
+    return min(most_distinct_inputs(spec.model), POOL_FACTOR * parameter_total(spec.model))
 
 
 # --- results -----------------------------------------------------------------------------

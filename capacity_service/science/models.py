@@ -17,6 +17,8 @@ from pydantic import TypeAdapter
 from torch import nn
 
 from capacity_service.specs import (
+    GATE_BLOCKS,
+    N_CLASSES,
     CNNSpec,
     FCDNNSpec,
     ModelSpec,
@@ -26,7 +28,6 @@ from capacity_service.specs import (
 )
 
 ModelSpecT = FCDNNSpec | CNNSpec | RNNSpec
-N_CLASSES = 2
 
 
 class MemorizationModel(nn.Module):
@@ -107,10 +108,6 @@ class CNN(MemorizationModel):
         return "conv" if name.startswith("convs.") else "dense"
 
 
-# Gate blocks per cell kind, stacked in PyTorch's order (LSTM i, f, g, o; GRU r, z, n).
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-
-
 class RecurrentCell(nn.Module):
     """LSTM, GRU or tanh RNN layer with one effective bias per gate.
 
@@ -122,7 +119,7 @@ class RecurrentCell(nn.Module):
         super().__init__()
         self.cell = cell
         self.hidden = hidden
-        rows = GATES[cell] * hidden
+        rows = GATE_BLOCKS[cell] * hidden  # gate blocks stacked in PyTorch's order
         self.weight_ih = nn.Parameter(torch.empty(rows, n_in))
         self.weight_hh = nn.Parameter(torch.empty(rows, hidden))
         self.bias = nn.Parameter(torch.zeros(rows))

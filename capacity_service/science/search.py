@@ -23,7 +23,7 @@ from capacity_service.science.metrics import (
     bits_per_parameter,
     mutual_information,
 )
-from capacity_service.science.models import ModelSpecT, count_parameters
+from capacity_service.science.models import count_parameters
 from capacity_service.science.seeds import derive_seed
 from capacity_service.science.train import ProgressCallback, TrainOutcome
 from capacity_service.specs import (
@@ -35,15 +35,12 @@ from capacity_service.specs import (
     NSearchResult,
     TrainSpec,
     TrialRecord,
+    largest_search_n,
+    most_distinct_inputs,
 )
 
 TrialCallback = Callable[[MeasureResult], None]
 GOLDEN = 0.381966  # 2 - golden ratio: the golden-section probe fraction
-
-
-def most_distinct_inputs(model: ModelSpecT) -> int:
-    """2 ** input bits, capped where no dataset could reach anyway (an int64 index)."""
-    return 1 << min(model.input_bits, 62)
 
 
 def capacity_curve(trials: Sequence[MeasureResult | TrialRecord]) -> tuple[CurvePoint, ...]:
@@ -136,7 +133,6 @@ def _result(spec: MeasureSpec, trials: list[MeasureResult], started: float) -> N
 
 # --- the three-stage capacity search --------------------------------------------------
 
-POOL_FACTOR = 8  # the data pool holds up to 8 samples per parameter (capacity is < 4 bits)
 MEMORIZED = 0.99  # stage 1 looks for the largest N trained to at least this accuracy
 LADDER = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # stage 1: N as multiples of the parameter count
 COARSE_EPOCHS = 300  # epoch budget of the coarse stages 1 and 2 (they set bounds only)
@@ -301,8 +297,7 @@ def search_capacity(
     search = spec.search
     device = resolve_device(spec.device)
     counted = count_parameters(spec.model)
-    distinct = most_distinct_inputs(spec.model)
-    pool_n = search.n_range[1] if search.n_range else min(distinct, POOL_FACTOR * counted.total)
+    pool_n = largest_search_n(spec)
     pool = make_dataset(spec.model, max(pool_n, 2), derive_seed(spec.seed, "data"), device)
     runner = _Runner(spec, pool, device, completed, on_trial, should_stop)
     stage_budget = max(2, min(15, search.budget_trials // 4))

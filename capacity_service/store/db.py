@@ -30,9 +30,16 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+READ_ONLY = "capacity_read_only"  # execution option of the engine that only reads
+
+
 def _sqlite_begin(connection: Any) -> None:
-    # IMMEDIATE takes the write lock up front: two claimers never both read "queued"
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # IMMEDIATE takes the write lock up front: two claimers never both read "queued".
+    # Read-only transactions begin DEFERRED: under WAL they never wait for a writer.
+    if connection.get_execution_options().get(READ_ONLY):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def database_now_sql(engine: Engine) -> Any:

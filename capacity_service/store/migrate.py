@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
 
 from capacity_service.store.db import make_engine
 
@@ -29,13 +30,16 @@ def downgrade(url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(url), revision)
 
 
-def at_head(url: str) -> bool:
-    """Whether the database's schema is at the newest migration."""
+def at_head(url: str, engine: Engine | None = None) -> bool:
+    """Whether the database's schema is at the newest migration (through `engine` when
+    given, else a connection of its own)."""
     heads = set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
-    engine = make_engine(url)
+    own = engine is None
+    engine = engine or make_engine(url)
     try:
         with engine.connect() as connection:
             current = set(MigrationContext.configure(connection).get_current_heads())
     finally:
-        engine.dispose()
+        if own:
+            engine.dispose()
     return current == heads

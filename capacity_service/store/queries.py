@@ -3,6 +3,8 @@ objects, never ORM rows."""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -10,12 +12,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from capacity_service.store.db import database_now_sql, make_engine
-from capacity_service.store.models import JobRow, ResultRow, TrialRow
+from capacity_service.store.db import READ_ONLY, database_now_sql, make_engine
+from capacity_service.store.models import ApiKeyRow, JobRow, ResultRow, TrialRow
 
 
 class JobState(StrEnum):
@@ -109,7 +111,11 @@ class Job:
 
 
 def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
+    if moment is None:
+        return None
+    if moment.tzinfo is None:  # SQLite keeps no zone; every stamp is written in UTC
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat()
 
 
 def _now() -> datetime:
@@ -122,12 +128,15 @@ class Store:
     def __init__(self, url: str) -> None:
         self.engine: Engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        reader = self.engine.execution_options(**{READ_ONLY: True})
+        self._read_sessions = sessionmaker(reader, expire_on_commit=False)
         self._db_now = database_now_sql(self.engine)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """One transaction: committed on success, rolled back on error."""
-        session = self._sessions()
+    def session(self, *, read_only: bool = False) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back on error. A read-only one
+        never waits for the write lock on SQLite."""
+        session = self._read_sessions() if read_only else self._sessions()
         try:
             yield session
             session.commit()
@@ -143,6 +152,11 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    def ping(self) -> None:
+        """StoreError unless the database answers."""
+        with self.session(read_only=True) as session:
+            session.execute(text("SELECT 1"))
+
     # -- jobs ---------------------------------------------------------------------
 
     def submit(
@@ -157,8 +171,29 @@ class Store:
     ) -> Job:
         """Queue a job (the spec must already be valid); the same idempotency key returns
         the first job instead of queueing another."""
+        job, _ = self.enqueue(
+            kind,
+            spec,
+            model_kind,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            max_attempts=max_attempts,
+        )
+        return job
+
+    def enqueue(
+        self,
+        kind: str,
+        spec: dict[str, Any],
+        model_kind: str,
+        *,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+        max_attempts: int = 3,
+    ) -> tuple[Job, bool]:
+        """`submit`, also telling whether the job is new (False: the key's earlier job)."""
         if idempotency_key is not None and (known := self._by_key(idempotency_key)):
-            return known
+            return known, False
         row = JobRow(
             kind=kind,
             state=JobState.QUEUED.value,
@@ -176,21 +211,21 @@ class Store:
             with self.session() as session:
                 session.add(row)
                 session.flush()
-                return Job.from_row(row)
+                return Job.from_row(row), True
         except StoreError as error:
             if idempotency_key is not None and isinstance(error.__cause__, IntegrityError):
                 known = self._by_key(idempotency_key)  # a concurrent submit won the race
                 if known is not None:
-                    return known
+                    return known, False
             raise
 
     def _by_key(self, key: str) -> Job | None:
-        with self.session() as session:
+        with self.session(read_only=True) as session:
             row = session.scalars(select(JobRow).where(JobRow.idempotency_key == key)).first()
             return None if row is None else Job.from_row(row)
 
     def get(self, job_id: int) -> Job:
-        with self.session() as session:
+        with self.session(read_only=True) as session:
             row = session.get(JobRow, job_id)
             if row is None:
                 raise JobNotFoundError(f"no job with id {job_id}")
@@ -215,7 +250,7 @@ class Store:
             query = query.where(JobRow.model_kind == model_kind)
         if after_id is not None:
             query = query.where(JobRow.id < after_id)
-        with self.session() as session:
+        with self.session(read_only=True) as session:
             return [Job.from_row(row) for row in session.scalars(query)]
 
     def cancel(self, job_id: int) -> Job:
@@ -370,13 +405,141 @@ class Store:
         )
         if limit is not None:
             query = query.limit(limit)
-        with self.session() as session:
+        with self.session(read_only=True) as session:
             return list(session.scalars(query))
 
     def result(self, job_id: int) -> dict[str, Any] | None:
-        with self.session() as session:
+        with self.session(read_only=True) as session:
             row = session.get(ResultRow, job_id)
             return None if row is None else row.document
+
+    def results(
+        self,
+        kind: str,
+        *,
+        model_kind: str | None = None,
+        min_params: int | None = None,
+        max_params: int | None = None,
+        after_job_id: int | None = None,
+        limit: int = 50,
+    ) -> list[StoredResult]:
+        """Results of finished jobs of `kind`, newest job first (cursor pagination)."""
+        query = (
+            select(ResultRow, JobRow.spec)
+            .join(JobRow, JobRow.id == ResultRow.job_id)
+            .where(JobRow.kind == kind)
+            .order_by(ResultRow.job_id.desc())
+            .limit(limit)
+        )
+        if model_kind is not None:
+            query = query.where(ResultRow.model_kind == model_kind)
+        if min_params is not None:
+            query = query.where(ResultRow.params >= min_params)
+        if max_params is not None:
+            query = query.where(ResultRow.params <= max_params)
+        if after_job_id is not None:
+            query = query.where(ResultRow.job_id < after_job_id)
+        with self.session(read_only=True) as session:
+            return [StoredResult.from_row(row, spec) for row, spec in session.execute(query)]
+
+    # -- API keys -----------------------------------------------------------------
+
+    def create_api_key(self, name: str) -> tuple[ApiKey, str]:
+        """A new key: its record and the secret, which is shown once and stored only as
+        a hash."""
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        row = ApiKeyRow(name=name, key_hash=hash_key(secret), created_at=_now())
+        with self.session() as session:
+            session.add(row)
+            session.flush()
+            return ApiKey.from_row(row), secret
+
+    def revoke_api_keys(self, name: str) -> list[ApiKey]:
+        """Revoke every active key called `name`; the keys revoked."""
+        with self.session() as session:
+            rows = session.scalars(
+                select(ApiKeyRow).where(ApiKeyRow.name == name, ApiKeyRow.revoked_at.is_(None))
+            ).all()
+            for row in rows:
+                row.revoked_at = _now()
+            session.flush()
+            return [ApiKey.from_row(row) for row in rows]
+
+    def api_keys(self) -> list[ApiKey]:
+        with self.session(read_only=True) as session:
+            rows = session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.id))
+            return [ApiKey.from_row(row) for row in rows]
+
+    def find_api_key(self, secret: str) -> ApiKey | None:
+        """The key whose secret this is (revoked or not), or None."""
+        with self.session(read_only=True) as session:
+            row = session.scalars(
+                select(ApiKeyRow).where(ApiKeyRow.key_hash == hash_key(secret))
+            ).first()
+            return None if row is None else ApiKey.from_row(row)
+
+
+KEY_PREFIX = "cap_"
+
+
+def hash_key(secret: str) -> str:
+    """SHA-256 of the key: keys are 256 random bits, so a salt or a slow hash adds nothing."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiKey:
+    id: int
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: ApiKeyRow) -> ApiKey:
+        return cls(id=row.id, name=row.name, created_at=row.created_at, revoked_at=row.revoked_at)
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def to_document(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "created_at": _iso(self.created_at),
+                "revoked_at": _iso(self.revoked_at)}  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredResult:
+    """A finished job's result with the columns the dashboard filters on and the job's spec."""
+
+    job_id: int
+    model_kind: str
+    params: int
+    capacity_bits: float | None
+    bits_per_param: float | None
+    precision_boundary: int | None
+    code_version: str
+    created_at: datetime
+    spec: dict[str, Any]
+    document: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: ResultRow, spec: dict[str, Any]) -> StoredResult:
+        return cls(
+            job_id=row.job_id,
+            model_kind=row.model_kind,
+            params=row.params,
+            capacity_bits=row.capacity_bits,
+            bits_per_param=row.bits_per_param,
+            precision_boundary=row.precision_boundary,
+            code_version=row.code_version,
+            created_at=row.created_at,
+            spec=spec,
+            document=row.document,
+        )
+
+    @property
+    def created_iso(self) -> str | None:
+        return _iso(self.created_at)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from capacity_service.science.models import build_model, count_parameters, pool_after
-from capacity_service.specs import CNNSpec, FCDNNSpec, RNNSpec
+from capacity_service.specs import CNNSpec, FCDNNSpec, RNNSpec, parameter_total
 
 
 def fcdnn_by_formula(w: int, d: int, n_in: int) -> int:
@@ -40,6 +40,22 @@ def test_parameter_counts_by_hand(spec: FCDNNSpec | CNNSpec | RNNSpec, expected:
     assert sum(g.count for g in counted.groups) == expected
     built = build_model(spec, seed=0)
     assert sum(p.numel() for p in built.parameters()) == expected
+    assert parameter_total(spec) == expected  # the API's torch-free count
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize(("hidden", "n_in"), [(1, 1), (7, 3), (64, 16)])
+def test_torch_free_count_matches_recurrent_models(kind: str, hidden: int, n_in: int) -> None:
+    spec = RNNSpec.model_validate({"kind": kind, "hidden": hidden, "n_in": n_in})
+    assert parameter_total(spec) == count_parameters(spec).total
+
+
+@pytest.mark.parametrize("layers", [3, 5, 9])
+@pytest.mark.parametrize(("kernel", "fc_hidden"), [(3, 0), (5, 10)])
+def test_torch_free_count_matches_cnns(layers: int, kernel: int, fc_hidden: int) -> None:
+    spec = CNNSpec.model_validate({"kernel": kernel, "conv_layers": layers, "channels": 3,
+                                   "input_size": 16, "fc_hidden": fc_hidden})  # fmt: skip
+    assert parameter_total(spec) == count_parameters(spec).total
 
 
 def test_count_parameters_accepts_json() -> None:

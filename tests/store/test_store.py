@@ -113,3 +113,61 @@ def test_release_and_finish_with_a_result(store: Store) -> None:
     assert store.result(job_id) == {"capacity_bits": 12.5}
     with pytest.raises(LeaseLostError):
         store.set_progress(job_id, "w2", {})
+
+
+def test_enqueue_tells_new_from_replayed(store: Store) -> None:
+    job, is_new = store.enqueue("capacity", SPEC, "fcdnn", idempotency_key="k")
+    again, again_new = store.enqueue("capacity", SPEC, "fcdnn", idempotency_key="k")
+    assert is_new and not again_new and again.id == job.id
+
+
+def test_timestamps_are_utc_on_both_backends(store: Store) -> None:
+    document = store.get(submit(store)).to_document()
+    assert document["created_at"].endswith("+00:00")
+
+
+def finish_with(store: Store, kind: str, model_kind: str, params: int, **columns: object) -> int:
+    job = store.submit(kind, {"model": {"kind": model_kind}}, model_kind)
+    claimed = store.claim("w", 60)
+    assert claimed is not None and claimed.id == job.id
+    summary = ResultSummary(document={"params": params}, params=params, code_version="0.1.0",
+                            **columns)  # type: ignore[arg-type]  # fmt: skip
+    store.finish(job.id, "w", JobState.SUCCEEDED, result=summary)
+    return job.id
+
+
+def test_results_filter_by_kind_model_and_parameters(store: Store) -> None:
+    small = finish_with(store, "capacity", "fcdnn", 100, capacity_bits=200.0, bits_per_param=2.0)
+    lstm = finish_with(store, "capacity", "lstm", 8_386, capacity_bits=3e4, bits_per_param=3.6)
+    sweep = finish_with(store, "quant_sweep", "fcdnn", 100, precision_boundary=6)
+    assert [r.job_id for r in store.results("capacity")] == [lstm, small]
+    assert [r.job_id for r in store.results("quant_sweep")] == [sweep]
+    assert [r.job_id for r in store.results("capacity", model_kind="lstm")] == [lstm]
+    assert [r.job_id for r in store.results("capacity", max_params=1_000)] == [small]
+    assert [r.job_id for r in store.results("capacity", min_params=1_000)] == [lstm]
+    assert [r.job_id for r in store.results("capacity", after_job_id=lstm)] == [small]
+    first = store.results("capacity", limit=1)[0]
+    assert first.spec == {"model": {"kind": "lstm"}} and first.bits_per_param == 3.6
+    assert store.results("quant_sweep")[0].precision_boundary == 6
+
+
+def test_api_keys_are_stored_hashed_and_revocable(store: Store) -> None:
+    from sqlalchemy import text
+
+    key, secret = store.create_api_key("ci")
+    assert secret.startswith("cap_") and len(secret) > 40
+    found = store.find_api_key(secret)
+    assert found is not None and found.id == key.id and not found.revoked
+    assert store.find_api_key(secret + "x") is None
+    with store.session() as session:  # only the hash is in the table
+        stored = session.execute(text("SELECT key_hash FROM api_keys")).scalars().all()
+    assert secret not in stored and len(stored[0]) == 64
+    _, other = store.create_api_key("ci")
+    assert [k.id for k in store.revoke_api_keys("ci")] == [key.id, key.id + 1]
+    revoked = store.find_api_key(other)
+    assert revoked is not None and revoked.revoked
+    assert store.revoke_api_keys("ci") == []  # nothing active is left
+
+
+def test_ping(store: Store) -> None:
+    store.ping()
