@@ -7,8 +7,9 @@ import logging
 import sys
 
 from capacity_service import __version__
-from capacity_service.cli import jobs, measure, search, sweep
+from capacity_service.cli import jobs, measure, search, serve, sweep
 from capacity_service.cli.common import EXIT_BAD_INPUT, UsageError
+from capacity_service.client import ApiError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_parser(subparsers)
     sweep.add_parser(subparsers)
     jobs.add_parsers(subparsers)
+    serve.add_parsers(subparsers)
     return parser
 
 
@@ -38,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"capacity: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ApiError as error:  # the API refused the request (4xx: bad input) or is down
+        print(f"capacity: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT if 400 <= error.status < 500 else 1
     except KeyboardInterrupt:
         print("capacity: interrupted", file=sys.stderr)
         return 130

@@ -1,10 +1,16 @@
-"""Operator commands against the job store: db upgrade, worker, submit, jobs, job, cancel."""
+"""Job commands: db upgrade, worker, submit, jobs, job, cancel.
+
+submit, jobs, job and cancel talk to the database directly, or to the REST API with
+`--api URL` (or CAPACITY_API_URL; the key from CAPACITY_API_KEY).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+import sys
+import time
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -16,6 +22,12 @@ from capacity_service.cli.common import (
 )
 from capacity_service.settings import Settings
 from capacity_service.specs import JOB_KINDS, validate_job_spec
+
+if TYPE_CHECKING:
+    from capacity_service.client import ApiClient
+    from capacity_service.store.queries import Store
+
+FINISHED_STATES = ("succeeded", "failed", "cancelled")
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -33,7 +45,7 @@ def add_parsers(subparsers: Any) -> None:
     worker.set_defaults(handler=run_worker)
 
     submit = subparsers.add_parser("submit", help="queue a capacity or quant_sweep job")
-    _database_argument(submit)
+    _database_argument(submit, api=True)
     submit.add_argument("spec", help="JSON spec file ('-' for stdin)")
     submit.add_argument("--kind", required=True, choices=JOB_KINDS)
     submit.add_argument("--priority", type=int, default=0, help="higher runs first")
@@ -42,7 +54,7 @@ def add_parsers(subparsers: Any) -> None:
     submit.set_defaults(handler=run_submit)
 
     jobs = subparsers.add_parser("jobs", help="list jobs, newest first")
-    _database_argument(jobs)
+    _database_argument(jobs, api=True)
     jobs.add_argument("--state", choices=("queued", "running", "succeeded", "failed",
                                           "cancelled"))  # fmt: skip
     jobs.add_argument("--kind", choices=JOB_KINDS)
@@ -53,22 +65,43 @@ def add_parsers(subparsers: Any) -> None:
     jobs.set_defaults(handler=run_jobs)
 
     job = subparsers.add_parser("job", help="one job: state, progress, result")
-    _database_argument(job)
+    _database_argument(job, api=True)
     job.add_argument("id", type=int)
+    job.add_argument("--wait", action="store_true", help="poll until the job finishes")
+    job.add_argument("--poll", type=float, default=2.0, help="seconds between polls (--wait)")
     job.add_argument("--json", action="store_true")
     job.set_defaults(handler=run_job)
 
     cancel = subparsers.add_parser("cancel", help="cancel a job (running: between trials)")
-    _database_argument(cancel)
+    _database_argument(cancel, api=True)
     cancel.add_argument("id", type=int)
     cancel.add_argument("--json", action="store_true")
     cancel.set_defaults(handler=run_cancel)
 
 
-def _database_argument(parser: argparse.ArgumentParser) -> None:
+def _database_argument(parser: argparse.ArgumentParser, api: bool = False) -> None:
     parser.add_argument(
         "--database-url", help="SQLAlchemy URL (default CAPACITY_DATABASE_URL or SQLite)"
     )
+    if api:
+        parser.add_argument(
+            "--api", metavar="URL",
+            help="go through the REST API at URL instead of the database (default "
+            "CAPACITY_API_URL; the API key comes from CAPACITY_API_KEY)",
+        )  # fmt: skip
+
+
+def _client(args: argparse.Namespace) -> ApiClient | None:
+    """The API client when --api (or CAPACITY_API_URL) is given, else None (database)."""
+    settings = Settings()
+    url = args.api or (None if args.database_url else settings.api_url)
+    if url is None:
+        return None
+    if args.database_url:
+        fail("give either --api or --database-url, not both")
+    from capacity_service.client import ApiClient
+
+    return ApiClient(url, settings.api_key)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -78,7 +111,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _store(args: argparse.Namespace, migrate: bool = False) -> Any:
+def _store(args: argparse.Namespace, migrate: bool = False) -> Store:
     from capacity_service.store.migrate import upgrade
     from capacity_service.store.queries import Store
 
@@ -117,6 +150,25 @@ def run_worker(args: argparse.Namespace) -> int:
 
 def run_submit(args: argparse.Namespace) -> int:
     document = load_json_file(args.spec)
+    client = _client(args)
+    if client is not None:
+        with client:
+            job = client.submit(args.kind, document, priority=args.priority,
+                                idempotency_key=args.idempotency_key)  # fmt: skip
+        base = client.base_url
+    else:
+        job = _submit_to_database(args, document)
+        base = None
+    if args.json:
+        print(json.dumps(job))
+    else:
+        print(f"job {job['id']} {job['state']}")
+        if base is not None:
+            print(f"  {base}/v1/jobs/{job['id']}")
+    return 0
+
+
+def _submit_to_database(args: argparse.Namespace, document: dict[str, Any]) -> dict[str, Any]:
     try:
         spec = validate_job_spec(args.kind, document)
     except ValidationError as error:
@@ -133,70 +185,106 @@ def run_submit(args: argparse.Namespace) -> int:
         )
     finally:
         store.close()
-    if args.json:
-        print(json.dumps(job.to_document()))
-    else:
-        print(f"job {job.id} {job.state.value}")
-    return 0
+    return job.to_document()
 
 
 def run_jobs(args: argparse.Namespace) -> int:
-    store = _store(args)
-    try:
-        found = store.list_jobs(state=args.state, kind=args.kind, model_kind=args.model_kind,
-                                after_id=args.after, limit=args.limit)  # fmt: skip
-    finally:
-        store.close()
+    filters = {"state": args.state, "kind": args.kind, "model_kind": args.model_kind}
+    client = _client(args)
+    if client is not None:
+        with client:
+            found = client.jobs(**filters, cursor=args.after, limit=args.limit)["items"]
+    else:
+        store = _store(args)
+        try:
+            jobs = store.list_jobs(**filters, after_id=args.after, limit=args.limit)
+        finally:
+            store.close()
+        found = [job.to_document() for job in jobs]
     if args.json:
-        print(json.dumps([job.to_document() for job in found]))
+        print(json.dumps(found))
         return 0
     for job in found:
-        progress = job.progress
+        progress = job["progress"]
         done = f"{progress.get('trials_done', '-')} trials" if progress else ""
-        print(f"{job.id:>6}  {job.kind:<11} {job.model_kind:<6} {job.state.value:<10} {done}")
+        print(f"{job['id']:>6}  {job['kind']:<11} {job['model_kind']:<6} {job['state']:<10} {done}")
     return 0
 
 
 def run_job(args: argparse.Namespace) -> int:
+    client = _client(args)
+
+    def read() -> tuple[dict[str, Any], dict[str, Any] | None]:
+        if client is not None:
+            return _read_over_api(client, args.id)
+        return _read_database(args)
+
+    job, result = read()
+    shown = ""
+    while args.wait and job["state"] not in FINISHED_STATES:
+        line = f"job {job['id']} {job['state']} {json.dumps(job['progress'])}"
+        if line != shown:
+            print(line, file=sys.stderr, flush=True)
+            shown = line
+        time.sleep(args.poll)
+        job, result = read()
+    if client is not None:
+        client.close()
+    document = job | {"result": result}
+    if args.json:
+        print(json.dumps(document))
+        return 0
+    rows = [("job", str(job["id"])), ("kind", job["kind"]), ("state", job["state"]),
+            ("attempts", f"{job['attempts']}/{job['max_attempts']}"),
+            ("progress", json.dumps(job["progress"]))]  # fmt: skip
+    if job["error"]:
+        rows.append(("error", job["error"]))
+    if result is not None and "capacity_bits" in result:
+        rows.append(("capacity", f"{result['capacity_bits']:,.1f} bits, "
+                                 f"{result['bits_per_param']:.3f} bits/param"))  # fmt: skip
+    if result is not None and "curves" in result:
+        boundaries = ", ".join(f"N={c['n']}: {c['precision_boundary']} bits"
+                               for c in result["curves"])  # fmt: skip
+        rows.append(("precision boundary", boundaries))
+    print_table(rows)
+    return 0 if job["state"] != "failed" or not args.wait else 1
+
+
+def _read_over_api(client: ApiClient, job_id: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    job = client.job(job_id)
+    return job, client.result(job_id) if job["state"] == "succeeded" else None
+
+
+def _read_database(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None]:
     from capacity_service.store.queries import JobNotFoundError
 
     store = _store(args)
     try:
-        job = store.get(args.id)
-        result = store.result(args.id)
+        return store.get(args.id).to_document(), store.result(args.id)
     except JobNotFoundError as error:
         fail(str(error))
     finally:
         store.close()
-    document = job.to_document() | {"result": result}
-    if args.json:
-        print(json.dumps(document))
-        return 0
-    rows = [("job", str(job.id)), ("kind", job.kind), ("state", job.state.value),
-            ("attempts", f"{job.attempts}/{job.max_attempts}"),
-            ("progress", json.dumps(job.progress))]  # fmt: skip
-    if job.error:
-        rows.append(("error", job.error))
-    if result is not None and "capacity_bits" in result:
-        rows.append(("capacity", f"{result['capacity_bits']:,.1f} bits, "
-                                 f"{result['bits_per_param']:.3f} bits/param"))  # fmt: skip
-    print_table(rows)
-    return 0
 
 
 def run_cancel(args: argparse.Namespace) -> int:
     from capacity_service.store.queries import JobFinishedError, JobNotFoundError
 
-    store = _store(args)
-    try:
-        job = store.cancel(args.id)
-    except (JobNotFoundError, JobFinishedError) as error:
-        fail(str(error))
-    finally:
-        store.close()
-    if args.json:
-        print(json.dumps(job.to_document()))
+    client = _client(args)
+    if client is not None:
+        with client:
+            job = client.cancel(args.id)
     else:
-        state = "cancel requested" if job.cancel_requested else job.state.value
-        print(f"job {job.id} {state}")
+        store = _store(args)
+        try:
+            job = store.cancel(args.id).to_document()
+        except (JobNotFoundError, JobFinishedError) as error:
+            fail(str(error))
+        finally:
+            store.close()
+    if args.json:
+        print(json.dumps(job))
+    else:
+        state = "cancel requested" if job["cancel_requested"] else job["state"]
+        print(f"job {job['id']} {state}")
     return 0

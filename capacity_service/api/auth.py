@@ -1,0 +1,64 @@
+"""API keys as bearer tokens: writes always need one, reads when the settings say so.
+
+The key itself is never logged or stored; the store keeps its SHA-256.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from capacity_service.api.deps import settings_of, store_of
+from capacity_service.api.problems import FORBIDDEN, UNAUTHORIZED, ProblemError
+from capacity_service.store.queries import ApiKey
+
+bearer = HTTPBearer(auto_error=False, description="an API key from `capacity keys create`")
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="capacity"'}
+
+
+def _authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> ApiKey:
+    if credentials is None or not credentials.credentials:
+        raise ProblemError(
+            401, "API key missing",
+            "send an API key as 'Authorization: Bearer <key>'; create one with "
+            "`capacity keys create --name NAME`",
+            type=UNAUTHORIZED, headers=CHALLENGE,
+        )  # fmt: skip
+    key = store_of(request).find_api_key(credentials.credentials)
+    if key is None:
+        raise ProblemError(
+            401, "API key unknown",
+            "this API key is not known here; check it, or create one with "
+            "`capacity keys create --name NAME`",
+            type=UNAUTHORIZED, headers=CHALLENGE,
+        )  # fmt: skip
+    if key.revoked:
+        raise ProblemError(
+            403, "API key revoked",
+            f"the key named {key.name!r} was revoked; ask for a new key",
+            type=FORBIDDEN,
+        )  # fmt: skip
+    return key
+
+
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def require_writer(request: Request, credentials: Credentials) -> ApiKey:
+    """Dependency of every route that changes something."""
+    return _authenticate(request, credentials)
+
+
+WRITER = [Depends(require_writer)]  # `dependencies=` of a route that changes something
+
+
+def require_reader(request: Request, credentials: Credentials) -> ApiKey | None:
+    """Dependency of every read: open unless `read_requires_key` is set."""
+    if not settings_of(request).read_requires_key:
+        return None
+    return _authenticate(request, credentials)
+
+
+READER = [Depends(require_reader)]  # `dependencies=` of a route that reads

@@ -1,0 +1,200 @@
+"""/v1/jobs: submit, list, read, cancel; a job's trials and result."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from capacity_service.api.auth import READER, WRITER
+from capacity_service.api.deps import settings_of, store_of
+from capacity_service.api.limits import check_limits
+from capacity_service.api.problems import (
+    CONFLICT,
+    INVALID_REQUEST,
+    NOT_FOUND,
+    FieldProblem,
+    ProblemError,
+    documented,
+)
+from capacity_service.api.schemas import (
+    JobDocument,
+    JobKindName,
+    JobPage,
+    JobRequest,
+    JobResult,
+    JobStateName,
+    ModelKindName,
+    TrialPage,
+)
+from capacity_service.specs import SweepSpec
+from capacity_service.store.queries import Job, JobFinishedError, JobNotFoundError, JobState
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+JobId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the job's id")]
+Limit = Annotated[int, Query(ge=1, le=500, description="items per page")]
+Cursor = Annotated[
+    int | None, Query(ge=1, le=2**31 - 1, description="next_cursor of the page before")
+]
+
+
+def _job(request: Request, job_id: int) -> Job:
+    try:
+        return store_of(request).get(job_id)
+    except JobNotFoundError:
+        raise ProblemError(404, "Job not found", f"no job with id {job_id}; list jobs with "
+                           "GET /v1/jobs", type=NOT_FOUND) from None  # fmt: skip
+
+
+REPLAYED = {"model": JobDocument, "description": "the job its idempotency key created before"}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobDocument,
+    summary="Queue a capacity or quant_sweep job",
+    dependencies=WRITER,
+    responses={200: REPLAYED, **documented(400, 401, 403, 409, 413, 422)},
+)
+def submit_job(
+    request: Request,
+    response: Response,
+    job: Annotated[JobRequest, Body()],
+) -> dict[str, Any]:
+    settings = settings_of(request)
+    check_limits(job.spec, settings)
+    store = store_of(request)
+    if isinstance(job.spec, SweepSpec) and job.spec.capacity_job is not None:
+        _check_capacity_source(request, job.spec.capacity_job)
+    spec = job.spec.model_dump(mode="json")
+    queued, is_new = store.enqueue(
+        job.kind,
+        spec,
+        job.spec.model.kind,
+        priority=job.priority,
+        idempotency_key=job.idempotency_key,
+        max_attempts=settings.max_attempts,
+    )
+    if not is_new and (queued.kind, queued.spec) != (job.kind, spec):
+        raise ProblemError(409, "Idempotency key reused",
+                           f"idempotency_key {job.idempotency_key!r} already queued job "
+                           f"{queued.id} with another spec; use a new key for a new job",
+                           type=CONFLICT)  # fmt: skip
+    response.headers["Location"] = f"/v1/jobs/{queued.id}"
+    if not is_new:
+        response.status_code = 200
+    return queued.to_document()
+
+
+def _check_capacity_source(request: Request, job_id: int) -> None:
+    try:
+        source = store_of(request).get(job_id)
+    except JobNotFoundError:
+        source = None
+    if source is None or source.kind != "capacity":
+        problem = FieldProblem(field="spec.capacity_job",
+                               message=f"no capacity job with id {job_id}; give the id of "
+                                       "a capacity job, or capacity_n")  # fmt: skip
+        raise ProblemError(422, "Invalid request", f"{problem.field}: {problem.message}",
+                           type=INVALID_REQUEST, errors=[problem])  # fmt: skip
+
+
+@router.get(
+    "",
+    response_model=JobPage,
+    summary="List jobs, newest first",
+    dependencies=READER,
+    responses=documented(401, 403, 422),
+)
+def list_jobs(
+    request: Request,
+    state: JobStateName | None = None,
+    kind: JobKindName | None = None,
+    model_kind: ModelKindName | None = None,
+    cursor: Cursor = None,
+    limit: Limit = 50,
+) -> dict[str, Any]:
+    jobs = store_of(request).list_jobs(state=state, kind=kind, model_kind=model_kind,
+                                       after_id=cursor, limit=limit)  # fmt: skip
+    return {
+        "items": [job.to_document() for job in jobs],
+        "next_cursor": jobs[-1].id if len(jobs) == limit else None,
+    }
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobDocument,
+    summary="A job: state, progress, attempts",
+    dependencies=READER,
+    responses=documented(401, 403, 404, 422),
+)
+def get_job(request: Request, job_id: JobId) -> dict[str, Any]:
+    return _job(request, job_id).to_document()
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobDocument,
+    summary="Cancel a job (a running one stops at its next epoch end or precision)",
+    dependencies=WRITER,
+    responses=documented(401, 403, 404, 409, 422),
+)
+def cancel_job(request: Request, job_id: JobId) -> dict[str, Any]:
+    try:
+        return store_of(request).cancel(job_id).to_document()
+    except JobNotFoundError:
+        _job(request, job_id)  # raises the 404 problem
+        raise
+    except JobFinishedError as error:
+        raise ProblemError(409, "Job already finished", f"{error}; only queued or running "
+                           "jobs can be cancelled", type=CONFLICT) from None  # fmt: skip
+
+
+@router.get(
+    "/{job_id}/trials",
+    response_model=TrialPage,
+    summary="A job's finished trials",
+    dependencies=READER,
+    responses=documented(401, 403, 404, 422),
+)
+def job_trials(
+    request: Request,
+    job_id: JobId,
+    cursor: Annotated[
+        int | None, Query(ge=0, le=2**31 - 1, description="next_cursor of the page before")
+    ] = None,
+    limit: Limit = 100,
+) -> dict[str, Any]:
+    _job(request, job_id)
+    after = -1 if cursor is None else cursor
+    trials = store_of(request).trials(job_id, after_index=after, limit=limit)
+    last = trials[-1].get("index") if trials else None
+    return {"items": trials, "next_cursor": last if len(trials) == limit else None}
+
+
+@router.get(
+    "/{job_id}/result",
+    response_model=None,
+    summary="The result of a succeeded job",
+    dependencies=READER,
+    responses={
+        200: {"model": JobResult, "description": "the result document"},
+        **documented(401, 403, 404, 409, 422),
+    },
+)
+def job_result(request: Request, job_id: JobId) -> JSONResponse:
+    job = _job(request, job_id)
+    result = store_of(request).result(job_id)
+    if result is None:
+        why = {
+            JobState.QUEUED: "it is queued; poll GET /v1/jobs/{id} until it succeeds",
+            JobState.RUNNING: "it is running; poll GET /v1/jobs/{id} until it succeeds",
+            JobState.FAILED: f"it failed: {job.error}",
+            JobState.CANCELLED: "it was cancelled",
+        }.get(job.state, "it has none")
+        raise ProblemError(409, "No result", f"job {job_id} has no result: "
+                           + why.replace("{id}", str(job_id)), type=CONFLICT)  # fmt: skip
+    return JSONResponse(result)

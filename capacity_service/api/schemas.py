@@ -1,0 +1,130 @@
+"""Request and response bodies of the API. Job specs themselves are `specs.py`'s models."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from capacity_service.specs import CapacityResult, CapacitySpec, SweepResult, SweepSpec
+
+JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobKindName = Literal["capacity", "quant_sweep"]
+ModelKindName = Literal["fcdnn", "cnn", "lstm", "gru", "rnn"]
+# ids are 32-bit integers in PostgreSQL; anything larger cannot name a row
+RowId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    priority: int = Field(0, ge=-1000, le=1000, description="higher runs first")
+    idempotency_key: str | None = Field(
+        None,
+        pattern=r"^[!-~]{1,200}$",
+        description="printable ASCII, no spaces; submitting the same key again returns "
+        "the job it first created instead of queueing another",
+    )
+
+
+class CapacityJobRequest(_Request):
+    kind: Literal["capacity"]
+    spec: CapacitySpec
+
+
+class SweepJobRequest(_Request):
+    kind: Literal["quant_sweep"]
+    spec: SweepSpec
+
+
+JobRequest = Annotated[CapacityJobRequest | SweepJobRequest, Field(discriminator="kind")]
+
+
+class JobDocument(BaseModel):
+    """A job as stored: what `capacity job ID --json` prints too."""
+
+    id: int
+    kind: JobKindName
+    state: JobStateName
+    model_kind: str
+    priority: int
+    idempotency_key: str | None
+    attempts: int
+    max_attempts: int
+    worker_id: str | None
+    cancel_requested: bool
+    progress: dict[str, Any] = Field(description="stage, trials_done, best_bits while running")
+    error: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    spec: dict[str, Any]
+
+
+class JobPage(BaseModel):
+    items: list[JobDocument]
+    next_cursor: int | None = Field(description="pass as `cursor` for the next page; null: none")
+
+
+class TrialPage(BaseModel):
+    items: list[dict[str, Any]] = Field(description="trial records, by index")
+    next_cursor: int | None = Field(description="pass as `cursor` for the next page; null: none")
+
+
+class JobResult(RootModel[CapacityResult | SweepResult]):
+    """The result of a succeeded job: a capacity result (capacity_bits, bits_per_param,
+    best, curve, trials) or a sweep result (curves of points per precision)."""
+
+
+class CurveItem(BaseModel):
+    """One stored capacity result, as the dashboard plots it."""
+
+    job_id: int
+    model_kind: str
+    model: dict[str, Any]
+    params: int
+    capacity_bits: float | None
+    bits_per_param: float | None
+    conv_bits_per_param: float | None
+    best_n: int | None
+    curve: list[dict[str, Any]] = Field(description="n, accuracy, mutual_information_bits")
+    seed: int | None
+    device: str | None
+    code_version: str
+    created_at: str | None
+
+
+class CurvePage(BaseModel):
+    items: list[CurveItem]
+    next_cursor: int | None
+
+
+class SweepItem(BaseModel):
+    """One stored quantization sweep."""
+
+    job_id: int
+    model_kind: str
+    model: dict[str, Any]
+    params: int
+    quantized_params: int | None
+    regime: str | None
+    tolerance: float | None
+    precision_boundary: int | None
+    curves: list[dict[str, Any]] = Field(description="per N: float accuracy and the points")
+    code_version: str
+    created_at: str | None
+
+
+class SweepPage(BaseModel):
+    items: list[SweepItem]
+    next_cursor: int | None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    database: str
+    schema_at_head: bool

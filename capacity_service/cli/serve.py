@@ -1,0 +1,122 @@
+"""`capacity serve` (the REST API under uvicorn) and `capacity keys` (API keys)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from capacity_service.cli.common import fail, print_table
+from capacity_service.settings import Settings
+
+
+def add_parsers(subparsers: Any) -> None:
+    serve = subparsers.add_parser("serve", help="run the REST API (uvicorn)")
+    serve.add_argument("--host", help="address to bind (default CAPACITY_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default CAPACITY_PORT or 8000)")
+    _database_argument(serve)
+    serve.add_argument(
+        "--migrate", action=argparse.BooleanOptionalAction, default=None,
+        help="run the migrations first (default: on for SQLite, the embedded default; "
+        "PostgreSQL deployments migrate once, e.g. the compose file's migrate service)",
+    )  # fmt: skip
+    serve.add_argument("--log-level", default="info",
+                       choices=("critical", "error", "warning", "info", "debug"))  # fmt: skip
+    serve.set_defaults(handler=run_serve)
+
+    keys = subparsers.add_parser("keys", help="API keys: create, revoke, list")
+    actions = keys.add_subparsers(title="keys commands", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="create a key; it is printed once, last line")
+    create.add_argument("--name", required=True, help="who or what uses the key, e.g. ci")
+    _database_argument(create)
+    create.set_defaults(handler=run_keys_create)
+    revoke = actions.add_parser("revoke", help="revoke every active key of this name")
+    revoke.add_argument("name")
+    _database_argument(revoke)
+    revoke.set_defaults(handler=run_keys_revoke)
+    listing = actions.add_parser("list", help="keys by name (never the keys themselves)")
+    _database_argument(listing)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=run_keys_list)
+
+
+def _database_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url", help="SQLAlchemy URL (default CAPACITY_DATABASE_URL or SQLite)"
+    )
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    update = {"database_url": args.database_url} | overrides
+    return Settings().model_copy(update={k: v for k, v in update.items() if v is not None})
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from capacity_service.api import create_app
+    from capacity_service.store.migrate import upgrade
+
+    settings = _settings(args, host=args.host, port=args.port)
+    migrate = args.migrate
+    if migrate is None:
+        migrate = make_url(settings.database_url).get_backend_name() == "sqlite"
+    if migrate:
+        upgrade(settings.database_url)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=args.log_level)  # fmt: skip
+    return 0
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from capacity_service.store.migrate import upgrade
+    from capacity_service.store.queries import Store
+
+    url = _settings(args).database_url
+    upgrade(url)
+    return Store(url)
+
+
+def run_keys_create(args: argparse.Namespace) -> int:
+    name = args.name.strip()
+    if not name or len(name) > 200:
+        fail("--name: give a name of 1 to 200 characters, e.g. --name ci")
+    store = _store(args)
+    try:
+        key, secret = store.create_api_key(name)
+    finally:
+        store.close()
+    print(f"API key {key.id} {key.name!r} created; it is shown this once, store it now:")
+    print(secret)
+    return 0
+
+
+def run_keys_revoke(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        revoked = store.revoke_api_keys(args.name)
+    finally:
+        store.close()
+    if not revoked:
+        fail(f"no active API key named {args.name!r}; `capacity keys list` shows them")
+    print(f"revoked {len(revoked)} key(s) named {args.name!r}: "
+          + ", ".join(str(key.id) for key in revoked))  # fmt: skip
+    return 0
+
+
+def run_keys_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        keys = store.api_keys()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([key.to_document() for key in keys]))
+        return 0
+    document = [key.to_document() for key in keys]
+    print_table([(str(k["id"]), f"{k['name']}  created {k['created_at']}"
+                  + (f"  revoked {k['revoked_at']}" if k["revoked_at"] else ""))
+                 for k in document])  # fmt: skip
+    return 0
