@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -30,6 +31,10 @@ def _known_device(value: str) -> str:
 
 
 Device = Annotated[str, AfterValidator(_known_device)]
+# JSON's types as given: 8 is an integer, "8", 8.5 and true are not (pydantic's lax mode
+# would turn true into 1 and "8" into 8)
+Int = Annotated[int, Strict()]
+Real = Annotated[float, Strict()]  # an integer is a real number too
 
 
 class Frozen(BaseModel):
@@ -46,9 +51,9 @@ class FCDNNSpec(Frozen):
     """Fully connected network: `depth` hidden layers of `width` ReLU units, 2 outputs."""
 
     kind: Literal["fcdnn"] = "fcdnn"
-    width: int = Field(32, ge=1, description="units per hidden layer")
-    depth: int = Field(1, ge=1, description="number of hidden layers")
-    n_in: int | None = Field(None, ge=1, description="input bits; defaults to width")
+    width: Int = Field(32, ge=1, description="units per hidden layer")
+    depth: Int = Field(1, ge=1, description="number of hidden layers")
+    n_in: Int | None = Field(None, ge=1, description="input bits; defaults to width")
 
     @property
     def input_bits(self) -> int:
@@ -60,10 +65,12 @@ class CNNSpec(Frozen):
 
     kind: Literal["cnn"] = "cnn"
     kernel: Literal[3, 5] = Field(3, description="kernel size, the same in every layer")
-    conv_layers: int = Field(3, ge=3, le=9, description="number of convolution layers")
-    channels: int = Field(8, ge=1, description="channels of every convolution layer")
-    input_size: int = Field(32, ge=8, description="image side; a multiple of 8")
-    fc_hidden: int = Field(0, ge=0, description="units of a hidden FC layer (0: none)")
+    conv_layers: Int = Field(3, ge=3, le=9, description="number of convolution layers")
+    channels: Int = Field(8, ge=1, description="channels of every convolution layer")
+    input_size: Int = Field(
+        32, ge=8, description="image side; a multiple of 8", json_schema_extra={"multipleOf": 8}
+    )
+    fc_hidden: Int = Field(0, ge=0, description="units of a hidden FC layer (0: none)")
 
     @field_validator("input_size")
     @classmethod
@@ -81,9 +88,9 @@ class RNNSpec(Frozen):
     """Recurrent network over `steps` input vectors; one label read at the last step."""
 
     kind: Literal["lstm", "gru", "rnn"] = "lstm"
-    hidden: int = Field(32, ge=1, description="hidden state size")
-    n_in: int = Field(32, ge=1, description="input bits per step")
-    steps: int = Field(5, ge=1, description="sequence length T")
+    hidden: Int = Field(32, ge=1, description="hidden state size")
+    n_in: Int = Field(32, ge=1, description="input bits per step")
+    steps: Int = Field(5, ge=1, description="sequence length T")
 
     @property
     def input_bits(self) -> int:
@@ -100,22 +107,22 @@ MODEL_KINDS = ("fcdnn", "cnn", "lstm", "gru", "rnn")
 class TrainSpec(Frozen):
     """SGD with momentum; the learning rate decays by `lr_decay` when accuracy plateaus."""
 
-    lr: float = Field(0.02, gt=0, description="initial learning rate")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum, in [0, 1)")
-    batch_size: int = Field(32, ge=1, description="minibatch size")
-    epochs: int = Field(1500, ge=1, description="epoch budget")
-    lr_decay: float = Field(0.3, gt=0, lt=1, description="factor applied on a plateau")
-    patience: int = Field(50, ge=1, description="epochs without a better accuracy = plateau")
-    max_decays: int = Field(4, ge=0, description="plateaus tolerated before training stops")
+    lr: Real = Field(0.02, gt=0, description="initial learning rate")
+    momentum: Real = Field(0.9, ge=0, lt=1, description="SGD momentum, in [0, 1)")
+    batch_size: Int = Field(32, ge=1, description="minibatch size")
+    epochs: Int = Field(1500, ge=1, description="epoch budget")
+    lr_decay: Real = Field(0.3, gt=0, lt=1, description="factor applied on a plateau")
+    patience: Int = Field(50, ge=1, description="epochs without a better accuracy = plateau")
+    max_decays: Int = Field(4, ge=0, description="plateaus tolerated before training stops")
 
 
 class MeasureSpec(Frozen):
     """One training of one model on N random samples: the unit of every measurement."""
 
     model: ModelSpec
-    n: int = Field(2000, ge=2, description="number of random samples N")
+    n: Int = Field(2000, ge=2, description="number of random samples N")
     train: TrainSpec = TrainSpec()
-    seed: int = Field(0, ge=0, description="seeds the data and the initialization")
+    seed: Int = Field(0, ge=0, description="seeds the data and the initialization")
     device: Device = Field("auto", description="auto, cpu, cuda or cuda:i")
 
     @field_validator("n")
@@ -142,10 +149,10 @@ class RetrainSpec(TrainSpec):
     """Fine-tuning after quantization: a few epochs at a small learning rate (thesis 2.3.3).
     0 epochs measures direct quantization only."""
 
-    lr: float = Field(0.002, gt=0, description="initial learning rate of retraining")
-    epochs: int = Field(20, ge=0, description="retraining epochs per precision (0: none)")
-    patience: int = Field(5, ge=1, description="epochs without a better accuracy = plateau")
-    max_decays: int = Field(2, ge=0, description="plateaus tolerated before retraining stops")
+    lr: Real = Field(0.002, gt=0, description="initial learning rate of retraining")
+    epochs: Int = Field(20, ge=0, description="retraining epochs per precision (0: none)")
+    patience: Int = Field(5, ge=1, description="epochs without a better accuracy = plateau")
+    max_decays: Int = Field(2, ge=0, description="plateaus tolerated before retraining stops")
 
 
 DEFAULT_PRECISIONS = (8, 6, 5, 4, 3, 2)
@@ -160,19 +167,19 @@ class SweepSpec(Frozen):
     """
 
     model: ModelSpec
-    n: int | list[int] | None = Field(None, description="N, or a list of N")
+    n: Int | list[Int] | None = Field(None, description="N, or a list of N")
     regime: Literal["full", "half"] | None = Field(None, description="N relative to capacity")
-    capacity_n: int | None = Field(None, ge=2, description="the N that gave the capacity")
-    capacity_job: int | None = Field(
+    capacity_n: Int | None = Field(None, ge=2, description="the N that gave the capacity")
+    capacity_job: Int | None = Field(
         None, ge=1, description="a finished capacity job to take capacity_n from (job store)"
     )
-    bits: tuple[int, ...] = Field(DEFAULT_PRECISIONS, description="precisions, falling")
+    bits: tuple[Int, ...] = Field(DEFAULT_PRECISIONS, description="precisions, falling")
     train: TrainSpec = TrainSpec()
     retrain: RetrainSpec = RetrainSpec()
-    tolerance: float = Field(
+    tolerance: Real = Field(
         0.005, ge=0, le=1, description="accuracy drop (fraction) the boundary tolerates"
     )
-    seed: int = Field(0, ge=0)
+    seed: Int = Field(0, ge=0)
     device: Device = Field("auto", description="auto, cpu, cuda or cuda:i")
 
     @field_validator("bits")
@@ -221,17 +228,17 @@ class SweepSpec(Frozen):
 class SearchSpec(Frozen):
     """Budget and bounds of the three-stage capacity search (thesis 2.3.1)."""
 
-    budget_trials: int = Field(60, ge=1, description="trainings at most, all stages")
-    budget_seconds: float = Field(600, gt=0, description="wall seconds at most")
-    batch: int = Field(32, ge=1, description="K: trials trained together by the engine")
-    epochs: int = Field(1500, ge=1, description="epoch budget of each trial")
-    patience: int = Field(50, ge=1, description="epochs without a better accuracy = plateau")
-    max_decays: int = Field(4, ge=0, description="plateaus tolerated before a trial stops")
-    lr: tuple[float, float] = Field((0.001, 0.05), description="learning rate, log scale")
-    lr_decay: tuple[float, float] = Field((0.1, 0.5), description="decay factor")
-    momentum: tuple[float, float] = Field((0.6, 0.99), description="SGD momentum")
-    batch_sizes: tuple[int, ...] = Field((64, 128), description="minibatch sizes")
-    n_range: tuple[int, int] | None = Field(None, description="N bounds; default from stage 1")
+    budget_trials: Int = Field(60, ge=1, description="trainings at most, all stages")
+    budget_seconds: Real = Field(600, gt=0, description="wall seconds at most")
+    batch: Int = Field(32, ge=1, description="K: trials trained together by the engine")
+    epochs: Int = Field(1500, ge=1, description="epoch budget of each trial")
+    patience: Int = Field(50, ge=1, description="epochs without a better accuracy = plateau")
+    max_decays: Int = Field(4, ge=0, description="plateaus tolerated before a trial stops")
+    lr: tuple[Real, Real] = Field((0.001, 0.05), description="learning rate, log scale")
+    lr_decay: tuple[Real, Real] = Field((0.1, 0.5), description="decay factor")
+    momentum: tuple[Real, Real] = Field((0.6, 0.99), description="SGD momentum")
+    batch_sizes: tuple[Int, ...] = Field((64, 128), description="minibatch sizes")
+    n_range: tuple[Int, Int] | None = Field(None, description="N bounds; default from stage 1")
     estimator: Literal["GP", "RF", "ET"] = Field("GP", description="scikit-optimize model")
 
     @field_validator("lr", "lr_decay", "momentum", "n_range")
@@ -268,7 +275,7 @@ class CapacitySpec(Frozen):
 
     model: ModelSpec
     search: SearchSpec = SearchSpec()
-    seed: int = Field(0, ge=0)
+    seed: Int = Field(0, ge=0)
     device: Device = Field("auto", description="auto, cpu, cuda or cuda:i")
 
     @model_validator(mode="after")
@@ -300,9 +307,9 @@ def parameter_total(model: FCDNNSpec | CNNSpec | RNNSpec) -> int:
     """Effective parameters of `model` by arithmetic; equals science.models.count_parameters
     (a test compares them) without building a module."""
     if isinstance(model, FCDNNSpec):
-        widths = [model.input_bits] + [model.width] * model.depth
-        hidden = sum(a * b + b for a, b in pairwise(widths))
-        return hidden + model.width * N_CLASSES + N_CLASSES
+        w = model.width  # closed form: a depth of 10^15 must not build a list
+        hidden = model.input_bits * w + w + (model.depth - 1) * (w * w + w)
+        return hidden + w * N_CLASSES + N_CLASSES
     if isinstance(model, CNNSpec):
         channels = [1] + [model.channels] * model.conv_layers
         conv = sum(model.kernel**2 * a * b + b for a, b in pairwise(channels))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
@@ -47,8 +48,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def root() -> RedirectResponse:
         return RedirectResponse("/docs")
 
+    if not settings.read_requires_key:
+        _document_open_reads(app)
+
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def _document_open_reads(app: FastAPI) -> None:
+    """Mark the key optional on reads in the OpenAPI document: they accept no key unless
+    `read_requires_key` is set (the dependency is the same either way)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for path in schema["paths"].values():
+                read = path.get("get")
+                if read is not None and "security" in read:
+                    read["security"] = [{}, *read["security"]]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class BodyTooLarge(StarletteHTTPException):

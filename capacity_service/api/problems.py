@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from capacity_service.specs import JOB_KINDS, MODEL_KINDS
 from capacity_service.store.queries import StoreError
@@ -126,6 +127,17 @@ def _describe(error: dict[str, Any]) -> FieldProblem:
     return FieldProblem(field=where or "body", message=message)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's own Allow header names
+    only the first route that matched the path)."""
+    allowed: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            allowed |= set(getattr(route, "methods", None) or ())
+    return sorted(allowed - {"HEAD"})
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, error: ProblemError) -> JSONResponse:
@@ -153,12 +165,16 @@ def install_handlers(app: FastAPI) -> None:
         detail = str(error.detail)
         if error.status_code == 404 and detail == "Not Found":
             detail = f"no endpoint {request.url.path}; see /docs for the API"
-        elif error.status_code == 405:
-            detail = f"{request.method} is not allowed on {request.url.path}; see /docs"
+        headers = getattr(error, "headers", None)
+        if error.status_code == 405:
+            allowed = _allowed_methods(request)
+            detail = (f"{request.method} is not allowed on {request.url.path}; use "
+                      f"{' or '.join(allowed)} (see /docs)")  # fmt: skip
+            headers = {"Allow": ", ".join(allowed)}
         kind = {404: NOT_FOUND, 413: TOO_LARGE}.get(error.status_code, "about:blank")
         problem = Problem(type=kind, title=title, status=error.status_code,
                           detail=detail)  # fmt: skip
-        return problem_response(problem, request.url.path, getattr(error, "headers", None))
+        return problem_response(problem, request.url.path, headers)
 
     @app.exception_handler(StoreError)
     async def _store(request: Request, error: StoreError) -> JSONResponse:

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from capacity_service.specs import CapacityResult, CapacitySpec, SweepResult, SweepSpec
+from capacity_service.specs import CapacityResult, CapacitySpec, Int, SweepResult, SweepSpec
 
 JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobKindName = Literal["capacity", "quant_sweep"]
@@ -18,7 +18,7 @@ RowId = Annotated[int, Field(ge=1, le=2**31 - 1)]
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    priority: int = Field(0, ge=-1000, le=1000, description="higher runs first")
+    priority: Int = Field(0, ge=-1000, le=1000, description="higher runs first")
     idempotency_key: str | None = Field(
         None,
         pattern=r"^[!-~]{1,200}$",

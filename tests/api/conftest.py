@@ -45,19 +45,23 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def start_server(database_url: str, log: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    database_url: str, log: Path, *args: str, probe: str = "/readyz", **env: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`capacity serve` on a free port; returns once `probe` answers 200."""
     port = free_port()
     environment = os.environ | TEST_LIMITS | env | {"CAPACITY_DATABASE_URL": database_url}
     process = subprocess.Popen(
-        [sys.executable, "-m", "capacity_service.cli", "serve", "--port", str(port),
-         "--migrate"],
-        env=environment, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [sys.executable, "-m", "capacity_service.cli", "serve", "--port", str(port), *args],
+        env=environment,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{probe}", timeout=2).status_code == 200:
                 return process, url
         except httpx.HTTPError:
             pass
@@ -78,7 +82,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(
     scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
-def backend_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # fmt: skip
+def backend_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A migrated database of each backend, for one test module."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('api') / 'capacity.db'}"
@@ -96,8 +102,7 @@ def server(backend_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     log = tmp_path_factory.mktemp("server") / "server.log"
     store = Store(backend_url)
     _, key = store.create_api_key("tests")
-    process, url = start_server(backend_url, log)
-    yield Server(url=url, database_url=backend_url, key=key, store=store, process=process,
-                 log=log)  # fmt: skip
+    process, url = start_server(backend_url, log, "--migrate")
+    yield Server(url=url, database_url=backend_url, key=key, store=store, process=process, log=log)
     stop(process)
     store.close()

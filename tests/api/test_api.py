@@ -10,8 +10,10 @@ import pytest
 from capacity_service.store.queries import JobState, ResultSummary
 from tests.api.conftest import Server
 
-TINY = {"model": {"kind": "fcdnn", "width": 6, "n_in": 10},
-        "search": {"budget_trials": 4, "epochs": 20, "batch": 4, "batch_sizes": [8]}}  # fmt: skip
+TINY = {
+    "model": {"kind": "fcdnn", "width": 6, "n_in": 10},
+    "search": {"budget_trials": 4, "epochs": 20, "batch": 4, "batch_sizes": [8]},
+}
 
 
 def capacity_job(**extra: Any) -> dict[str, Any]:
@@ -58,9 +60,11 @@ def test_submit_read_list_and_page(server: Server) -> None:
         page = http.get("/v1/jobs", params={"limit": 2}).json()
         assert [j["id"] for j in page["items"]] == [ids[2], ids[1]]
         rest = http.get("/v1/jobs", params={"limit": 2, "cursor": page["next_cursor"]}).json()
-        assert [j["id"] for j in rest["items"]][0] == ids[0]
-        queued = http.get("/v1/jobs", params={"state": "queued", "kind": "capacity",
-                                              "model_kind": "fcdnn", "limit": 500}).json()  # fmt: skip
+        assert rest["items"][0]["id"] == ids[0]
+        queued = http.get(
+            "/v1/jobs",
+            params={"state": "queued", "kind": "capacity", "model_kind": "fcdnn", "limit": 500},
+        ).json()
         assert {job["id"], *ids} <= {j["id"] for j in queued["items"]}
         assert http.get("/v1/jobs", params={"model_kind": "lstm"}).json()["items"] == []
 
@@ -98,35 +102,69 @@ def test_cancel(server: Server) -> None:
         ("[1, 2]", 422, ["valid dictionary"], None),
         ({"kind": "capacity"}, 422, ["spec: required"], "spec"),
         ({"kind": "capacit", "spec": TINY}, 422, ["capacity", "quant_sweep"], "kind"),
-        ({"kind": "capacity", "spec": {"model": {"kind": "fcdnn", "width": "wide"}}}, 422,
-         ["spec.model.width"], "spec.model.width"),
-        ({"kind": "capacity", "spec": {"model": {"kind": "fcdnn", "widht": 8}}}, 422,
-         ["unknown field"], "spec.model.widht"),
+        (
+            {"kind": "capacity", "spec": {"model": {"kind": "fcdnn", "width": "wide"}}},
+            422,
+            ["spec.model.width"],
+            "spec.model.width",
+        ),
+        (
+            {"kind": "capacity", "spec": {"model": {"kind": "fcdnn", "widht": 8}}},
+            422,
+            ["unknown field"],
+            "spec.model.widht",
+        ),
         ({"kind": "capacity", "spec": TINY, "colour": "red"}, 422, ["unknown field"], "colour"),
-        ({"kind": "capacity", "spec": {"model": {"kind": "fcdnn", "width": 0}}}, 422,
-         ["greater than or equal to 1"], "spec.model.width"),
-        ({"kind": "capacity", "spec": {"model": {"kind": "transformer"}}}, 422,
-         ["fcdnn"], "spec.model.kind"),
-        ({"kind": "quant_sweep", "spec": {"model": {"kind": "fcdnn"}, "bits": [4, 8]}}, 422,
-         ["fall"], "spec.bits"),
+        (
+            {"kind": "capacity", "spec": {"model": {"kind": "fcdnn", "width": 0}}},
+            422,
+            ["greater than or equal to 1"],
+            "spec.model.width",
+        ),
+        (
+            {"kind": "capacity", "spec": {"model": {"kind": "transformer"}}},
+            422,
+            ["fcdnn"],
+            "spec.model.kind",
+        ),
+        (
+            {"kind": "quant_sweep", "spec": {"model": {"kind": "fcdnn"}, "bits": [4, 8]}},
+            422,
+            ["fall"],
+            "spec.bits",
+        ),
         ({"kind": "capacity", "spec": TINY, "priority": 10**6}, 422, ["priority"], "priority"),
-        ({"kind": "capacity", "spec": TINY, "idempotency_key": "has space"}, 422,
-         ["idempotency_key"], "idempotency_key"),
-        ('{"kind": "capacity", "spec": {"model": {"kind": "fcdnn"}, "search": '
-         '{"budget_seconds": Infinity}}}', 422, ["finite"], "spec.search.budget_seconds"),
-        ({"kind": "quant_sweep", "spec": {"model": {"kind": "fcdnn"}, "regime": "half",
-                                          "capacity_job": 987654}}, 422,
-         ["no capacity job with id 987654"], "spec.capacity_job"),
+        (
+            {"kind": "capacity", "spec": TINY, "idempotency_key": "has space"},
+            422,
+            ["idempotency_key"],
+            "idempotency_key",
+        ),
+        (
+            '{"kind": "capacity", "spec": {"model": {"kind": "fcdnn"}, "search": '
+            '{"budget_seconds": Infinity}}}',
+            422,
+            ["finite"],
+            "spec.search.budget_seconds",
+        ),
+        (
+            {
+                "kind": "quant_sweep",
+                "spec": {"model": {"kind": "fcdnn"}, "regime": "half", "capacity_job": 987654},
+            },
+            422,
+            ["no capacity job with id 987654"],
+            "spec.capacity_job",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_submissions_are_problems_and_store_nothing(
     server: Server, body: Any, status: int, words: list[str], field: str | None
 ) -> None:
     before = snapshot(server)
     with server.client(server.key) as http:
         if isinstance(body, str):
-            sent = http.post("/v1/jobs", content=body,
-                             headers={"content-type": "application/json"})  # fmt: skip
+            sent = http.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
         else:
             sent = http.post("/v1/jobs", json=body)
     problem = assert_problem(sent, status, *words)
@@ -141,8 +179,12 @@ def test_limits_name_the_limit(server: Server) -> None:
     with server.client(server.key) as http:
         problem = assert_problem(http.post("/v1/jobs", json=huge), 422, "CAPACITY_MAX_PARAMS")
         assert problem["type"] == "/problems/limit-exceeded"
-        assert_problem(http.post("/v1/jobs", json=long), 422, "spec.search.budget_trials",
-                       "CAPACITY_MAX_TRIALS")  # fmt: skip
+        assert_problem(
+            http.post("/v1/jobs", json=long),
+            422,
+            "spec.search.budget_trials",
+            "CAPACITY_MAX_TRIALS",
+        )
 
 
 def test_oversized_bodies_are_413(server: Server) -> None:
@@ -157,8 +199,9 @@ def test_oversized_bodies_are_413(server: Server) -> None:
                 yield b"y" * 1_000
             yield b'"}'
 
-        streamed = http.post("/v1/jobs", content=chunks(),
-                             headers={"content-type": "application/json"})  # fmt: skip
+        streamed = http.post(
+            "/v1/jobs", content=chunks(), headers={"content-type": "application/json"}
+        )
         assert_problem(streamed, 413, "over the limit")
     assert snapshot(server) == before
 
@@ -193,18 +236,21 @@ def test_unknown_ids_routes_and_methods(server: Server) -> None:
         assert_problem(http.get("/v1/jobs", params={"limit": 0}), 422, "limit")
         assert_problem(http.get("/v1/nothing-here"), 404, "/docs")
         assert_problem(http.delete("/v1/jobs/1"), 405, "DELETE")
-        assert_problem(http.get("/v1/curves", params={"min_params": 9, "max_params": 3}), 422,
-                       "min_params")  # fmt: skip
+        assert_problem(
+            http.get("/v1/curves", params={"min_params": 9, "max_params": 3}), 422, "min_params"
+        )
 
 
-def finish(server: Server, kind: str, spec: dict[str, Any], document: dict[str, Any],
-           **columns: Any) -> int:  # fmt: skip
+def finish(
+    server: Server, kind: str, spec: dict[str, Any], document: dict[str, Any], **columns: Any
+) -> int:
     """A job that a worker has finished (the worker itself is tested in test_end_to_end)."""
     job = server.store.submit(kind, spec, spec["model"]["kind"], priority=1000)
     claimed = server.store.claim("test-worker", 60)
     assert claimed is not None and claimed.id == job.id
-    summary = ResultSummary(document=document, params=document["params"],
-                            code_version="0.1.0", **columns)  # fmt: skip
+    summary = ResultSummary(
+        document=document, params=document["params"], code_version="0.1.0", **columns
+    )
     server.store.finish(job.id, "test-worker", JobState.SUCCEEDED, result=summary)
     return job.id
 
@@ -212,15 +258,27 @@ def finish(server: Server, kind: str, spec: dict[str, Any], document: dict[str, 
 def test_curves_and_sweeps_filter_stored_results(server: Server) -> None:
     lstm = {"model": {"kind": "lstm", "hidden": 32, "n_in": 32, "steps": 5}}
     curve = [{"n": 20_000, "accuracy": 0.99, "mutual_information_bits": 18_400.0}]
-    document = {"params": 8_386, "capacity_bits": 31_000.0, "bits_per_param": 3.7,
-                "conv_bits_per_param": None, "best": {"n": 20_000}, "curve": curve,
-                "seed": 0, "device": "cpu"}  # fmt: skip
-    job_id = finish(server, "capacity", lstm, document, capacity_bits=31_000.0,
-                    bits_per_param=3.7)  # fmt: skip
-    sweep_document = {"params": 8_386, "quantized_params": 8_192, "regime": "full",
-                      "tolerance": 0.005, "curves": [{"n": 20_000, "precision_boundary": 10}]}  # fmt: skip
-    sweep_id = finish(server, "quant_sweep", lstm | {"n": 20_000}, sweep_document,
-                      precision_boundary=10)  # fmt: skip
+    document = {
+        "params": 8_386,
+        "capacity_bits": 31_000.0,
+        "bits_per_param": 3.7,
+        "conv_bits_per_param": None,
+        "best": {"n": 20_000},
+        "curve": curve,
+        "seed": 0,
+        "device": "cpu",
+    }
+    job_id = finish(server, "capacity", lstm, document, capacity_bits=31_000.0, bits_per_param=3.7)
+    sweep_document = {
+        "params": 8_386,
+        "quantized_params": 8_192,
+        "regime": "full",
+        "tolerance": 0.005,
+        "curves": [{"n": 20_000, "precision_boundary": 10}],
+    }
+    sweep_id = finish(
+        server, "quant_sweep", lstm | {"n": 20_000}, sweep_document, precision_boundary=10
+    )
     with server.client() as http:
         found = http.get("/v1/curves", params={"model_kind": "lstm"}).json()["items"]
         assert [item["job_id"] for item in found] == [job_id]

@@ -48,6 +48,12 @@ def _job(request: Request, job_id: int) -> Job:
 
 
 REPLAYED = {"model": JobDocument, "description": "the job its idempotency key created before"}
+# OpenAPI links: where a client (or a stateful test) goes with the id of a new job
+JOB_LINKS = {
+    name: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"}}
+    for name, operation in (("GetJob", "get_job"), ("CancelJob", "cancel_job"),
+                            ("JobTrials", "job_trials"), ("JobResult", "job_result"))
+}  # fmt: skip
 
 
 @router.post(
@@ -55,8 +61,13 @@ REPLAYED = {"model": JobDocument, "description": "the job its idempotency key cr
     status_code=201,
     response_model=JobDocument,
     summary="Queue a capacity or quant_sweep job",
+    operation_id="submit_job",
     dependencies=WRITER,
-    responses={200: REPLAYED, **documented(400, 401, 403, 409, 413, 422)},
+    responses={
+        201: {"description": "the job, queued", "links": JOB_LINKS},
+        200: REPLAYED,
+        **documented(400, 401, 403, 409, 413, 422),
+    },
 )
 def submit_job(
     request: Request,
@@ -105,6 +116,7 @@ def _check_capacity_source(request: Request, job_id: int) -> None:
     "",
     response_model=JobPage,
     summary="List jobs, newest first",
+    operation_id="list_jobs",
     dependencies=READER,
     responses=documented(401, 403, 422),
 )
@@ -128,6 +140,7 @@ def list_jobs(
     "/{job_id}",
     response_model=JobDocument,
     summary="A job: state, progress, attempts",
+    operation_id="get_job",
     dependencies=READER,
     responses=documented(401, 403, 404, 422),
 )
@@ -139,6 +152,7 @@ def get_job(request: Request, job_id: JobId) -> dict[str, Any]:
     "/{job_id}/cancel",
     response_model=JobDocument,
     summary="Cancel a job (a running one stops at its next epoch end or precision)",
+    operation_id="cancel_job",
     dependencies=WRITER,
     responses=documented(401, 403, 404, 409, 422),
 )
@@ -157,6 +171,7 @@ def cancel_job(request: Request, job_id: JobId) -> dict[str, Any]:
     "/{job_id}/trials",
     response_model=TrialPage,
     summary="A job's finished trials",
+    operation_id="job_trials",
     dependencies=READER,
     responses=documented(401, 403, 404, 422),
 )
@@ -179,6 +194,7 @@ def job_trials(
     "/{job_id}/result",
     response_model=None,
     summary="The result of a succeeded job",
+    operation_id="job_result",
     dependencies=READER,
     responses={
         200: {"model": JobResult, "description": "the result document"},

@@ -40,6 +40,7 @@ def _results(
     "/curves",
     response_model=CurvePage,
     summary="Stored capacity results",
+    operation_id="curves",
     dependencies=READER,
     responses=documented(401, 403, 422),
 )
@@ -79,6 +80,7 @@ def curves(
     "/sweeps",
     response_model=SweepPage,
     summary="Stored quantization sweeps",
+    operation_id="sweeps",
     dependencies=READER,
     responses=documented(401, 403, 422),
 )
