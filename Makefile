@@ -18,12 +18,13 @@ $(BIN)/capacity: pyproject.toml
 
 venv: $(BIN)/capacity
 
-## the main job on the embedded default: the capacity of a small FCDNN
+## the service on the embedded default (SQLite): API + one worker + a demo capacity job
 run: venv
-	$(BIN)/capacity measure --model fcdnn --width 32 --depth 1 --n 2000
+	bash scripts/run.sh
 
 ## the whole test suite (without the long `slow` science runs), then lint and types
 test: venv
+	bash scripts/install-test-tools.sh
 	$(BIN)/pytest
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -33,4 +34,4 @@ lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache *.egg-info
