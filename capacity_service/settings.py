@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     read_requires_key: bool = False  # True: GET endpoints need an API key as writes do
+    key_cache_seconds: float = 5.0  # a valid key is looked up once per this; revocation lag
+    db_pool_size: int = Field(20, ge=1, description="database connections per API process")
 
     # limits on what one submitted job may ask for (HTTP 422 names the one exceeded)
     max_n: int = Field(1_000_000, ge=2, description="samples N a job may train on")

@@ -30,8 +30,9 @@ def test_compose_file_is_valid() -> None:
     checked = subprocess.run([*command, "config"], cwd=ROOT, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
     resolved = checked.stdout
-    services = subprocess.run([*command, "config", "--services"], cwd=ROOT,
-                              capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    services = subprocess.run(
+        [*command, "config", "--services"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert set(services) == {"postgres", "migrate", "api", "worker-gpu0"}
     assert "pg_isready" in resolved  # postgres health gates the migration
     assert "service_completed_successfully" in resolved  # api and worker wait for it

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from capacity_service import __version__
+from capacity_service.api.auth import KeyCache
 from capacity_service.api.problems import MEDIA_TYPE, TOO_LARGE, Problem, install_handlers
 from capacity_service.api.routes import health, jobs, results
 from capacity_service.settings import Settings
@@ -38,7 +39,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.store = Store(settings.database_url)  # an engine: it connects on first use
+    # an engine: it connects on first use
+    app.state.store = Store(settings.database_url, pool_size=settings.db_pool_size)
+    app.state.key_cache = KeyCache(settings.key_cache_seconds)
     install_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)

@@ -5,6 +5,8 @@ The key itself is never logged or stored; the store keeps its SHA-256.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -12,7 +14,39 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from capacity_service.api.deps import settings_of, store_of
 from capacity_service.api.problems import FORBIDDEN, UNAUTHORIZED, ProblemError
-from capacity_service.store.queries import ApiKey
+from capacity_service.store.queries import ApiKey, Store, hash_key
+
+
+class KeyCache:
+    """Valid keys remembered for `seconds` (by hash), so a burst of writes costs one
+    lookup; a revocation is refused everywhere within `seconds`. 0 turns it off."""
+
+    LARGEST = 10_000  # entries; then it starts over (keys are few, this bounds a flood)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._valid: dict[str, tuple[ApiKey, float]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, store: Store, secret: str) -> ApiKey | None:
+        digest = hash_key(secret)
+        now = time.monotonic()
+        hit = self._valid.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        key = store.find_api_key(secret)
+        if key is not None and not key.revoked and self.seconds > 0:
+            with self._lock:
+                if len(self._valid) >= self.LARGEST:
+                    self._valid.clear()
+                self._valid[digest] = (key, now + self.seconds)
+        return key
+
+
+def key_cache_of(request: Request) -> KeyCache:
+    cache: KeyCache = request.app.state.key_cache
+    return cache
+
 
 bearer = HTTPBearer(auto_error=False, description="an API key from `capacity keys create`")
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="capacity"'}
@@ -26,7 +60,7 @@ def _authenticate(request: Request, credentials: HTTPAuthorizationCredentials | 
             "`capacity keys create --name NAME`",
             type=UNAUTHORIZED, headers=CHALLENGE,
         )  # fmt: skip
-    key = store_of(request).find_api_key(credentials.credentials)
+    key = key_cache_of(request).lookup(store_of(request), credentials.credentials)
     if key is None:
         raise ProblemError(
             401, "API key unknown",

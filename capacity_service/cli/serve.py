@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -22,6 +23,8 @@ def add_parsers(subparsers: Any) -> None:
         help="run the migrations first (default: on for SQLite, the embedded default; "
         "PostgreSQL deployments migrate once, e.g. the compose file's migrate service)",
     )  # fmt: skip
+    serve.add_argument("--workers", type=int, default=1,
+                       help="server processes (uvicorn workers); one per core at most")  # fmt: skip
     serve.add_argument("--log-level", default="info",
                        choices=("critical", "error", "warning", "info", "debug"))  # fmt: skip
     serve.set_defaults(handler=run_serve)
@@ -65,8 +68,17 @@ def run_serve(args: argparse.Namespace) -> int:
         migrate = make_url(settings.database_url).get_backend_name() == "sqlite"
     if migrate:
         upgrade(settings.database_url)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=args.log_level)  # fmt: skip
+    if args.workers < 1:
+        fail("--workers: give 1 or more server processes")
+    if args.workers == 1:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                    log_level=args.log_level)  # fmt: skip
+        return 0
+    # several processes import the app themselves: hand them the settings through the
+    # environment they read it from
+    os.environ["CAPACITY_DATABASE_URL"] = settings.database_url
+    uvicorn.run("capacity_service.api.app:create_app", factory=True, workers=args.workers,
+                host=settings.host, port=settings.port, log_level=args.log_level)  # fmt: skip
     return 0
 
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -125,8 +125,8 @@ def _now() -> datetime:
 class Store:
     """Jobs, trials and results in one SQL database (SQLite or PostgreSQL)."""
 
-    def __init__(self, url: str) -> None:
-        self.engine: Engine = make_engine(url)
+    def __init__(self, url: str, pool_size: int = 5) -> None:
+        self.engine: Engine = make_engine(url, pool_size)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         reader = self.engine.execution_options(**{READ_ONLY: True})
         self._read_sessions = sessionmaker(reader, expire_on_commit=False)
@@ -194,30 +194,36 @@ class Store:
         """`submit`, also telling whether the job is new (False: the key's earlier job)."""
         if idempotency_key is not None and (known := self._by_key(idempotency_key)):
             return known, False
-        row = JobRow(
-            kind=kind,
-            state=JobState.QUEUED.value,
-            spec=spec,
-            model_kind=model_kind,
-            priority=priority,
-            idempotency_key=idempotency_key,
-            attempts=0,
-            max_attempts=max_attempts,
-            cancel_requested=False,
-            progress={},
-            created_at=_now(),
-        )
+        values: dict[str, Any] = {
+            "kind": kind,
+            "state": JobState.QUEUED.value,
+            "spec": spec,
+            "model_kind": model_kind,
+            "priority": priority,
+            "idempotency_key": idempotency_key,
+            "attempts": 0,
+            "max_attempts": max_attempts,
+            "cancel_requested": False,
+            "progress": {},
+            "created_at": _now(),
+        }
         try:
             with self.session() as session:
-                session.add(row)
-                session.flush()
-                return Job.from_row(row), True
+                # one INSERT ... RETURNING, without the ORM's unit of work: submissions
+                # are the API's hottest write
+                job_id = session.execute(
+                    insert(JobRow).values(**values).returning(JobRow.id)
+                ).scalar_one()
         except StoreError as error:
             if idempotency_key is not None and isinstance(error.__cause__, IntegrityError):
                 known = self._by_key(idempotency_key)  # a concurrent submit won the race
                 if known is not None:
                     return known, False
             raise
+        fields = {k: v for k, v in values.items() if k != "state"}
+        job = Job(id=job_id, state=JobState.QUEUED, worker_id=None, error=None,
+                  started_at=None, finished_at=None, **fields)  # fmt: skip
+        return job, True
 
     def _by_key(self, key: str) -> Job | None:
         with self.session(read_only=True) as session:
