@@ -71,13 +71,36 @@ class ApiClient:
                 return None
             raise
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def result_csv(self, job_id: int) -> str:
+        text: str = self._call(
+            "GET", f"/v1/jobs/{job_id}/result", params={"format": "csv"}, raw=True
+        )
+        return text
+
+    def curves(self, **filters: Any) -> list[dict[str, Any]]:
+        """Every stored capacity result matching the filters (all pages)."""
+        return self._pages("/v1/curves", filters)
+
+    def sweeps(self, **filters: Any) -> list[dict[str, Any]]:
+        return self._pages("/v1/sweeps", filters)
+
+    def _pages(self, path: str, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        params = {k: v for k, v in filters.items() if v is not None} | {"limit": 500}
+        items: list[dict[str, Any]] = []
+        while True:
+            page = self._call("GET", path, params=params)
+            items += page["items"]
+            if page["next_cursor"] is None:
+                return items
+            params["cursor"] = page["next_cursor"]
+
+    def _call(self, method: str, path: str, raw: bool = False, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as error:
             raise ApiError(0, f"cannot reach the API at {self.base_url}: {error}") from None
         if response.is_success:
-            return response.json()
+            return response.text if raw else response.json()
         try:
             problem = response.json()
         except ValueError:

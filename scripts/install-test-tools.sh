@@ -16,4 +16,9 @@ if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1
    && ! command -v docker-compose >/dev/null 2>&1; then
   apt_install docker-compose || echo "install-test-tools: docker-compose not installed; its test skips"
 fi
+# The dashboard's tests drive Debian's headless Chromium through Playwright (Playwright's
+# own browser download does not reach this network).
+if [ ! -x /usr/bin/chromium ]; then
+  apt_install chromium chromium-driver || echo "install-test-tools: chromium not installed; browser tests skip"
+fi
 exit 0

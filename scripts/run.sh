@@ -39,12 +39,13 @@ PY
 
 job=$("$BIN/capacity" submit "$SPEC" --kind capacity --api "$API" --json \
       | "$BIN/python" -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+echo "dashboard  $API/dashboard"
 echo "API        $API  (OpenAPI: $API/docs; logs in .run/)"
 echo "demo job   $API/v1/jobs/$job  ($SPEC)"
 echo "trials     $API/v1/jobs/$job/trials"
 echo "waiting for the result ..."
 "$BIN/capacity" job "$job" --api "$API" --wait
-echo "result     $API/v1/jobs/$job/result"
+echo "result     $API/v1/jobs/$job/result  (on the dashboard: $API/dashboard#/jobs/$job)"
 
 if [ -t 0 ] && [ "${KEEP_RUNNING:-1}" = 1 ]; then
   echo "API and worker keep running (key for writes: CAPACITY_API_KEY=$CAPACITY_API_KEY); Ctrl-C stops them"

@@ -65,3 +65,43 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         downgrade(url)  # empty it: the PostgreSQL database lives for the whole run
     upgrade(url)
     return url
+
+
+RESULT_MODELS = (
+    {"kind": "fcdnn", "width": 6, "n_in": 10},
+    {"kind": "fcdnn", "width": 10, "n_in": 12},
+    {"kind": "rnn", "hidden": 4, "n_in": 4, "steps": 3},
+)
+
+
+@pytest.fixture(scope="session")
+def results_database(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite database holding real results: three small capacity jobs (two FCDNNs and
+    a tanh RNN) and a half-capacity sweep of the first, run by a real worker."""
+    from capacity_service.settings import Settings
+    from capacity_service.specs import validate_job_spec
+    from capacity_service.store.migrate import upgrade
+    from capacity_service.store.queries import Job, JobState, Store
+    from workers.runtime import Worker
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('results') / 'results.db'}"
+    upgrade(url)
+    store = Store(url)
+
+    def submit(kind: str, spec: dict[str, object]) -> Job:  # stored as the API stores it
+        valid = validate_job_spec(kind, spec)
+        return store.submit(kind, valid.model_dump(mode="json"), valid.model.kind)
+
+    search = {"budget_trials": 6, "epochs": 40, "batch": 6, "batch_sizes": [8]}
+    jobs = [submit("capacity", {"model": m, "search": search, "seed": 1}) for m in RESULT_MODELS]
+    sweep = {"model": RESULT_MODELS[0], "regime": "half", "capacity_job": jobs[0].id,
+             "bits": [8, 4, 2], "train": {"epochs": 30}, "retrain": {"epochs": 3}}  # fmt: skip
+    jobs.append(submit("quant_sweep", sweep))
+    settings = Settings(database_url=url, poll_seconds=0.05, heartbeat_seconds=0.5)
+    worker = Worker(store, settings, device="cpu")
+    while worker.run(once=True):
+        pass
+    for job in jobs:
+        assert store.get(job.id).state == JobState.SUCCEEDED, store.get(job.id).error
+    store.close()
+    return url

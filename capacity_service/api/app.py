@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from capacity_service import __version__
 from capacity_service.api.auth import KeyCache
 from capacity_service.api.problems import MEDIA_TYPE, TOO_LARGE, Problem, install_handlers
-from capacity_service.api.routes import health, jobs, results
+from capacity_service.api.routes import dashboard, health, jobs, results
 from capacity_service.settings import Settings
 from capacity_service.store.queries import Store
 
@@ -46,10 +46,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(results.router)
+    app.include_router(dashboard.router)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+        return RedirectResponse("/dashboard")
 
     if not settings.read_requires_key:
         _document_open_reads(app)

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from capacity_service import __version__
-from capacity_service.cli import jobs, measure, search, serve, sweep
+from capacity_service.cli import jobs, measure, plot, regress, search, serve, sweep
 from capacity_service.cli.common import EXIT_BAD_INPUT, UsageError
 from capacity_service.client import ApiError
 
@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_parser(subparsers)
     jobs.add_parsers(subparsers)
     serve.add_parsers(subparsers)
+    plot.add_parsers(subparsers)
+    regress.add_parser(subparsers)
     return parser
 
 

@@ -34,18 +34,18 @@ def add_parsers(subparsers: Any) -> None:
     db = subparsers.add_parser("db", help="database schema (Alembic migrations)")
     db_commands = db.add_subparsers(title="db commands", metavar="ACTION", required=True)
     upgrade = db_commands.add_parser("upgrade", help="migrate the schema to the newest version")
-    _database_argument(upgrade)
+    add_source_arguments(upgrade)
     upgrade.set_defaults(handler=run_db_upgrade)
 
     worker = subparsers.add_parser("worker", help="claim and run queued jobs")
-    _database_argument(worker)
+    add_source_arguments(worker)
     worker.add_argument("--once", action="store_true", help="run one job (if any) and exit")
     worker.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:i")
     worker.add_argument("--worker-id", help="name in the store (default host-pid-random)")
     worker.set_defaults(handler=run_worker)
 
     submit = subparsers.add_parser("submit", help="queue a capacity or quant_sweep job")
-    _database_argument(submit, api=True)
+    add_source_arguments(submit, api=True)
     submit.add_argument("spec", help="JSON spec file ('-' for stdin)")
     submit.add_argument("--kind", required=True, choices=JOB_KINDS)
     submit.add_argument("--priority", type=int, default=0, help="higher runs first")
@@ -54,7 +54,7 @@ def add_parsers(subparsers: Any) -> None:
     submit.set_defaults(handler=run_submit)
 
     jobs = subparsers.add_parser("jobs", help="list jobs, newest first")
-    _database_argument(jobs, api=True)
+    add_source_arguments(jobs, api=True)
     jobs.add_argument("--state", choices=("queued", "running", "succeeded", "failed",
                                           "cancelled"))  # fmt: skip
     jobs.add_argument("--kind", choices=JOB_KINDS)
@@ -65,7 +65,7 @@ def add_parsers(subparsers: Any) -> None:
     jobs.set_defaults(handler=run_jobs)
 
     job = subparsers.add_parser("job", help="one job: state, progress, result")
-    _database_argument(job, api=True)
+    add_source_arguments(job, api=True)
     job.add_argument("id", type=int)
     job.add_argument("--wait", action="store_true", help="poll until the job finishes")
     job.add_argument("--poll", type=float, default=2.0, help="seconds between polls (--wait)")
@@ -73,13 +73,13 @@ def add_parsers(subparsers: Any) -> None:
     job.set_defaults(handler=run_job)
 
     cancel = subparsers.add_parser("cancel", help="cancel a job (running: between trials)")
-    _database_argument(cancel, api=True)
+    add_source_arguments(cancel, api=True)
     cancel.add_argument("id", type=int)
     cancel.add_argument("--json", action="store_true")
     cancel.set_defaults(handler=run_cancel)
 
 
-def _database_argument(parser: argparse.ArgumentParser, api: bool = False) -> None:
+def add_source_arguments(parser: argparse.ArgumentParser, api: bool = False) -> None:
     parser.add_argument(
         "--database-url", help="SQLAlchemy URL (default CAPACITY_DATABASE_URL or SQLite)"
     )
@@ -91,7 +91,7 @@ def _database_argument(parser: argparse.ArgumentParser, api: bool = False) -> No
         )  # fmt: skip
 
 
-def _client(args: argparse.Namespace) -> ApiClient | None:
+def client_from(args: argparse.Namespace) -> ApiClient | None:
     """The API client when --api (or CAPACITY_API_URL) is given, else None (database)."""
     settings = Settings()
     url = args.api or (None if args.database_url else settings.api_url)
@@ -111,7 +111,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _store(args: argparse.Namespace, migrate: bool = False) -> Store:
+def store_from(args: argparse.Namespace, migrate: bool = False) -> Store:
     from capacity_service.store.migrate import upgrade
     from capacity_service.store.queries import Store
 
@@ -138,7 +138,7 @@ def run_worker(args: argparse.Namespace) -> int:
     except DeviceUnavailableError as error:
         fail(f"--device: {error}")
     settings = _settings(args)
-    store = _store(args, migrate=True)
+    store = store_from(args, migrate=True)
     worker = Worker(store, settings, device=device, worker_id=args.worker_id)
     worker.install_signal_handlers()
     try:
@@ -150,7 +150,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 def run_submit(args: argparse.Namespace) -> int:
     document = load_json_file(args.spec)
-    client = _client(args)
+    client = client_from(args)
     if client is not None:
         with client:
             job = client.submit(args.kind, document, priority=args.priority,
@@ -173,7 +173,7 @@ def _submit_to_database(args: argparse.Namespace, document: dict[str, Any]) -> d
         spec = validate_job_spec(args.kind, document)
     except ValidationError as error:
         fail(f"invalid {args.kind} spec ({args.spec}):\n{describe_validation_error(error)}")
-    store = _store(args, migrate=True)
+    store = store_from(args, migrate=True)
     try:
         job = store.submit(
             args.kind,
@@ -190,12 +190,12 @@ def _submit_to_database(args: argparse.Namespace, document: dict[str, Any]) -> d
 
 def run_jobs(args: argparse.Namespace) -> int:
     filters = {"state": args.state, "kind": args.kind, "model_kind": args.model_kind}
-    client = _client(args)
+    client = client_from(args)
     if client is not None:
         with client:
             found = client.jobs(**filters, cursor=args.after, limit=args.limit)["items"]
     else:
-        store = _store(args)
+        store = store_from(args)
         try:
             jobs = store.list_jobs(**filters, after_id=args.after, limit=args.limit)
         finally:
@@ -212,7 +212,7 @@ def run_jobs(args: argparse.Namespace) -> int:
 
 
 def run_job(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = client_from(args)
 
     def read() -> tuple[dict[str, Any], dict[str, Any] | None]:
         if client is not None:
@@ -258,7 +258,7 @@ def _read_over_api(client: ApiClient, job_id: int) -> tuple[dict[str, Any], dict
 def _read_database(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None]:
     from capacity_service.store.queries import JobNotFoundError
 
-    store = _store(args)
+    store = store_from(args)
     try:
         return store.get(args.id).to_document(), store.result(args.id)
     except JobNotFoundError as error:
@@ -270,12 +270,12 @@ def _read_database(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, 
 def run_cancel(args: argparse.Namespace) -> int:
     from capacity_service.store.queries import JobFinishedError, JobNotFoundError
 
-    client = _client(args)
+    client = client_from(args)
     if client is not None:
         with client:
             job = client.cancel(args.id)
     else:
-        store = _store(args)
+        store = store_from(args)
         try:
             job = store.cancel(args.id).to_document()
         except (JobNotFoundError, JobFinishedError) as error:

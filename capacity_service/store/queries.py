@@ -543,9 +543,40 @@ class StoredResult:
             document=row.document,
         )
 
-    @property
-    def created_iso(self) -> str | None:
-        return _iso(self.created_at)
+    def curve_item(self) -> dict[str, Any]:
+        """A capacity result as the dashboard and `capacity plot` use it."""
+        best = self.document.get("best") or {}
+        return {
+            "job_id": self.job_id,
+            "model_kind": self.model_kind,
+            "model": self.spec.get("model", {}),
+            "params": self.params,
+            "capacity_bits": self.capacity_bits,
+            "bits_per_param": self.bits_per_param,
+            "conv_bits_per_param": self.document.get("conv_bits_per_param"),
+            "best_n": best.get("n"),
+            "curve": self.document.get("curve", []),
+            "seed": self.document.get("seed"),
+            "device": self.document.get("device"),
+            "code_version": self.code_version,
+            "created_at": _iso(self.created_at),
+        }
+
+    def sweep_item(self) -> dict[str, Any]:
+        """A quantization sweep as the dashboard and `capacity plot` use it."""
+        return {
+            "job_id": self.job_id,
+            "model_kind": self.model_kind,
+            "model": self.spec.get("model", {}),
+            "params": self.params,
+            "quantized_params": self.document.get("quantized_params"),
+            "regime": self.document.get("regime"),
+            "tolerance": self.document.get("tolerance"),
+            "precision_boundary": self.precision_boundary,
+            "curves": self.document.get("curves", []),
+            "code_version": self.code_version,
+            "created_at": _iso(self.created_at),
+        }
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -104,6 +104,12 @@ def test_capacity_then_sweep_over_http(server: Server, worker: None) -> None:
         assert result["bits_per_param"] == pytest.approx(result["capacity_bits"] / 80)
         assert result["best"]["index"] == best["index"] and result["curve"]
 
+        csv_text = http.get(f"/v1/jobs/{job['id']}/result", params={"format": "csv"})
+        assert csv_text.headers["content-type"].startswith("text/csv")
+        lines = csv_text.text.splitlines()
+        assert lines[0] == "n,accuracy,mutual_information_bits,best"
+        assert [int(line.split(",")[0]) for line in lines[1:]] == [p["n"] for p in result["curve"]]
+
         curves = http.get("/v1/curves", params={"model_kind": "fcdnn", "max_params": 80})
         assert job["id"] in [item["job_id"] for item in curves.json()["items"]]
 
@@ -157,3 +163,39 @@ def test_cli_through_the_api(server: Server, worker: None, tmp_path: Path) -> No
 
     down = capacity_cli(server, "jobs", "--api", "http://127.0.0.1:9")
     assert down.returncode == 1 and "cannot reach the API" in down.stderr
+
+
+def test_regress_through_the_api(server: Server, worker: None, tmp_path: Path) -> None:
+    case = {
+        "name": "tiny",
+        "kind": "capacity",
+        "spec": CAPACITY,
+        "metrics": {"bits_per_param": {"abs": 0.05}},
+    }
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"name": "api", "cases": [case]}))
+    baseline = tmp_path / "baseline.json"
+    made = capacity_cli(
+        server,
+        "regress",
+        str(suite),
+        "--baseline",
+        str(baseline),
+        "--update-baseline",
+        "--api",
+        server.url,
+    )
+    assert made.returncode == 0, made.stderr
+    checked = capacity_cli(
+        server,
+        "regress",
+        str(suite),
+        "--baseline",
+        str(baseline),
+        "--api",
+        server.url,
+        "--out-dir",
+        str(tmp_path / "report"),
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "0 regression(s) in 1 checks" in checked.stdout

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -28,6 +28,7 @@ from capacity_service.api.schemas import (
     ModelKindName,
     TrialPage,
 )
+from capacity_service.export import result_csv
 from capacity_service.specs import SweepSpec
 from capacity_service.store.queries import Job, JobFinishedError, JobNotFoundError, JobState
 
@@ -201,7 +202,11 @@ def job_trials(
         **documented(401, 403, 404, 409, 422),
     },
 )
-def job_result(request: Request, job_id: JobId) -> JSONResponse:
+def job_result(
+    request: Request,
+    job_id: JobId,
+    format: Annotated[Literal["json", "csv"], Query(description="json or csv")] = "json",
+) -> Response:
     job = _job(request, job_id)
     result = store_of(request).result(job_id)
     if result is None:
@@ -213,4 +218,7 @@ def job_result(request: Request, job_id: JobId) -> JSONResponse:
         }.get(job.state, "it has none")
         raise ProblemError(409, "No result", f"job {job_id} has no result: "
                            + why.replace("{id}", str(job_id)), type=CONFLICT)  # fmt: skip
+    if format == "csv":
+        attachment = {"Content-Disposition": f'attachment; filename="job-{job_id}.csv"'}
+        return Response(result_csv(result), media_type="text/csv", headers=attachment)
     return JSONResponse(result)

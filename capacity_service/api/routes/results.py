@@ -54,25 +54,7 @@ def curves(
 ) -> dict[str, Any]:
     found, next_cursor = _results(request, "capacity", model_kind, min_params, max_params,
                                   cursor, limit)  # fmt: skip
-    items = []
-    for stored in found:
-        document = stored.document
-        best = document.get("best") or {}
-        items.append({
-            "job_id": stored.job_id,
-            "model_kind": stored.model_kind,
-            "model": stored.spec.get("model", {}),
-            "params": stored.params,
-            "capacity_bits": stored.capacity_bits,
-            "bits_per_param": stored.bits_per_param,
-            "conv_bits_per_param": document.get("conv_bits_per_param"),
-            "best_n": best.get("n"),
-            "curve": document.get("curve", []),
-            "seed": document.get("seed"),
-            "device": document.get("device"),
-            "code_version": stored.code_version,
-            "created_at": stored.created_iso,
-        })  # fmt: skip
+    items = [stored.curve_item() for stored in found]
     return {"items": items, "next_cursor": next_cursor}
 
 
@@ -94,20 +76,5 @@ def sweeps(
 ) -> dict[str, Any]:
     found, next_cursor = _results(request, "quant_sweep", model_kind, min_params, max_params,
                                   cursor, limit)  # fmt: skip
-    items = [
-        {
-            "job_id": stored.job_id,
-            "model_kind": stored.model_kind,
-            "model": stored.spec.get("model", {}),
-            "params": stored.params,
-            "quantized_params": stored.document.get("quantized_params"),
-            "regime": stored.document.get("regime"),
-            "tolerance": stored.document.get("tolerance"),
-            "precision_boundary": stored.precision_boundary,
-            "curves": stored.document.get("curves", []),
-            "code_version": stored.code_version,
-            "created_at": stored.created_iso,
-        }
-        for stored in found
-    ]
+    items = [stored.sweep_item() for stored in found]
     return {"items": items, "next_cursor": next_cursor}

@@ -1,0 +1,157 @@
+"""The three figures of the thesis as files (matplotlib): a capacity curve (Fig. 2.2a),
+capacity against parameters (Fig. 2.2b) and quantization curves (Fig. 2.3). The dashboard
+draws the same figures in the browser."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
+
+FORMATS = (".png", ".svg", ".pdf")
+REFERENCES = (
+    (2.0, "2 bits/param (perceptron)"),
+    (2.3, "2.3 (thesis FCDNN)"),
+    (3.0, "3.0 (thesis CNN conv)"),
+    (3.7, "3.7 (thesis LSTM)"),
+)
+MEMORIZED = 0.99
+
+
+def capacity_curve(result: dict[str, Any], title: str = "") -> Figure:
+    """I and accuracy against N, the maximum marked, and the over-parameterized /
+    maximum / under-parameterized regions shaded."""
+    curve = result["curve"]
+    best = result["best"]
+    ns = [p["n"] for p in curve]
+    figure, bits_axis = plt.subplots(figsize=(7, 4.2))
+    accuracy_axis = bits_axis.twinx()
+    bits_axis.plot(ns, [p["mutual_information_bits"] for p in curve], "o-", label="I (bits)")
+    accuracy_axis.plot(
+        ns, [p["accuracy"] for p in curve], "s:", color="tab:green", label="accuracy"
+    )
+    bits_axis.plot(
+        [best["n"]],
+        [result["capacity_bits"]],
+        "*",
+        markersize=16,
+        color="tab:red",
+        label=f"capacity {result['capacity_bits']:,.0f} bits at N = {best['n']:,}",
+    )
+    memorized = [p["n"] for p in curve if p["accuracy"] >= MEMORIZED]
+    all_fit = max(memorized, default=ns[0])
+    edges = [
+        (ns[0], all_fit, "tab:green", "over-parameterized"),
+        (all_fit, max(best["n"], all_fit), "tab:blue", "maximum"),
+        (max(best["n"], all_fit), ns[-1], "tab:red", "under-parameterized"),
+    ]
+    for start, end, color, name in edges:
+        if end > start:
+            bits_axis.axvspan(start, end, color=color, alpha=0.08)
+            bits_axis.text(
+                (start + end) / 2,
+                1.01,
+                name,
+                transform=bits_axis.get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+    bits_axis.set_xlabel("N (samples)")
+    bits_axis.set_ylabel("I (bits)")
+    accuracy_axis.set_ylabel("accuracy")
+    accuracy_axis.set_ylim(0.45, 1.02)
+    lines = bits_axis.get_legend_handles_labels()
+    more = accuracy_axis.get_legend_handles_labels()
+    bits_axis.legend(lines[0] + more[0], lines[1] + more[1], loc="lower right", fontsize=8)
+    figure.suptitle(
+        title or f"{result['params']:,} parameters: {result['bits_per_param']:.2f} bits/param",
+        fontsize=10,
+    )
+    figure.tight_layout()
+    return figure
+
+
+def capacity_vs_params(items: Sequence[dict[str, Any]]) -> Figure:
+    """Stored capacities against parameter counts by model kind, with the fitted bits
+    per parameter of each kind and the reference slopes."""
+    figure, axis = plt.subplots(figsize=(7, 4.6))
+    params = [item["params"] for item in items]
+    span = [min(params) / 1.5, max(params) * 1.5]
+    for kind in sorted({item["model_kind"] for item in items}):
+        own = [item for item in items if item["model_kind"] == kind]
+        xs = [item["params"] for item in own]
+        ys = [item["capacity_bits"] for item in own]
+        slope = sum(x * y for x, y in zip(xs, ys, strict=True)) / sum(x * x for x in xs)
+        (points,) = axis.plot(xs, ys, "o", label=kind)
+        axis.plot(
+            span,
+            [slope * x for x in span],
+            "-",
+            color=points.get_color(),
+            label=f"{kind} fit: {slope:.2f} bits/param",
+        )
+    for slope, name in REFERENCES:
+        axis.plot(span, [slope * x for x in span], ":", color="grey", linewidth=0.8, label=name)
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("parameters")
+    axis.set_ylabel("capacity (bits)")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def quantization_curves(sweeps: Sequence[dict[str, Any]]) -> Figure:
+    """Accuracy against precision, directly quantized (dashed) and retrained (solid),
+    per N (full / half capacity), the precision boundary starred."""
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    for sweep in sweeps:
+        for curve in sweep["curves"]:
+            label = f"{sweep.get('regime', 'N')} N={curve['n']:,}"
+            bits = [p["bits"] for p in curve["points"]]
+            (line,) = axis.plot(
+                bits,
+                [p["accuracy_retrained"] for p in curve["points"]],
+                "o-",
+                label=f"{label} retrained",
+            )
+            axis.plot(
+                bits,
+                [p["accuracy_quantized"] for p in curve["points"]],
+                "x--",
+                color=line.get_color(),
+                label=f"{label} direct",
+            )
+            axis.axhline(curve["float_accuracy"], color=line.get_color(), linewidth=0.6)
+            boundary = curve.get("precision_boundary")
+            at = next((p for p in curve["points"] if p["bits"] == boundary), None)
+            if at is not None:
+                axis.plot(
+                    [boundary],
+                    [at["accuracy_retrained"]],
+                    "*",
+                    markersize=15,
+                    color=line.get_color(),
+                    label=f"{label} boundary {boundary} bits",
+                )
+    axis.invert_xaxis()
+    axis.set_xlabel("precision (bits)")
+    axis.set_ylabel("accuracy")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def save(figure: Figure, path: Path) -> None:
+    """Write `figure` as PNG, SVG or PDF by the file's extension."""
+    if path.suffix.lower() not in FORMATS:
+        raise ValueError(f"{path}: give a file ending in {', '.join(FORMATS)}")
+    figure.savefig(path, dpi=130)
+    plt.close(figure)
