@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from capacity_service.specs import CapacityResult, CapacitySpec, Int, SweepResult, SweepSpec
@@ -12,7 +13,12 @@ JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobKindName = Literal["capacity", "quant_sweep"]
 ModelKindName = Literal["fcdnn", "cnn", "lstm", "gru", "rnn"]
 # ids are 32-bit integers in PostgreSQL; anything larger cannot name a row
-RowId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+LARGEST_ID = 2**31 - 1
+# query parameters of every paginated list
+Limit = Annotated[int, Query(ge=1, le=500, description="items per page")]
+Cursor = Annotated[
+    int | None, Query(ge=1, le=LARGEST_ID, description="next_cursor of the page before")
+]
 
 
 class _Request(BaseModel):

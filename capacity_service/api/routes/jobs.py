@@ -19,12 +19,15 @@ from capacity_service.api.problems import (
     documented,
 )
 from capacity_service.api.schemas import (
+    LARGEST_ID,
+    Cursor,
     JobDocument,
     JobKindName,
     JobPage,
     JobRequest,
     JobResult,
     JobStateName,
+    Limit,
     ModelKindName,
     TrialPage,
 )
@@ -33,11 +36,7 @@ from capacity_service.specs import SweepSpec
 from capacity_service.store.queries import Job, JobFinishedError, JobNotFoundError, JobState
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-JobId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the job's id")]
-Limit = Annotated[int, Query(ge=1, le=500, description="items per page")]
-Cursor = Annotated[
-    int | None, Query(ge=1, le=2**31 - 1, description="next_cursor of the page before")
-]
+JobId = Annotated[int, Path(ge=1, le=LARGEST_ID, description="the job's id")]
 
 
 def _job(request: Request, job_id: int) -> Job:
@@ -180,7 +179,7 @@ def job_trials(
     request: Request,
     job_id: JobId,
     cursor: Annotated[
-        int | None, Query(ge=0, le=2**31 - 1, description="next_cursor of the page before")
+        int | None, Query(ge=0, le=LARGEST_ID, description="next_cursor of the page before")
     ] = None,
     limit: Limit = 100,
 ) -> dict[str, Any]:

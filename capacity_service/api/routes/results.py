@@ -10,15 +10,18 @@ from fastapi import APIRouter, Query, Request
 from capacity_service.api.auth import READER
 from capacity_service.api.deps import store_of
 from capacity_service.api.problems import INVALID_REQUEST, FieldProblem, ProblemError, documented
-from capacity_service.api.schemas import CurvePage, ModelKindName, SweepPage
+from capacity_service.api.schemas import (
+    LARGEST_ID,
+    Cursor,
+    CurvePage,
+    Limit,
+    ModelKindName,
+    SweepPage,
+)
 from capacity_service.store.queries import StoredResult
 
 router = APIRouter(prefix="/v1", tags=["results"])
-Params = Annotated[int | None, Query(ge=0, le=2**31 - 1)]
-Limit = Annotated[int, Query(ge=1, le=500, description="items per page")]
-Cursor = Annotated[
-    int | None, Query(ge=1, le=2**31 - 1, description="next_cursor of the page before")
-]
+Params = Annotated[int | None, Query(ge=0, le=LARGEST_ID)]
 
 
 def _results(
