@@ -7,7 +7,16 @@ import logging
 import sys
 
 from capacity_service import __version__
-from capacity_service.cli import jobs, measure, plot, regress, search, serve, sweep
+from capacity_service.cli import (
+    experiments,
+    jobs,
+    measure,
+    plot,
+    regress,
+    search,
+    serve,
+    sweep,
+)
 from capacity_service.cli.common import EXIT_BAD_INPUT, UsageError
 from capacity_service.client import ApiError
 
@@ -28,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parsers(subparsers)
     plot.add_parsers(subparsers)
     regress.add_parser(subparsers)
+    experiments.add_parser(subparsers)
     return parser
 
 

@@ -64,7 +64,7 @@ def _load(path: str, model: type[Suite] | type[Baseline], what: str) -> Any:
         fail(f"{path}: invalid {what}:\n{describe_validation_error(error)}")
 
 
-def _local_runner(device: str) -> Any:
+def local_runner(device: str) -> Any:
     from capacity_service.science.search import search_capacity
     from capacity_service.science.sweep import sweep
     from capacity_service.specs import CapacitySpec, SweepSpec
@@ -78,7 +78,7 @@ def _local_runner(device: str) -> Any:
     return run
 
 
-def _api_runner(url: str) -> Any:
+def api_runner(url: str) -> Any:
     from capacity_service.client import ApiClient, ApiError
     from capacity_service.settings import Settings
 
@@ -115,7 +115,7 @@ def run_regress(args: argparse.Namespace) -> int:
                 "write one with --update-baseline"
             )
     where = f"through {args.api}" if args.api else f"in this process ({args.device})"
-    run = _api_runner(args.api) if args.api else _local_runner(args.device)
+    run = api_runner(args.api) if args.api else local_runner(args.device)
     started = time.perf_counter()
     measured = run_suite(
         suite,

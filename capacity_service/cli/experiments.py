@@ -1,0 +1,126 @@
+"""`capacity experiments run FOLDER` (resumable: finished experiments are skipped) and
+`capacity experiments report FOLDER` (docs/results.md and its figures)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from capacity_service.cli.common import describe_validation_error, fail
+from capacity_service.experiments import (
+    Experiment,
+    collect,
+    load_experiments,
+    load_result,
+    report_markdown,
+    run_experiments,
+)
+
+
+def add_parser(subparsers: Any) -> None:
+    experiments = subparsers.add_parser("experiments", help="the thesis reproduction suite")
+    actions = experiments.add_subparsers(
+        title="experiments commands", metavar="ACTION", required=True
+    )
+    run = actions.add_parser("run", help="run what has no result yet (resumable)")
+    run.add_argument("folder", help="e.g. experiments/thesis")
+    run.add_argument(
+        "--only",
+        choices=("cpu", "gpu", "all"),
+        default="cpu",
+        help="which sizes to run (default cpu)",
+    )
+    run.add_argument("--name", action="append", help="run only these experiments")
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    run.add_argument("--api", metavar="URL", help="submit through the REST API at URL")
+    run.set_defaults(handler=run_run)
+    report = actions.add_parser("report", help="write the results report and its figures")
+    report.add_argument("folder", help="e.g. experiments/thesis")
+    report.add_argument("--out", default="docs/results.md", help="the Markdown report")
+    report.set_defaults(handler=run_report)
+
+
+def _experiments(folder: str) -> list[Experiment]:
+    path = Path(folder)
+    if not path.is_dir():
+        fail(f"{folder}: no such experiment folder")
+    try:
+        return load_experiments(path)
+    except ValidationError as error:
+        fail(f"{folder}: invalid experiment:\n{describe_validation_error(error)}")
+    except ValueError as error:
+        fail(str(error))
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from capacity_service.cli.regress import api_runner, local_runner
+
+    chosen = [e for e in _experiments(args.folder) if args.only == "all" or e.size == args.only]
+    if args.name:
+        unknown = set(args.name) - {e.name for e in chosen}
+        if unknown:
+            fail(f"--name: no {args.only} experiment named {', '.join(sorted(unknown))}")
+        chosen = [e for e in chosen if e.name in args.name]
+    runner = api_runner(args.api) if args.api else local_runner(args.device)
+    report = run_experiments(
+        Path(args.folder),
+        chosen,
+        runner,
+        args.device,
+        lambda label: print(f"running {label}", file=sys.stderr, flush=True),
+    )
+    print(
+        f"ran {len(report.ran)}, skipped {len(report.skipped)} finished before"
+        + (
+            f", {len(report.waiting)} sweeps wait for their capacity result"
+            if report.waiting
+            else ""
+        )
+    )
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from capacity_service import plots
+
+    folder = Path(args.folder)
+    experiments = _experiments(args.folder)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, str] = {}
+    points = []
+    for experiment in experiments:
+        if experiment.kind != "capacity":
+            continue
+        for seed in experiment.seeds:
+            record = load_result(folder, experiment.name, seed)
+            if record is not None:
+                result = record["result"]
+                points.append(
+                    {
+                        "model_kind": experiment.spec["model"]["kind"],
+                        "params": result["params"],
+                        "capacity_bits": result["capacity_bits"],
+                    }
+                )
+    if points:
+        name = out.with_name(f"{out.stem}-capacity.png")
+        plots.save(plots.capacity_vs_params(points), name)
+        figures.update(dict.fromkeys(("fcdnn", "cnn", "rnn"), name.name))
+    sweeps = [
+        record["result"]
+        for e in experiments
+        if e.kind == "quant_sweep"
+        if (record := load_result(folder, e.name, e.seeds[0])) is not None
+    ]
+    if sweeps:
+        name = out.with_name(f"{out.stem}-quantization.png")
+        plots.save(plots.quantization_curves(sweeps), name)
+        figures["quantization"] = name.name
+    out.write_text(report_markdown(collect(folder, experiments), figures))
+    print(f"wrote {out}" + "".join(f", {f}" for f in sorted(set(figures.values()))))
+    return 0

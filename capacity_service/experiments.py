@@ -1,0 +1,264 @@
+"""The thesis reproduction suite: experiments (job specs with seeds and the thesis's
+reference values), a resumable runner that stores one result file per experiment and
+seed, and the report that compares them with the thesis.
+
+An experiment folder holds `*.json` experiment files and a `results/` folder that the
+runner fills: `results/<name>.seed<k>.json`. A finished (experiment, seed) is never run
+again. A sweep at full or half capacity names `capacity_from`, the capacity experiment
+whose result (same seed) gives its capacity_n.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from capacity_service import __version__
+from capacity_service.specs import validate_job_spec
+
+METRIC_OF_FIGURE = {
+    "fcdnn": "bits_per_param",
+    "cnn": "conv_bits_per_param",
+    "rnn": "bits_per_param",
+    "quantization": "precision_boundary",
+}
+
+
+class Experiment(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,80}$")
+    figure: Literal["fcdnn", "cnn", "rnn", "quantization"]
+    kind: Literal["capacity", "quant_sweep"]
+    size: Literal["cpu", "gpu"] = Field(description="gpu: runnable, too slow for a CPU")
+    spec: dict[str, Any]
+    seeds: list[int] = Field(min_length=1)
+    capacity_from: str | None = Field(None, description="capacity experiment giving N")
+    thesis: dict[str, float] = Field({}, description="the thesis's value of its metric")
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Experiment:
+        if self.kind == "capacity" and len(self.seeds) < 3:
+            raise ValueError("seeds: a capacity point needs at least 3 seeds (a spread)")
+        if (self.kind == "quant_sweep") != (self.capacity_from is not None):
+            raise ValueError(
+                "capacity_from: a sweep names its capacity experiment; "
+                "a capacity experiment does not"
+            )
+        spec = dict(self.spec)
+        if self.capacity_from is not None:
+            spec["capacity_n"] = 4  # stands in for the N the capacity result will give
+        validate_job_spec(self.kind, spec)
+        return self
+
+
+def load_experiments(folder: Path) -> list[Experiment]:
+    """Every experiment of `folder` (files sorted by name; a file holds one or a list)."""
+    experiments: list[Experiment] = []
+    for path in sorted(folder.glob("*.json")):
+        document = json.loads(path.read_text())
+        for item in document if isinstance(document, list) else [document]:
+            experiments.append(Experiment.model_validate(item))
+    names = [e.name for e in experiments]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{folder}: two experiments share a name")
+    known = set(names)
+    for experiment in experiments:
+        if experiment.capacity_from is not None and experiment.capacity_from not in known:
+            raise ValueError(
+                f"{experiment.name}: capacity_from {experiment.capacity_from!r} "
+                "is not an experiment here"
+            )
+    return experiments
+
+
+def result_path(folder: Path, name: str, seed: int) -> Path:
+    return folder / "results" / f"{name}.seed{seed}.json"
+
+
+def load_result(folder: Path, name: str, seed: int) -> dict[str, Any] | None:
+    path = result_path(folder, name, seed)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+Runner = Callable[[str, dict[str, Any]], dict[str, Any]]  # (kind, spec) -> result document
+
+
+@dataclass
+class RunReport:
+    ran: list[str]
+    skipped: list[str]  # finished before
+    waiting: list[str]  # a sweep whose capacity result is not there yet
+
+
+def run_experiments(
+    folder: Path,
+    experiments: Iterable[Experiment],
+    run: Runner,
+    device: str,
+    on_start: Callable[[str], None] | None = None,
+) -> RunReport:
+    """Run every (experiment, seed) that has no result file yet; capacity experiments
+    first, so sweeps find their N."""
+    report = RunReport([], [], [])
+    ordered = sorted(experiments, key=lambda e: e.kind != "capacity")
+    for experiment in ordered:
+        for seed in experiment.seeds:
+            label = f"{experiment.name} seed {seed}"
+            if result_path(folder, experiment.name, seed).exists():
+                report.skipped.append(label)
+                continue
+            spec = experiment.spec | {"seed": seed}
+            if experiment.capacity_from is not None:
+                source = load_result(folder, experiment.capacity_from, seed)
+                if source is None:
+                    report.waiting.append(label)
+                    continue
+                spec["capacity_n"] = int(source["result"]["best"]["n"])
+            if on_start is not None:
+                on_start(label)
+            started = time.perf_counter()
+            result = run(experiment.kind, spec)
+            record = {
+                "experiment": experiment.name,
+                "seed": seed,
+                "kind": experiment.kind,
+                "device": result.get("device", device),
+                "wall_seconds": time.perf_counter() - started,
+                "trials": len(result.get("trials", [])) or _sweep_trainings(result),
+                "code_version": __version__,
+                "finished_at": datetime.now(UTC).isoformat(),
+                "result": result,
+            }
+            path = result_path(folder, experiment.name, seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(".tmp")  # a killed run leaves no half file
+            temporary.write_text(json.dumps(record, indent=1) + "\n")
+            temporary.replace(path)
+            report.ran.append(label)
+    return report
+
+
+def _sweep_trainings(result: dict[str, Any]) -> int:
+    return sum(1 + len(curve["points"]) for curve in result.get("curves", []))
+
+
+def metric(experiment: Experiment, result: dict[str, Any]) -> float | None:
+    """The experiment's metric in one result (None: the sweep kept no precision)."""
+    name = METRIC_OF_FIGURE[experiment.figure]
+    if name == "precision_boundary":
+        value = result["curves"][0]["precision_boundary"]
+        return None if value is None else float(value)
+    value = result.get(name)
+    return None if value is None else float(value)
+
+
+@dataclass
+class Row:
+    experiment: Experiment
+    values: list[float]
+    seeds_done: int
+    device: str
+    wall_seconds: float
+    trials: int
+    code_version: str
+
+    @property
+    def thesis(self) -> float | None:
+        return self.experiment.thesis.get(METRIC_OF_FIGURE[self.experiment.figure])
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def spread(self) -> float | None:
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+
+def collect(folder: Path, experiments: list[Experiment]) -> list[Row]:
+    rows = []
+    for experiment in experiments:
+        records = [r for s in experiment.seeds if (r := load_result(folder, experiment.name, s))]
+        values = [v for r in records if (v := metric(experiment, r["result"])) is not None]
+        rows.append(
+            Row(
+                experiment,
+                values,
+                len(records),
+                ", ".join(sorted({r["device"] for r in records})) or "-",
+                sum(r["wall_seconds"] for r in records),
+                sum(r["trials"] for r in records),
+                ", ".join(sorted({r["code_version"] for r in records})) or "-",
+            )
+        )
+    return rows
+
+
+TITLES = {
+    "fcdnn": ("FCDNN capacity (thesis Fig. 2.2b)", "bits/param"),
+    "cnn": ("CNN capacity, convolution layers only", "conv bits/param"),
+    "rnn": ("RNN capacity (LSTM-32: thesis 3.7 bits/param)", "bits/param"),
+    "quantization": ("Precision boundary of quantized networks (thesis Fig. 2.3)", "bits"),
+}
+
+
+def report_markdown(rows: list[Row], figures: dict[str, str]) -> str:
+    """docs/results.md: a table per thesis figure, then what was not run and why."""
+    lines = [
+        "# Reproducing the thesis's capacity and quantization results",
+        "",
+        "Generated by `capacity experiments report experiments/thesis` from the result "
+        "files in `experiments/thesis/results/`. Ours is the mean over seeds, the "
+        "spread their standard deviation; a measured capacity is a lower bound.",
+        "",
+    ]
+    for figure, (title, unit) in TITLES.items():
+        own = [row for row in rows if row.experiment.figure == figure]
+        if not own:
+            continue
+        lines += [f"## {title}", ""]
+        if figure in figures:
+            lines += [f"![{title}]({figures[figure]})", ""]
+        lines += [
+            f"| experiment | ours ({unit}) | spread | thesis | difference | seeds | "
+            "device | wall time | trials | code |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for row in own:
+            mean, thesis = row.mean, row.thesis
+            difference = "-" if mean is None or thesis is None else f"{mean - thesis:+.2f}"
+            lines.append(
+                f"| {row.experiment.name} | {_num(mean)} | {_num(row.spread)} | {_num(thesis)} "
+                f"| {difference} | {row.seeds_done}/{len(row.experiment.seeds)} | {row.device} "
+                f"| {row.wall_seconds / 60:.1f} min | {row.trials} | {row.code_version} |"
+            )
+        lines.append("")
+    missing = [row for row in rows if row.seeds_done < len(row.experiment.seeds)]
+    if missing:
+        lines += ["## Not run", ""]
+        for row in missing:
+            why = (
+                "GPU-sized: runnable with `--only gpu`, too slow for this CPU"
+                if row.experiment.size == "gpu"
+                else "not finished yet"
+            )
+            lines.append(
+                f"- {row.experiment.name}: {row.seeds_done}/"
+                f"{len(row.experiment.seeds)} seeds; {why}"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

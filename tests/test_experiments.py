@@ -1,0 +1,145 @@
+"""The thesis reproduction suite: its specs validate, the runner is resumable, and the
+report builds from stored results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import TypeAdapter
+
+from capacity_service.cli import main
+from capacity_service.experiments import load_experiments
+from capacity_service.specs import ModelSpec, parameter_total
+
+SUITE = Path(__file__).resolve().parents[1] / "experiments" / "thesis"
+
+
+def test_the_thesis_suite_validates_and_covers_the_issue() -> None:
+    experiments = {e.name: e for e in load_experiments(SUITE)}
+    cpu_fcdnn = {
+        (e.spec["model"]["width"], e.spec["model"].get("depth", 1))
+        for e in experiments.values()
+        if e.figure == "fcdnn" and e.size == "cpu"
+    }
+    assert cpu_fcdnn == {(32, 1), (32, 2), (64, 1), (64, 2)}
+    gpu = {e.name for e in experiments.values() if e.size == "gpu"}
+    assert {"fcdnn-128x3", "fcdnn-256x4"} <= gpu
+    lstm = TypeAdapter(ModelSpec).validate_python(experiments["lstm-32"].spec["model"])
+    assert parameter_total(lstm) == 8_386 and experiments["lstm-32"].thesis["bits_per_param"] == 3.7
+    assert {"gru-38", "rnn-75", "cnn-3x3", "cnn-5x5"} <= set(experiments)
+    sweeps = [e for e in experiments.values() if e.kind == "quant_sweep"]
+    assert {e.capacity_from for e in sweeps} == {"fcdnn-64x2", "cnn-3x3", "lstm-32"}
+    assert {e.spec["regime"] for e in sweeps} == {"full", "half"}
+    assert all(e.spec["bits"] == [8, 6, 5, 4, 3, 2, 1] for e in sweeps)
+    assert all(len(e.seeds) >= 3 for e in experiments.values() if e.kind == "capacity")
+
+
+def tiny_folder(folder: Path) -> Path:
+    model = {"kind": "fcdnn", "width": 6, "n_in": 10}
+    search = {
+        "budget_trials": 4,
+        "budget_seconds": 3600,
+        "batch": 4,
+        "epochs": 30,
+        "batch_sizes": [8],
+    }
+    experiments = [
+        {
+            "name": "tiny",
+            "figure": "fcdnn",
+            "kind": "capacity",
+            "size": "cpu",
+            "spec": {"model": model, "search": search},
+            "seeds": [0, 1, 2],
+            "thesis": {"bits_per_param": 2.3},
+        },
+        {
+            "name": "tiny-half",
+            "figure": "quantization",
+            "kind": "quant_sweep",
+            "size": "cpu",
+            "spec": {
+                "model": model,
+                "regime": "half",
+                "bits": [8, 4],
+                "train": {"epochs": 20},
+                "retrain": {"epochs": 2},
+            },
+            "capacity_from": "tiny",
+            "seeds": [0],
+            "thesis": {"precision_boundary": 4},
+        },
+        {
+            "name": "big",
+            "figure": "fcdnn",
+            "kind": "capacity",
+            "size": "gpu",
+            "spec": {"model": {"kind": "fcdnn", "width": 256, "depth": 4}},
+            "seeds": [0, 1, 2],
+        },
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "suite.json").write_text(json.dumps(experiments))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tiny_folder(tmp_path_factory.mktemp("experiments") / "thesis")
+    assert main(["experiments", "run", str(folder), "--device", "cpu"]) == 0
+    return folder
+
+
+def test_the_runner_stores_results_and_skips_finished_ones(
+    ran: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = sorted(p.name for p in (ran / "results").glob("*.json"))
+    assert results == [
+        "tiny-half.seed0.json",
+        "tiny.seed0.json",
+        "tiny.seed1.json",
+        "tiny.seed2.json",
+    ]
+    record = json.loads((ran / "results" / "tiny.seed1.json").read_text())
+    assert record["seed"] == 1 and record["trials"] == 4 and record["device"] == "cpu"
+    sweep = json.loads((ran / "results" / "tiny-half.seed0.json").read_text())
+    capacity = json.loads((ran / "results" / "tiny.seed0.json").read_text())
+    assert sweep["result"]["curves"][0]["n"] == capacity["result"]["best"]["n"] // 2
+    before = {p.name: p.stat().st_mtime_ns for p in (ran / "results").iterdir()}
+    capsys.readouterr()
+    assert main(["experiments", "run", str(ran), "--device", "cpu"]) == 0
+    assert "ran 0, skipped 4" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in (ran / "results").iterdir()} == before
+
+
+def test_the_report_builds_from_stored_results(ran: Path, tmp_path: Path) -> None:
+    out = tmp_path / "docs" / "results.md"
+    assert main(["experiments", "report", str(ran), "--out", str(out)]) == 0
+    text = out.read_text()
+    records = [json.loads((ran / "results" / f"tiny.seed{s}.json").read_text()) for s in range(3)]
+    mean = sum(r["result"]["bits_per_param"] for r in records) / 3
+    assert f"| tiny | {mean:.2f} |" in text and "| 2.30 |" in text
+    assert "3/3" in text and "big: 0/3 seeds; GPU-sized" in text
+    assert (tmp_path / "docs" / "results-capacity.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "docs" / "results-quantization.png").exists()
+
+
+def test_bad_experiment_folders_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["experiments", "run", str(tmp_path / "nothing")]) == 2
+    assert "no such experiment folder" in capsys.readouterr().err
+    (tmp_path / "x.json").write_text(
+        json.dumps(
+            {
+                "name": "a",
+                "figure": "fcdnn",
+                "kind": "capacity",
+                "size": "cpu",
+                "spec": {"model": {"kind": "fcdnn"}},
+                "seeds": [0],
+            }
+        )
+    )
+    assert main(["experiments", "report", str(tmp_path)]) == 2
+    assert "at least 3 seeds" in capsys.readouterr().err
