@@ -104,18 +104,17 @@ def client_from(args: argparse.Namespace) -> ApiClient | None:
     return ApiClient(url, settings.api_key)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings()
-    if args.database_url:
-        settings = settings.model_copy(update={"database_url": args.database_url})
-    return settings
+def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """The environment's settings with --database-url and the given flags applied."""
+    update = {"database_url": args.database_url} | overrides
+    return Settings().model_copy(update={k: v for k, v in update.items() if v is not None})
 
 
 def store_from(args: argparse.Namespace, migrate: bool = False) -> Store:
     from capacity_service.store.migrate import upgrade
     from capacity_service.store.queries import Store
 
-    settings = _settings(args)
+    settings = settings_from(args)
     if migrate:
         upgrade(settings.database_url)
     return Store(settings.database_url)
@@ -124,7 +123,7 @@ def store_from(args: argparse.Namespace, migrate: bool = False) -> Store:
 def run_db_upgrade(args: argparse.Namespace) -> int:
     from capacity_service.store.migrate import upgrade
 
-    upgrade(_settings(args).database_url)
+    upgrade(settings_from(args).database_url)
     print("schema at head")
     return 0
 
@@ -137,7 +136,7 @@ def run_worker(args: argparse.Namespace) -> int:
         device = str(resolve_device(args.device))
     except DeviceUnavailableError as error:
         fail(f"--device: {error}")
-    settings = _settings(args)
+    settings = settings_from(args)
     store = store_from(args, migrate=True)
     worker = Worker(store, settings, device=device, worker_id=args.worker_id)
     worker.install_signal_handlers()
@@ -181,7 +180,7 @@ def _submit_to_database(args: argparse.Namespace, document: dict[str, Any]) -> d
             spec.model.kind,
             priority=args.priority,
             idempotency_key=args.idempotency_key,
-            max_attempts=_settings(args).max_attempts,
+            max_attempts=settings_from(args).max_attempts,
         )
     finally:
         store.close()

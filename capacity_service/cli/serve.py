@@ -10,14 +10,14 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from capacity_service.cli.common import fail, print_table
-from capacity_service.settings import Settings
+from capacity_service.cli.jobs import add_source_arguments, settings_from, store_from
 
 
 def add_parsers(subparsers: Any) -> None:
     serve = subparsers.add_parser("serve", help="run the REST API (uvicorn)")
     serve.add_argument("--host", help="address to bind (default CAPACITY_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default CAPACITY_PORT or 8000)")
-    _database_argument(serve)
+    add_source_arguments(serve)
     serve.add_argument(
         "--migrate", action=argparse.BooleanOptionalAction, default=None,
         help="run the migrations first (default: on for SQLite, the embedded default; "
@@ -33,27 +33,16 @@ def add_parsers(subparsers: Any) -> None:
     actions = keys.add_subparsers(title="keys commands", metavar="ACTION", required=True)
     create = actions.add_parser("create", help="create a key; it is printed once, last line")
     create.add_argument("--name", required=True, help="who or what uses the key, e.g. ci")
-    _database_argument(create)
+    add_source_arguments(create)
     create.set_defaults(handler=run_keys_create)
     revoke = actions.add_parser("revoke", help="revoke every active key of this name")
     revoke.add_argument("name")
-    _database_argument(revoke)
+    add_source_arguments(revoke)
     revoke.set_defaults(handler=run_keys_revoke)
     listing = actions.add_parser("list", help="keys by name (never the keys themselves)")
-    _database_argument(listing)
+    add_source_arguments(listing)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=run_keys_list)
-
-
-def _database_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--database-url", help="SQLAlchemy URL (default CAPACITY_DATABASE_URL or SQLite)"
-    )
-
-
-def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
-    update = {"database_url": args.database_url} | overrides
-    return Settings().model_copy(update={k: v for k, v in update.items() if v is not None})
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -62,7 +51,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from capacity_service.api import create_app
     from capacity_service.store.migrate import upgrade
 
-    settings = _settings(args, host=args.host, port=args.port)
+    settings = settings_from(args, host=args.host, port=args.port)
     migrate = args.migrate
     if migrate is None:
         migrate = make_url(settings.database_url).get_backend_name() == "sqlite"
@@ -82,20 +71,11 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store(args: argparse.Namespace) -> Any:
-    from capacity_service.store.migrate import upgrade
-    from capacity_service.store.queries import Store
-
-    url = _settings(args).database_url
-    upgrade(url)
-    return Store(url)
-
-
 def run_keys_create(args: argparse.Namespace) -> int:
     name = args.name.strip()
     if not name or len(name) > 200:
         fail("--name: give a name of 1 to 200 characters, e.g. --name ci")
-    store = _store(args)
+    store = store_from(args, migrate=True)
     try:
         key, secret = store.create_api_key(name)
     finally:
@@ -106,7 +86,7 @@ def run_keys_create(args: argparse.Namespace) -> int:
 
 
 def run_keys_revoke(args: argparse.Namespace) -> int:
-    store = _store(args)
+    store = store_from(args, migrate=True)
     try:
         revoked = store.revoke_api_keys(args.name)
     finally:
@@ -119,7 +99,7 @@ def run_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def run_keys_list(args: argparse.Namespace) -> int:
-    store = _store(args)
+    store = store_from(args, migrate=True)
     try:
         keys = store.api_keys()
     finally:
