@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from capacity_service import __version__
+from capacity_service.regress import Runner
 from capacity_service.specs import validate_job_spec
 
 METRIC_OF_FIGURE = {
@@ -88,9 +89,6 @@ def result_path(folder: Path, name: str, seed: int) -> Path:
 def load_result(folder: Path, name: str, seed: int) -> dict[str, Any] | None:
     path = result_path(folder, name, seed)
     return json.loads(path.read_text()) if path.exists() else None
-
-
-Runner = Callable[[str, dict[str, Any]], dict[str, Any]]  # (kind, spec) -> result document
 
 
 @dataclass

@@ -57,7 +57,7 @@ def _experiments(folder: str) -> list[Experiment]:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from capacity_service.cli.regress import api_runner, local_runner
+    from capacity_service.cli.runners import api_runner, local_runner
 
     chosen = [e for e in _experiments(args.folder) if args.only == "all" or e.size == args.only]
     if args.name:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from capacity_service import __version__
 from capacity_service.cli.common import describe_validation_error, fail, load_json_file
+from capacity_service.cli.runners import api_runner, local_runner
 from capacity_service.regress import (
     Baseline,
     Suite,
@@ -62,39 +63,6 @@ def _load(path: str, model: type[Suite] | type[Baseline], what: str) -> Any:
         return model.model_validate(document)
     except ValidationError as error:
         fail(f"{path}: invalid {what}:\n{describe_validation_error(error)}")
-
-
-def local_runner(device: str) -> Any:
-    from capacity_service.science.search import search_capacity
-    from capacity_service.science.sweep import sweep
-    from capacity_service.specs import CapacitySpec, SweepSpec
-
-    def run(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-        spec = spec | {"device": device}
-        if kind == "capacity":
-            return search_capacity(CapacitySpec.model_validate(spec)).model_dump(mode="json")
-        return sweep(SweepSpec.model_validate(spec)).model_dump(mode="json")
-
-    return run
-
-
-def api_runner(url: str) -> Any:
-    from capacity_service.client import ApiClient, ApiError
-    from capacity_service.settings import Settings
-
-    client = ApiClient(url, Settings().api_key)
-
-    def run(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-        job = client.submit(kind, spec)
-        while job["state"] in ("queued", "running"):
-            time.sleep(1.0)
-            job = client.job(job["id"])
-        result = client.result(job["id"]) if job["state"] == "succeeded" else None
-        if result is None:
-            raise ApiError(1, f"job {job['id']} {job['state']}: {job.get('error')}")
-        return result
-
-    return run
 
 
 def run_regress(args: argparse.Namespace) -> int:
