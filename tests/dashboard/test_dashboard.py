@@ -190,3 +190,51 @@ def test_plotly_is_served_by_the_app(served: str) -> None:
     script = httpx.get(f"{served}/dashboard/static/plotly.min.js")
     assert script.status_code == 200 and len(script.content) > 1_000_000
     assert shutil.which("chromium") or Path(CHROMIUM).exists()
+
+
+def test_running_jobs_refresh_live(browser_context: Any, tmp_path: Path) -> None:
+    from capacity_service.store.queries import JobState, ResultSummary, Store
+
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    upgrade(url)
+    store = Store(url)
+    job = store.submit("capacity", {"model": {"kind": "fcdnn", "width": 8}}, "fcdnn")
+    process, base = start_server(url, tmp_path / "log")
+    try:
+        page = Page(browser_context, base)
+        page.open()
+        state = page.page.locator("#jobs-table tbody tr td").nth(3)
+        assert state.inner_text() == "queued"
+        store.claim("w", 60)
+        store.set_progress(job.id, "w", {"stage": "bayes", "trials_done": 7, "best_bits": 12.5})
+        page.page.wait_for_function(
+            "() => document.querySelector('#jobs-table tbody tr').innerText.includes('7 trials')",
+            timeout=10_000,
+        )
+        document = {
+            "params": 90,
+            "capacity_bits": 12.5,
+            "bits_per_param": 0.14,
+            "best": {"n": 20},
+            "curve": [{"n": 20, "accuracy": 0.9, "mutual_information_bits": 12.5}],
+        }
+        store.finish(
+            job.id,
+            "w",
+            JobState.SUCCEEDED,
+            result=ResultSummary(
+                document=document,
+                params=90,
+                capacity_bits=12.5,
+                bits_per_param=0.14,
+                code_version="test",
+            ),
+        )
+        page.page.wait_for_function(
+            "() => document.querySelector('#jobs-table tbody tr').innerText.includes('succeeded')",
+            timeout=10_000,
+        )
+        assert page.errors == []
+    finally:
+        stop(process)
+        store.close()
