@@ -220,13 +220,15 @@ def report_markdown(rows: list[Row], figures: dict[str, str]) -> str:
         "spread their standard deviation; a measured capacity is a lower bound.",
         "",
     ]
+    shown: set[str] = set()  # one image may serve several tables: show it once
     for figure, (title, unit) in TITLES.items():
         own = [row for row in rows if row.experiment.figure == figure]
         if not own:
             continue
         lines += [f"## {title}", ""]
-        if figure in figures:
+        if figure in figures and figures[figure] not in shown:
             lines += [f"![{title}]({figures[figure]})", ""]
+            shown.add(figures[figure])
         lines += [
             f"| experiment | ours ({unit}) | spread | thesis | difference | seeds | "
             "device | wall time | trials | code |",
