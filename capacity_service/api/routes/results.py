@@ -3,9 +3,10 @@ comparisons (filter by model kind and parameter count)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from capacity_service.api.auth import READER
 from capacity_service.api.deps import store_of
@@ -24,19 +25,41 @@ router = APIRouter(prefix="/v1", tags=["results"])
 Params = Annotated[int | None, Query(ge=0, le=LARGEST_ID)]
 
 
-def _results(
-    request: Request, kind: str, model_kind: str | None, min_params: int | None,
-    max_params: int | None, cursor: int | None, limit: int,
-) -> tuple[list[StoredResult], int | None]:  # fmt: skip
+@dataclass(frozen=True)
+class ResultQuery:
+    """The filters and page of both result lists."""
+
+    model_kind: str | None
+    min_params: int | None
+    max_params: int | None
+    cursor: int | None
+    limit: int
+
+    def run(self, request: Request, kind: str) -> tuple[list[StoredResult], int | None]:
+        """The page of stored results of `kind`, and the cursor of the next page."""
+        found = store_of(request).results(
+            kind, model_kind=self.model_kind, min_params=self.min_params,
+            max_params=self.max_params, after_job_id=self.cursor, limit=self.limit,
+        )  # fmt: skip
+        return found, found[-1].job_id if len(found) == self.limit else None
+
+
+def result_query(
+    model_kind: ModelKindName | None = None,
+    min_params: Params = None,
+    max_params: Params = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> ResultQuery:
     if min_params is not None and max_params is not None and min_params > max_params:
         problem = FieldProblem(field="min_params", message=f"{min_params} is above max_params "
                                f"{max_params}; give min_params <= max_params")  # fmt: skip
         raise ProblemError(422, "Invalid request", f"{problem.field}: {problem.message}",
                            type=INVALID_REQUEST, errors=[problem])  # fmt: skip
-    found = store_of(request).results(kind, model_kind=model_kind, min_params=min_params,
-                                      max_params=max_params, after_job_id=cursor,
-                                      limit=limit)  # fmt: skip
-    return found, found[-1].job_id if len(found) == limit else None
+    return ResultQuery(model_kind, min_params, max_params, cursor, limit)
+
+
+ResultFilters = Annotated[ResultQuery, Depends(result_query)]
 
 
 @router.get(
@@ -47,16 +70,8 @@ def _results(
     dependencies=READER,
     responses=documented(401, 403, 422),
 )
-def curves(
-    request: Request,
-    model_kind: ModelKindName | None = None,
-    min_params: Params = None,
-    max_params: Params = None,
-    cursor: Cursor = None,
-    limit: Limit = 100,
-) -> dict[str, Any]:
-    found, next_cursor = _results(request, "capacity", model_kind, min_params, max_params,
-                                  cursor, limit)  # fmt: skip
+def curves(request: Request, query: ResultFilters) -> dict[str, Any]:
+    found, next_cursor = query.run(request, "capacity")
     items = [stored.curve_item() for stored in found]
     return {"items": items, "next_cursor": next_cursor}
 
@@ -69,15 +84,7 @@ def curves(
     dependencies=READER,
     responses=documented(401, 403, 422),
 )
-def sweeps(
-    request: Request,
-    model_kind: ModelKindName | None = None,
-    min_params: Params = None,
-    max_params: Params = None,
-    cursor: Cursor = None,
-    limit: Limit = 100,
-) -> dict[str, Any]:
-    found, next_cursor = _results(request, "quant_sweep", model_kind, min_params, max_params,
-                                  cursor, limit)  # fmt: skip
+def sweeps(request: Request, query: ResultFilters) -> dict[str, Any]:
+    found, next_cursor = query.run(request, "quant_sweep")
     items = [stored.sweep_item() for stored in found]
     return {"items": items, "next_cursor": next_cursor}
