@@ -98,6 +98,9 @@ class RunReport:
     waiting: list[str]  # a sweep whose capacity result is not there yet
 
 
+BEST_TRAINING = ("lr", "momentum", "lr_decay", "batch_size")
+
+
 def run_experiments(
     folder: Path,
     experiments: Iterable[Experiment],
@@ -121,7 +124,10 @@ def run_experiments(
                 if source is None:
                     report.waiting.append(label)
                     continue
-                spec["capacity_n"] = int(source["result"]["best"]["n"])
+                best = source["result"]["best"]
+                spec["capacity_n"] = int(best["n"])
+                # The network is trained as the capacity search trained its best trial.
+                spec["train"] = {key: best[key] for key in BEST_TRAINING} | spec.get("train", {})
             if on_start is not None:
                 on_start(label)
             started = time.perf_counter()
@@ -135,6 +141,7 @@ def run_experiments(
                 "trials": len(result.get("trials", [])) or _sweep_trainings(result),
                 "code_version": __version__,
                 "finished_at": datetime.now(UTC).isoformat(),
+                "spec": spec,  # as run: with the seed and, for a sweep, its N and training
                 "result": result,
             }
             path = result_path(folder, experiment.name, seed)

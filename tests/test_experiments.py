@@ -106,12 +106,23 @@ def test_the_runner_stores_results_and_skips_finished_ones(
     assert record["seed"] == 1 and record["trials"] == 4 and record["device"] == "cpu"
     sweep = json.loads((ran / "results" / "tiny-half.seed0.json").read_text())
     capacity = json.loads((ran / "results" / "tiny.seed0.json").read_text())
-    assert sweep["result"]["curves"][0]["n"] == capacity["result"]["best"]["n"] // 2
+    best = capacity["result"]["best"]
+    assert sweep["result"]["curves"][0]["n"] == best["n"] // 2
+    # trained as the capacity's best trial was, with the experiment's own epochs
+    train = sweep["spec"]["train"]
+    assert train["lr"] == best["lr"] and train["batch_size"] == best["batch_size"]
+    assert train["epochs"] == 20
     before = {p.name: p.stat().st_mtime_ns for p in (ran / "results").iterdir()}
     capsys.readouterr()
     assert main(["experiments", "run", str(ran), "--device", "cpu"]) == 0
     assert "ran 0, skipped 4" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in (ran / "results").iterdir()} == before
+
+
+def test_seed_filter_runs_only_those_seeds(tmp_path: Path) -> None:
+    folder = tiny_folder(tmp_path / "thesis")
+    assert main(["experiments", "run", str(folder), "--device", "cpu", "--seed", "1"]) == 0
+    assert sorted(p.name for p in (folder / "results").glob("*.json")) == ["tiny.seed1.json"]
 
 
 def test_the_report_builds_from_stored_results(ran: Path, tmp_path: Path) -> None:

@@ -35,6 +35,12 @@ def add_parser(subparsers: Any) -> None:
         help="which sizes to run (default cpu)",
     )
     run.add_argument("--name", action="append", help="run only these experiments")
+    run.add_argument(
+        "--seed",
+        type=int,
+        action="append",
+        help="run only these seeds (e.g. seed 0 of everything first, the spread later)",
+    )
     run.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     run.add_argument("--api", metavar="URL", help="submit through the REST API at URL")
     run.set_defaults(handler=run_run)
@@ -65,6 +71,12 @@ def run_run(args: argparse.Namespace) -> int:
         if unknown:
             fail(f"--name: no {args.only} experiment named {', '.join(sorted(unknown))}")
         chosen = [e for e in chosen if e.name in args.name]
+    if args.seed:
+        chosen = [
+            e.model_copy(update={"seeds": [s for s in e.seeds if s in args.seed]})
+            for e in chosen
+            if set(e.seeds) & set(args.seed)
+        ]
     runner = api_runner(args.api) if args.api else local_runner(args.device)
     report = run_experiments(
         Path(args.folder),

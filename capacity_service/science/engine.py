@@ -63,10 +63,10 @@ def train_trials(
 ) -> EngineRun:
     """Train every trial of `configs` on the first N of `pool`; batched where possible.
 
-    At the `deadline` (a time.perf_counter() value) batched trials end early with the best
+    At the `deadline` (a time.perf_counter() value) trials end early with the best
     accuracy they reached, as if their epoch budget had run out. `should_stop` is asked at
-    each epoch's end (batched) or between trials (sequential); trials it leaves unfinished
-    are None in the result.
+    each epoch's end (batched) or between trials (sequential); trials it or the deadline
+    leaves unfinished are None in the result.
     `on_outcome` hears of each trial the moment it finishes (so it can be stored at once).
     """
     for config in configs:
@@ -80,16 +80,20 @@ def train_trials(
     for index, config in enumerate(configs):
         if should_stop is not None and should_stop():
             break
-        done[index] = outcome = _train_sequential(model, pool, config)
+        if index and deadline is not None and time.perf_counter() > deadline:
+            break  # the first trial always runs, so a search has at least one
+        done[index] = outcome = _train_sequential(model, pool, config, deadline)
         if on_outcome is not None:
             on_outcome(index, outcome)
     return EngineRun(outcomes=tuple(done), engine="sequential")
 
 
-def _train_sequential(model: ModelSpecT, pool: Dataset, config: TrialConfig) -> TrainOutcome:
+def _train_sequential(
+    model: ModelSpecT, pool: Dataset, config: TrialConfig, deadline: float | None
+) -> TrainOutcome:
     data = Dataset(x=pool.x[: config.n], y=pool.y[: config.n])
     network = build_model(model, config.init_seed, pool.x.device)
-    return train_memorization(network, data, config.train, config.shuffle_seed)
+    return train_memorization(network, data, config.train, config.shuffle_seed, deadline=deadline)
 
 
 class StackedFCDNN:

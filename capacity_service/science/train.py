@@ -62,8 +62,11 @@ def train_memorization(
     train: TrainSpec,
     seed: int,
     on_epoch: ProgressCallback | None = None,
+    deadline: float | None = None,
 ) -> TrainOutcome:
     """Train until every sample is memorized, the plateaus run out, or the epochs do.
+    At the `deadline` (a time.perf_counter() value) training ends after the current epoch
+    with the best accuracy reached, as if the epoch budget had run out.
 
     The model keeps the weights with the best accuracy seen (the starting ones included).
     A plateau is `patience` epochs without a better accuracy; each one multiplies the
@@ -103,6 +106,8 @@ def train_memorization(
                 )
             )
         if current == 1.0:
+            break
+        if deadline is not None and time.perf_counter() > deadline:
             break
         if since_best >= train.patience:
             if decays >= train.max_decays:

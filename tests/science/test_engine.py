@@ -82,3 +82,14 @@ def test_a_stop_abandons_unfinished_trials_instead_of_reporting_them() -> None:
                        on_outcome=lambda position, _outcome: heard.append(position))  # fmt: skip
     assert heard == [0]
     assert run.outcomes[0] is not None and run.outcomes[1] is None
+
+
+def test_sequential_trials_end_at_the_deadline_with_what_they_reached() -> None:
+    spec = RNNSpec(kind="gru", hidden=4, n_in=5, steps=2)
+    pool = make_dataset(spec, 30, seed=0)
+    slow = _config(30, 1e-6, 0.0, 8, 1, epochs=1000, patience=1000)
+    # A deadline already past: the first trial stops after one epoch, the second never starts.
+    run = train_trials(spec, pool, [slow, slow], deadline=0.0)
+    first = run.outcomes[0]
+    assert first is not None and first.epochs == 1 and not first.diverged
+    assert run.outcomes[1] is None

@@ -97,3 +97,14 @@ def test_rnn_and_cnn_train_and_report() -> None:
     )
     assert cnn.conv_bits_per_param is not None
     assert 0.0 <= cnn.accuracy <= 1.0
+
+
+def test_training_ends_at_the_deadline_keeping_the_best_weights() -> None:
+    spec = FCDNNSpec(width=4)
+    data = make_dataset(spec, 16, seed=0)
+    model = build_model(spec, seed=0)
+    outcome = train_memorization(
+        model, data, TrainSpec(lr=0.05, epochs=500, patience=500), seed=0, deadline=0.0
+    )
+    assert outcome.epochs == 1
+    assert outcome.accuracy == accuracy(model, data)
