@@ -25,6 +25,9 @@ from capacity_service import __version__
 from capacity_service.regress import Runner
 from capacity_service.specs import validate_job_spec
 
+TARGETS_FILE = "targets.json"  # beside the experiments: see capacity_service.targets
+DISCUSSION_FILE = "discussion.md"  # hand-written; the report ends with it
+
 METRIC_OF_FIGURE = {
     "fcdnn": "bits_per_param",
     "cnn": "conv_bits_per_param",
@@ -66,6 +69,8 @@ def load_experiments(folder: Path) -> list[Experiment]:
     """Every experiment of `folder` (files sorted by name; a file holds one or a list)."""
     experiments: list[Experiment] = []
     for path in sorted(folder.glob("*.json")):
+        if path.name == TARGETS_FILE:
+            continue
         document = json.loads(path.read_text())
         for item in document if isinstance(document, list) else [document]:
             experiments.append(Experiment.model_validate(item))
@@ -176,6 +181,7 @@ class Row:
     wall_seconds: float
     trials: int
     code_version: str
+    results: list[dict[str, Any]]  # the stored results, one per seed run
 
     @property
     def thesis(self) -> float | None:
@@ -204,6 +210,7 @@ def collect(folder: Path, experiments: list[Experiment]) -> list[Row]:
                 sum(r["wall_seconds"] for r in records),
                 sum(r["trials"] for r in records),
                 ", ".join(sorted({r["code_version"] for r in records})) or "-",
+                [r["result"] for r in records],
             )
         )
     return rows
@@ -217,8 +224,14 @@ TITLES = {
 }
 
 
-def report_markdown(rows: list[Row], figures: dict[str, str]) -> str:
-    """docs/results.md: a table per thesis figure, then what was not run and why."""
+def report_markdown(
+    rows: list[Row],
+    figures: dict[str, str],
+    targets: list[str] | None = None,
+    discussion: str = "",
+) -> str:
+    """docs/results.md: the targets table, a table per thesis figure, what was not run,
+    then the folder's hand-written discussion."""
     lines = [
         "# Reproducing the thesis's capacity and quantization results",
         "",
@@ -227,6 +240,8 @@ def report_markdown(rows: list[Row], figures: dict[str, str]) -> str:
         "spread their standard deviation; a measured capacity is a lower bound.",
         "",
     ]
+    if targets:
+        lines += ["## Targets", "", *targets, ""]
     shown: set[str] = set()  # one image may serve several tables: show it once
     for figure, (title, unit) in TITLES.items():
         own = [row for row in rows if row.experiment.figure == figure]
@@ -257,13 +272,15 @@ def report_markdown(rows: list[Row], figures: dict[str, str]) -> str:
             why = (
                 "GPU-sized: runnable with `--only gpu`, too slow for this CPU"
                 if row.experiment.size == "gpu"
-                else "not finished yet"
+                else "not run yet"
             )
             lines.append(
                 f"- {row.experiment.name}: {row.seeds_done}/"
                 f"{len(row.experiment.seeds)} seeds; {why}"
             )
         lines.append("")
+    if discussion:
+        lines += [discussion.strip(), ""]
     return "\n".join(lines)
 
 

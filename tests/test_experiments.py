@@ -12,6 +12,7 @@ from pydantic import TypeAdapter
 from capacity_service.cli import main
 from capacity_service.experiments import load_experiments
 from capacity_service.specs import ModelSpec, parameter_total
+from capacity_service.targets import load_targets
 
 SUITE = Path(__file__).resolve().parents[1] / "experiments" / "thesis"
 
@@ -34,6 +35,11 @@ def test_the_thesis_suite_validates_and_covers_the_issue() -> None:
     assert {e.spec["regime"] for e in sweeps} == {"full", "half"}
     assert all(e.spec["bits"] == [8, 6, 5, 4, 3, 2, 1] for e in sweeps)
     assert all(len(e.seeds) >= 3 for e in experiments.values() if e.kind == "capacity")
+    targets = load_targets(SUITE, set(experiments))  # every target of the issue
+    assert {t.rule for t in targets} == {
+        "each_at_least", "mean_at_least", "within_of_thesis", "memorizes_at_bits"
+    }  # fmt: skip
+    assert [t.value for t in targets if t.experiments == ["lstm-32"]] == [3.5]
 
 
 def tiny_folder(folder: Path) -> Path:
@@ -80,8 +86,20 @@ def tiny_folder(folder: Path) -> Path:
             "seeds": [0, 1, 2],
         },
     ]
+    targets = [
+        {"thesis": "t1", "target": "at least 0", "experiments": ["tiny"],
+         "rule": "each_at_least", "value": 0},
+        {"thesis": "t2", "target": "average 100", "experiments": ["tiny"],
+         "rule": "mean_at_least", "value": 100},
+        {"thesis": "t3", "target": "all at 8 bits", "experiments": ["tiny-half"],
+         "rule": "memorizes_at_bits", "value": 8},
+        {"thesis": "t4", "target": "big too", "experiments": ["tiny", "big"],
+         "rule": "each_at_least", "value": 0},
+    ]  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "suite.json").write_text(json.dumps(experiments))
+    (folder / "targets.json").write_text(json.dumps(targets))
+    (folder / "discussion.md").write_text("## Discussion\n\nWritten by hand.\n")
     return folder
 
 
@@ -135,6 +153,29 @@ def test_the_report_builds_from_stored_results(ran: Path, tmp_path: Path) -> Non
     assert "3/3" in text and "big: 0/3 seeds; GPU-sized" in text
     assert (tmp_path / "docs" / "results-capacity.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "docs" / "results-quantization.png").exists()
+    # the targets, judged from the stored results
+    assert f"| t1 | at least 0 | tiny {mean:.2f} | met |" in text
+    assert (
+        f"| t2 | average 100 | mean {mean:.2f} (tiny {mean:.2f}) | missed by {100 - mean:.2f} |"
+        in text
+    )
+    sweep = json.loads((ran / "results" / "tiny-half.seed0.json").read_text())
+    eight = next(p for p in sweep["result"]["curves"][0]["points"] if p["bits"] == 8)
+    verdict = "met" if eight["accuracy_retrained"] == 1.0 else "missed"
+    t3 = next(line for line in text.splitlines() if line.startswith("| t3 |"))
+    assert f"{eight['accuracy_retrained']:.2%} (1 runs) | {verdict}" in t3
+    assert "| t4 | big too | tiny" in text and "(not every experiment has run) |" in text
+    assert text.rstrip().endswith("## Discussion\n\nWritten by hand.")
+
+
+def test_a_target_naming_an_unknown_experiment_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tiny_folder(tmp_path / "thesis")
+    target = {"thesis": "t", "target": "t", "experiments": ["nope"], "rule": "each_at_least"}
+    (folder / "targets.json").write_text(json.dumps([target | {"value": 1}]))
+    assert main(["experiments", "report", str(folder), "--out", str(tmp_path / "r.md")]) == 2
+    assert "no experiment named nope" in capsys.readouterr().err
 
 
 def test_bad_experiment_folders_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

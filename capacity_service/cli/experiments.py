@@ -12,6 +12,8 @@ from pydantic import ValidationError
 
 from capacity_service.cli.common import describe_validation_error, fail
 from capacity_service.experiments import (
+    DISCUSSION_FILE,
+    TARGETS_FILE,
     Experiment,
     collect,
     load_experiments,
@@ -98,6 +100,7 @@ def run_run(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     from capacity_service import plots
+    from capacity_service.targets import load_targets, targets_markdown
 
     folder = Path(args.folder)
     experiments = _experiments(args.folder)
@@ -133,6 +136,14 @@ def run_report(args: argparse.Namespace) -> int:
         name = out.with_name(f"{out.stem}-quantization.png")
         plots.save(plots.quantization_curves(sweeps), name)
         figures["quantization"] = name.name
-    out.write_text(report_markdown(collect(folder, experiments), figures))
+    rows = collect(folder, experiments)
+    try:
+        targets = load_targets(folder, {e.name for e in experiments})
+        table = targets_markdown(targets, rows) if targets else None
+    except (ValidationError, ValueError) as error:
+        fail(f"{folder / TARGETS_FILE}: {error}")
+    discussion = folder / DISCUSSION_FILE
+    text = discussion.read_text() if discussion.exists() else ""
+    out.write_text(report_markdown(rows, figures, table, text))
     print(f"wrote {out}" + "".join(f", {f}" for f in sorted(set(figures.values()))))
     return 0
