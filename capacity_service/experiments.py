@@ -27,6 +27,7 @@ from capacity_service.specs import validate_job_spec
 
 TARGETS_FILE = "targets.json"  # beside the experiments: see capacity_service.targets
 DISCUSSION_FILE = "discussion.md"  # hand-written; the report ends with it
+FOLLOWUPS_FOLDER = "followups"  # single measurements and sweeps (`--json` output)
 
 METRIC_OF_FIGURE = {
     "fcdnn": "bits_per_param",
@@ -229,9 +230,11 @@ def report_markdown(
     figures: dict[str, str],
     targets: list[str] | None = None,
     discussion: str = "",
+    followups: list[str] | None = None,
+    folder_hint: str = "experiments/thesis",
 ) -> str:
     """docs/results.md: the targets table, a table per thesis figure, what was not run,
-    then the folder's hand-written discussion."""
+    the follow-up measurements, then the folder's hand-written discussion."""
     lines = [
         "# Reproducing the thesis's capacity and quantization results",
         "",
@@ -279,9 +282,64 @@ def report_markdown(
                 f"{len(row.experiment.seeds)} seeds; {why}"
             )
         lines.append("")
+    if followups:
+        lines += [
+            "## Follow-up measurements",
+            "",
+            f"Single points by `{folder_hint}/followups.sh`, stored in "
+            f"`{folder_hint}/{FOLLOWUPS_FOLDER}/` (seed 0, CPU).",
+            "",
+            *followups,
+        ]
     if discussion:
         lines += [discussion.strip(), ""]
     return "\n".join(lines)
+
+
+def followups_markdown(folder: Path) -> list[str]:
+    """Tables of the folder's follow-up measurements (`capacity measure --json`) and
+    sweeps (`capacity sweep --json`), one row per file, named by the file."""
+    measures, sweeps = [], []
+    for path in sorted((folder / FOLLOWUPS_FOLDER).glob("*.json")):
+        result = json.loads(path.read_text())
+        if "curves" in result:
+            for curve in result["curves"]:
+                retrained = ", ".join(
+                    f"{p['bits']}: {p['accuracy_retrained']:.2%}" for p in curve["points"]
+                )
+                boundary = curve["precision_boundary"]
+                sweeps.append(
+                    f"| {path.stem} | {curve['n']} | {curve['float_accuracy']:.2%} "
+                    f"| {'-' if boundary is None else boundary} | {retrained} "
+                    f"| {result['wall_seconds'] / 60:.1f} min |"
+                )
+        else:
+            train = result["train"]
+            conv = result.get("conv_bits_per_param")
+            measures.append(
+                f"| {path.stem} | {result['n']} | {train['lr']:g} | {train['batch_size']} "
+                f"| {result['epochs']}/{train['epochs']} | {result['accuracy']:.2%} "
+                f"| {result['mutual_information_bits']:.0f} | {result['bits_per_param']:.2f} "
+                f"| {_num(conv)} | {result['wall_seconds'] / 60:.1f} min |"
+            )
+    lines = []
+    if measures:
+        lines += [
+            "| follow-up | N | lr | batch | epochs | accuracy | I (bits) | bits/param "
+            "| conv bits/param | wall time |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            *measures,
+            "",
+        ]
+    if sweeps:
+        lines += [
+            "| follow-up sweep | N | float accuracy | boundary (bits) "
+            "| accuracy after retraining, by bits | wall time |",
+            "| --- | --- | --- | --- | --- | --- |",
+            *sweeps,
+            "",
+        ]
+    return lines
 
 
 def _num(value: float | None) -> str:

@@ -11,7 +11,9 @@ from pydantic import TypeAdapter
 
 from capacity_service.cli import main
 from capacity_service.experiments import load_experiments
-from capacity_service.specs import ModelSpec, parameter_total
+from capacity_service.science.measure import measure
+from capacity_service.science.sweep import sweep as run_sweep
+from capacity_service.specs import MeasureSpec, ModelSpec, SweepSpec, parameter_total
 from capacity_service.targets import load_targets
 
 SUITE = Path(__file__).resolve().parents[1] / "experiments" / "thesis"
@@ -44,8 +46,11 @@ def test_the_thesis_suite_validates_and_covers_the_issue() -> None:
     assert [t.value for t in targets if t.experiments == ["lstm-32"]] == [3.5]
 
 
+TINY = {"kind": "fcdnn", "width": 6, "n_in": 10}
+
+
 def tiny_folder(folder: Path) -> Path:
-    model = {"kind": "fcdnn", "width": 6, "n_in": 10}
+    model = TINY
     search = {
         "budget_trials": 4,
         "budget_seconds": 3600,
@@ -146,6 +151,12 @@ def test_seed_filter_runs_only_those_seeds(tmp_path: Path) -> None:
 
 
 def test_the_report_builds_from_stored_results(ran: Path, tmp_path: Path) -> None:
+    followups = ran / "followups"
+    followups.mkdir()
+    point = measure(MeasureSpec.model_validate({"model": TINY, "n": 40, "train": {"epochs": 5}}))
+    (followups / "tiny-n40.json").write_text(point.model_dump_json())
+    curve = run_sweep(SweepSpec.model_validate({"model": TINY, "n": 40, "bits": [8, 4]}))
+    (followups / "tiny-sweep.json").write_text(curve.model_dump_json())
     out = tmp_path / "docs" / "results.md"
     assert main(["experiments", "report", str(ran), "--out", str(out)]) == 0
     text = out.read_text()
@@ -168,6 +179,10 @@ def test_the_report_builds_from_stored_results(ran: Path, tmp_path: Path) -> Non
     assert f"{eight['accuracy_retrained']:.2%} (1 runs) | {verdict}" in t3
     assert "| t4 | big too | tiny" in text and "(not every experiment has run) |" in text
     assert text.rstrip().endswith("## Discussion\n\nWritten by hand.")
+    # the follow-ups, one row per file, from what each file holds
+    assert f"| tiny-n40 | 40 | 0.02 | 32 | {point.epochs}/5 | {point.accuracy:.2%} |" in text
+    retrained = [p.accuracy_retrained for p in curve.curves[0].points]
+    assert f"| 8: {retrained[0]:.2%}, 4: {retrained[1]:.2%} |" in text
 
 
 def test_a_target_naming_an_unknown_experiment_exits_2(

@@ -16,6 +16,7 @@ from capacity_service.experiments import (
     TARGETS_FILE,
     Experiment,
     collect,
+    followups_markdown,
     load_experiments,
     load_result,
     report_markdown,
@@ -144,6 +145,8 @@ def run_report(args: argparse.Namespace) -> int:
         fail(f"{folder / TARGETS_FILE}: {error}")
     discussion = folder / DISCUSSION_FILE
     text = discussion.read_text() if discussion.exists() else ""
-    out.write_text(report_markdown(rows, figures, table, text))
+    out.write_text(
+        report_markdown(rows, figures, table, text, followups_markdown(folder), args.folder)
+    )
     print(f"wrote {out}" + "".join(f", {f}" for f in sorted(set(figures.values()))))
     return 0

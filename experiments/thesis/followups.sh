@@ -1,0 +1,36 @@
+#!/bin/bash
+# Follow-up measurements behind docs/results.md's discussion: where a search result falls
+# short of the thesis, one point trained longer or at another learning rate says whether
+# the model or the search budget is the limit. Each writes followups/NAME.json once
+# (delete the file to measure again). Run from the repository root:
+#   OMP_NUM_THREADS=1 bash experiments/thesis/followups.sh
+set -euo pipefail
+out=experiments/thesis/followups
+capacity=${CAPACITY:-.venv/bin/capacity}
+mkdir -p "$out"
+
+run() {  # NAME COMMAND... : run the command once, keep its JSON
+  local name=$1; shift
+  [ -e "$out/$name.json" ] && return 0
+  echo "follow-up $name" >&2
+  "$capacity" "$@" --device cpu --seed 0 --json --quiet > "$out/$name.tmp"
+  mv "$out/$name.tmp" "$out/$name.json"
+}
+
+# FCDNN: the searches' best trials, trained for the full 1500 epochs at a larger N, at
+# the search's rate and at the lower rate SCIENCE.md reports for the 64x2.
+fcdnn=(measure --model fcdnn --batch-size 128 --epochs 1500)
+run fcdnn-32x2-n5300-lr0.05 "${fcdnn[@]}" --width 32 --depth 2 --n 5300 --lr 0.05
+run fcdnn-32x2-n5300-lr0.006 "${fcdnn[@]}" --width 32 --depth 2 --n 5300 --lr 0.006
+run fcdnn-64x2-n28000-lr0.006 "${fcdnn[@]}" --width 64 --depth 2 --n 28000 --lr 0.006
+# CNN 3x3: N for 3.0 conv bits/param (3.0 * 336 + 2.3 * 130 = 1,307 bits), 1500 epochs.
+run cnn-3x3-n1400 measure --model cnn --kernel 3 --conv-layers 3 --channels 4 --input-size 32 \
+  --n 1400 --lr 0.015 --batch-size 64 --epochs 1500
+# LSTM-32 at the thesis's N = 32K, at the rate the learning-rate probe found.
+run lstm-32-n32000 measure --model lstm --hidden 32 --n-in 32 --steps 5 \
+  --n 32000 --lr 0.2 --batch-size 128 --epochs 600
+# FCDNN 64x2 at full capacity (seed 0's N and training): retraining 200 epochs per
+# precision instead of 30, with 7 bits tried too.
+run fcdnn-64x2-full-retrain200 sweep --model fcdnn --width 64 --depth 2 --n 23765 \
+  --lr 0.020319741211370607 --momentum 0.9000140663419436 --lr-decay 0.29996974708192226 \
+  --batch-size 128 --bits 8,7,6,5,4 --retrain-epochs 200
