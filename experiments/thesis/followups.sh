@@ -34,3 +34,7 @@ run lstm-32-n32000 measure --model lstm --hidden 32 --n-in 32 --steps 5 \
 run fcdnn-64x2-full-retrain200 sweep --model fcdnn --width 64 --depth 2 --n 23765 \
   --lr 0.020319741211370607 --momentum 0.9000140663419436 --lr-decay 0.29996974708192226 \
   --batch-size 128 --bits 8,7,6,5,4 --retrain-epochs 200
+# The same at half capacity (N / 2), where the thesis memorizes everything at 4 bits.
+run fcdnn-64x2-half-retrain200 sweep --model fcdnn --width 64 --depth 2 --n 11882 \
+  --lr 0.020319741211370607 --momentum 0.9000140663419436 --lr-decay 0.29996974708192226 \
+  --batch-size 128 --bits 8,7,6,5,4 --retrain-epochs 200
