@@ -29,12 +29,15 @@ run cnn-3x3-n1400 measure --model cnn --kernel 3 --conv-layers 3 --channels 4 --
 # LSTM-32 at the thesis's N = 32K, at the rate the learning-rate probe found.
 run lstm-32-n32000 measure --model lstm --hidden 32 --n-in 32 --steps 5 \
   --n 32000 --lr 0.2 --batch-size 128 --epochs 600
-# FCDNN 64x2 at full capacity (seed 0's N and training): retraining 200 epochs per
-# precision instead of 30, with 7 bits tried too.
-run fcdnn-64x2-full-retrain200 sweep --model fcdnn --width 64 --depth 2 --n 23765 \
-  --lr 0.020319741211370607 --momentum 0.9000140663419436 --lr-decay 0.29996974708192226 \
-  --batch-size 128 --bits 8,7,6,5,4 --retrain-epochs 200
-# The same at half capacity (N / 2), where the thesis memorizes everything at 4 bits.
-run fcdnn-64x2-half-retrain200 sweep --model fcdnn --width 64 --depth 2 --n 11882 \
-  --lr 0.020319741211370607 --momentum 0.9000140663419436 --lr-decay 0.29996974708192226 \
-  --batch-size 128 --bits 8,7,6,5,4 --retrain-epochs 200
+# FCDNN 64x2 at full and half capacity (seed 0's N and training): retraining up to 200
+# epochs per precision with patience 20 (the suite: 30 epochs, patience 5), 7 bits too.
+retrain_sweep() {  # NAME N
+  run "$1" sweep - <<JSON
+{"model": {"kind": "fcdnn", "width": 64, "depth": 2}, "n": $2, "bits": [8, 7, 6, 5, 4],
+ "train": {"lr": 0.020319741211370607, "momentum": 0.9000140663419436,
+           "lr_decay": 0.29996974708192226, "batch_size": 128},
+ "retrain": {"epochs": 200, "patience": 20, "max_decays": 3}}
+JSON
+}
+retrain_sweep fcdnn-64x2-full-retrain200 23765
+retrain_sweep fcdnn-64x2-half-retrain200 11882
