@@ -31,13 +31,22 @@ run lstm-32-n32000 measure --model lstm --hidden 32 --n-in 32 --steps 5 \
   --n 32000 --lr 0.2 --batch-size 128 --epochs 600
 # FCDNN 64x2 at full and half capacity (seed 0's N and training): retraining up to 200
 # epochs per precision with patience 20 (the suite: 30 epochs, patience 5), 7 bits too.
-retrain_sweep() {  # NAME N
+retrain_sweep() {  # NAME N RETRAIN_LR
   run "$1" sweep - <<JSON
 {"model": {"kind": "fcdnn", "width": 64, "depth": 2}, "n": $2, "bits": [8, 7, 6, 5, 4],
  "train": {"lr": 0.020319741211370607, "momentum": 0.9000140663419436,
            "lr_decay": 0.29996974708192226, "batch_size": 128},
- "retrain": {"epochs": 200, "patience": 20, "max_decays": 3}}
+ "retrain": {"lr": $3, "epochs": 200, "patience": 20, "max_decays": 3}}
 JSON
 }
-retrain_sweep fcdnn-64x2-full-retrain200 23765
-retrain_sweep fcdnn-64x2-half-retrain200 11882
+retrain_sweep fcdnn-64x2-full-retrain200 23765 0.002
+retrain_sweep fcdnn-64x2-half-retrain200 11882 0.002
+# ... and retraining at the training's own rate (0.02) instead of the default 0.002.
+retrain_sweep fcdnn-64x2-full-retrain200-lr0.02 23765 0.02
+retrain_sweep fcdnn-64x2-half-retrain200-lr0.02 11882 0.02
+# The thesis's own half-capacity setting: FCDNN 3 x 128 (capacity about 2^17 bits) at
+# N = 2^16, trained at the rate that served the 64x2; the suite's 30-epoch retraining.
+run fcdnn-128x3-half-n65536 sweep - <<JSON
+{"model": {"kind": "fcdnn", "width": 128, "depth": 3}, "n": 65536, "bits": [8, 6, 5, 4],
+ "train": {"lr": 0.02, "batch_size": 128, "epochs": 600}, "retrain": {"epochs": 30}}
+JSON
