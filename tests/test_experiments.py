@@ -148,6 +148,7 @@ def test_seed_filter_runs_only_those_seeds(tmp_path: Path) -> None:
     folder = tiny_folder(tmp_path / "thesis")
     assert main(["experiments", "run", str(folder), "--device", "cpu", "--seed", "1"]) == 0
     assert sorted(p.name for p in (folder / "results").glob("*.json")) == ["tiny.seed1.json"]
+    assert main(["experiments", "run", str(folder), "--seed", "7"]) == 2
 
 
 def test_the_report_builds_from_stored_results(ran: Path, tmp_path: Path) -> None:

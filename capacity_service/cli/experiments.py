@@ -80,6 +80,8 @@ def run_run(args: argparse.Namespace) -> int:
             for e in chosen
             if set(e.seeds) & set(args.seed)
         ]
+        if not chosen:
+            fail(f"--seed: no chosen experiment has seed {', '.join(map(str, args.seed))}")
     runner = api_runner(args.api) if args.api else local_runner(args.device)
     report = run_experiments(
         Path(args.folder),
