@@ -114,7 +114,8 @@ def quantization_curves(sweeps: Sequence[dict[str, Any]]) -> Figure:
     figure, axis = plt.subplots(figsize=(7, 4.2))
     for sweep in sweeps:
         for curve in sweep["curves"]:
-            label = f"{sweep.get('regime', 'N')} N={curve['n']:,}"
+            name = sweep.get("label") or sweep.get("regime", "N")  # label: set by the caller
+            label = f"{name} N={curve['n']:,}"
             bits = [p["bits"] for p in curve["points"]]
             (line,) = axis.plot(
                 bits,

@@ -130,7 +130,7 @@ def run_report(args: argparse.Namespace) -> int:
         plots.save(plots.capacity_vs_params(points), name)
         figures.update(dict.fromkeys(("fcdnn", "cnn", "rnn"), name.name))
     sweeps = [
-        record["result"]
+        record["result"] | {"label": e.name}
         for e in experiments
         if e.kind == "quant_sweep"
         if (record := load_result(folder, e.name, e.seeds[0])) is not None

@@ -50,3 +50,9 @@ run fcdnn-128x3-half-n65536 sweep - <<JSON
 {"model": {"kind": "fcdnn", "width": 128, "depth": 3}, "n": 65536, "bits": [8, 6, 5, 4],
  "train": {"lr": 0.02, "batch_size": 128, "epochs": 600}, "retrain": {"epochs": 30}}
 JSON
+# ... and with the longer retraining (patience 20, up to 200 epochs per precision).
+run fcdnn-128x3-half-n65536-retrain200 sweep - <<JSON
+{"model": {"kind": "fcdnn", "width": 128, "depth": 3}, "n": 65536, "bits": [8, 6, 5, 4],
+ "train": {"lr": 0.02, "batch_size": 128, "epochs": 600},
+ "retrain": {"epochs": 200, "patience": 20, "max_decays": 3}}
+JSON
