@@ -275,7 +275,7 @@ def report_markdown(
             why = (
                 "GPU-sized: runnable with `--only gpu`, too slow for this CPU"
                 if row.experiment.size == "gpu"
-                else "not run yet"
+                else "not run yet (see the discussion)"
             )
             lines.append(
                 f"- {row.experiment.name}: {row.seeds_done}/"
