@@ -58,29 +58,29 @@ def judge(target: Target, rows: dict[str, Row]) -> Verdict:
     partial = "" if all(r.seeds_done == len(r.experiment.seeds) for r in chosen) else PARTIAL
     if target.rule == "memorizes_at_bits":
         return _memorizes(target, chosen, partial)
-    measured = {r.experiment.name: r for r in chosen if r.mean is not None}
+    means = {r.experiment.name: r.mean for r in chosen if r.mean is not None}
     # Sweeps that ran yet kept no precision within tolerance have no boundary to average.
     kept_none = [r.experiment.name for r in chosen if r.seeds_done and r.mean is None]
     if kept_none:
         return Verdict(
             ", ".join(f"{name}: no precision kept the accuracy" for name in kept_none), "missed"
         )
-    if not measured:
+    if not means:
         return Verdict("-", "not measured")
-    ours = ", ".join(f"{name} {row.mean:.2f}" for name, row in measured.items())
-    if len(measured) < len(chosen):
+    ours = ", ".join(f"{name} {mean:.2f}" for name, mean in means.items())
+    if len(means) < len(chosen):
         partial = " (not every experiment has run)"
-    means = [row.mean for row in measured.values() if row.mean is not None]
     if target.rule == "mean_at_least":
-        mean = statistics.fmean(means)
+        mean = statistics.fmean(means.values())
         return Verdict(f"mean {mean:.2f} ({ours})", _status(target.value - mean, partial))
     if target.rule == "each_at_least":
-        return Verdict(ours, _status(max(target.value - m for m in means), partial))
+        return Verdict(ours, _status(max(target.value - m for m in means.values()), partial))
     gaps = []
-    for name, row in measured.items():
-        if row.thesis is None or row.mean is None:
+    for name, mean in means.items():
+        thesis = rows[name].thesis
+        if thesis is None:
             raise ValueError(f"target {target.target!r}: {name} has no thesis value")
-        gaps.append(abs(row.mean - row.thesis) - target.value)
+        gaps.append(abs(mean - thesis) - target.value)
     return Verdict(ours, _status(max(gaps), partial))
 
 
