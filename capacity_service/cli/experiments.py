@@ -18,7 +18,6 @@ from capacity_service.experiments import (
     collect,
     followups_markdown,
     load_experiments,
-    load_result,
     report_markdown,
     run_experiments,
 )
@@ -109,37 +108,31 @@ def run_report(args: argparse.Namespace) -> int:
     experiments = _experiments(args.folder)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    rows = collect(folder, experiments)  # every result file, read once
     figures: dict[str, str] = {}
-    points = []
-    for experiment in experiments:
-        if experiment.kind != "capacity":
-            continue
-        for seed in experiment.seeds:
-            record = load_result(folder, experiment.name, seed)
-            if record is not None:
-                result = record["result"]
-                points.append(
-                    {
-                        "model_kind": experiment.spec["model"]["kind"],
-                        "params": result["params"],
-                        "capacity_bits": result["capacity_bits"],
-                    }
-                )
+    points = [
+        {
+            "model_kind": row.experiment.spec["model"]["kind"],
+            "params": result["params"],
+            "capacity_bits": result["capacity_bits"],
+        }
+        for row in rows
+        if row.experiment.kind == "capacity"
+        for result in row.results
+    ]
     if points:
         name = out.with_name(f"{out.stem}-capacity.png")
         plots.save(plots.capacity_vs_params(points), name)
         figures.update(dict.fromkeys(("fcdnn", "cnn", "rnn"), name.name))
-    sweeps = [
-        record["result"] | {"label": e.name}
-        for e in experiments
-        if e.kind == "quant_sweep"
-        if (record := load_result(folder, e.name, e.seeds[0])) is not None
+    sweeps = [  # one seed's curves per sweep: all seeds would crowd the figure
+        row.results[0] | {"label": row.experiment.name}
+        for row in rows
+        if row.experiment.kind == "quant_sweep" and row.results
     ]
     if sweeps:
         name = out.with_name(f"{out.stem}-quantization.png")
         plots.save(plots.quantization_curves(sweeps), name)
         figures["quantization"] = name.name
-    rows = collect(folder, experiments)
     try:
         targets = load_targets(folder, {e.name for e in experiments})
         table = targets_markdown(targets, rows) if targets else None
