@@ -113,8 +113,8 @@ def quantization_curves(sweeps: Sequence[dict[str, Any]]) -> Figure:
     per N (full / half capacity), the precision boundary starred."""
     figure, axis = plt.subplots(figsize=(7, 4.2))
     for sweep in sweeps:
+        name = sweep.get("label") or sweep.get("regime", "N")  # label: set by the caller
         for curve in sweep["curves"]:
-            name = sweep.get("label") or sweep.get("regime", "N")  # label: set by the caller
             label = f"{name} N={curve['n']:,}"
             bits = [p["bits"] for p in curve["points"]]
             (line,) = axis.plot(

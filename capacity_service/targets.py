@@ -42,7 +42,8 @@ def load_targets(folder: Path, known: set[str]) -> list[Target]:
     for target in targets:
         unknown = set(target.experiments) - known
         if unknown:
-            raise ValueError(f"{path}: no experiment named {', '.join(sorted(unknown))}")
+            # the caller names the file: saying it here would print it twice
+            raise ValueError(f"no experiment named {', '.join(sorted(unknown))}")
     return targets
 
 

@@ -50,7 +50,6 @@ TINY = {"kind": "fcdnn", "width": 6, "n_in": 10}
 
 
 def tiny_folder(folder: Path) -> Path:
-    model = TINY
     search = {
         "budget_trials": 4,
         "budget_seconds": 3600,
@@ -64,7 +63,7 @@ def tiny_folder(folder: Path) -> Path:
             "figure": "fcdnn",
             "kind": "capacity",
             "size": "cpu",
-            "spec": {"model": model, "search": search},
+            "spec": {"model": TINY, "search": search},
             "seeds": [0, 1, 2],
             "thesis": {"bits_per_param": 2.3},
         },
@@ -74,7 +73,7 @@ def tiny_folder(folder: Path) -> Path:
             "kind": "quant_sweep",
             "size": "cpu",
             "spec": {
-                "model": model,
+                "model": TINY,
                 "regime": "half",
                 "bits": [8, 4],
                 "train": {"epochs": 20},
