@@ -104,10 +104,15 @@ class Worker:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
 
-    def run(self, once: bool = False) -> int:
-        """Claim and run jobs until stopped (or after one job with `once`); returns how
-        many jobs it ran."""
+    def run(self, once: bool = False, wait_seconds: float = 0.0) -> int:
+        """Claim and run jobs until stopped; returns how many jobs it ran.
+
+        With `once` it runs at most one job: it polls for up to `wait_seconds` for a job
+        to become claimable (a queued job, or a running one whose lease expires in that
+        time), runs it and returns; with nothing claimable by then it returns 0.
+        """
         done = 0
+        give_up = time.monotonic() + wait_seconds
         while not self.stopping:
             try:
                 job = self.store.claim(self.worker_id, self.settings.lease_seconds)
@@ -116,7 +121,7 @@ class Worker:
                 time.sleep(self.settings.poll_seconds)
                 continue
             if job is None:
-                if once:
+                if once and time.monotonic() >= give_up:
                     break
                 time.sleep(self.settings.poll_seconds)
                 continue

@@ -39,7 +39,15 @@ def add_parsers(subparsers: Any) -> None:
 
     worker = subparsers.add_parser("worker", help="claim and run queued jobs")
     add_source_arguments(worker)
-    worker.add_argument("--once", action="store_true", help="run one job (if any) and exit")
+    worker.add_argument(
+        "--once", action="store_true",
+        help="run at most one job, then exit (0 when nothing was claimable; see --wait)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--wait", type=float, default=0.0, metavar="SECONDS",
+        help="with --once: wait up to this long for a job to become claimable, e.g. one "
+        "running under a lease about to expire (default 0: exit at once)",
+    )  # fmt: skip
     worker.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:i")
     worker.add_argument("--worker-id", help="name in the store (default host-pid-random)")
     worker.set_defaults(handler=run_worker)
@@ -132,6 +140,10 @@ def run_worker(args: argparse.Namespace) -> int:
     from capacity_service.science.device import DeviceUnavailableError, resolve_device
     from workers.runtime import Worker
 
+    if args.wait < 0:
+        fail(f"--wait must be zero or more seconds, not {args.wait:g}")
+    if args.wait and not args.once:
+        fail("--wait applies to --once only: a worker without --once waits for jobs forever")
     try:
         device = str(resolve_device(args.device))
     except DeviceUnavailableError as error:
@@ -141,7 +153,7 @@ def run_worker(args: argparse.Namespace) -> int:
     worker = Worker(store, settings, device=device, worker_id=args.worker_id)
     worker.install_signal_handlers()
     try:
-        worker.run(once=args.once)
+        worker.run(once=args.once, wait_seconds=args.wait)
     finally:
         store.close()
     return 0

@@ -152,7 +152,8 @@ def test_a_killed_worker_is_replaced_and_no_finished_trial_runs_again(database_u
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
         before = {t["index"]: json.dumps(t, sort_keys=True) for t in store.trials(job.id)}
-        second = start_worker(database_url, "--once")
+        # the job is still under the dead worker's lease: --once waits for it to expire
+        second = start_worker(database_url, "--once", "--wait", "100")
         wait_for(lambda: store.get(job.id).state == JobState.SUCCEEDED, timeout=120)
     finally:
         first.kill()
@@ -163,3 +164,31 @@ def test_a_killed_worker_is_replaced_and_no_finished_trial_runs_again(database_u
     assert all(after[i] == record for i, record in before.items())  # untouched, not rerun
     assert store.get(job.id).attempts == 2
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [(["--once", "--wait", "-1"], "--wait must be zero or more"),
+     (["--wait", "5"], "--wait applies to --once only")],
+)  # fmt: skip
+def test_worker_wait_flag_is_checked(
+    sqlite_url: str, argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from capacity_service.cli import main
+
+    assert main(["worker", "--database-url", sqlite_url, *argv]) == 2
+    assert named in capsys.readouterr().err
+
+
+def test_once_with_wait_takes_a_job_whose_lease_expires_meanwhile(
+    store: Store, sqlite_url: str
+) -> None:
+    held = store.submit("capacity", capacity_spec(2), "fcdnn")
+    assert store.claim("alive", lease_seconds=3600) is not None
+    worker = Worker(store, fast_settings(sqlite_url), device="cpu")
+    assert worker.run(once=True) == 0  # no wait: nothing claimable now
+    job = store.submit("capacity", capacity_spec(2), "fcdnn")
+    assert store.claim("gone", lease_seconds=0.5) is not None  # a worker that died holding it
+    assert worker.run(once=True, wait_seconds=100) == 1  # returns once that job has run
+    assert store.get(job.id).state == JobState.SUCCEEDED and store.get(job.id).attempts == 2
+    assert store.get(held.id).state == JobState.RUNNING
