@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from capacity_service.science.data import Dataset
+from capacity_service.science.schedule import Schedule
 from capacity_service.specs import TrainSpec
 
 EVAL_CHUNK = 65536  # samples per forward pass when measuring accuracy
@@ -69,59 +70,48 @@ def train_memorization(
     with the best accuracy reached, as if the epoch budget had run out.
 
     The model keeps the weights with the best accuracy seen (the starting ones included).
-    A plateau is `patience` epochs without a better accuracy; each one multiplies the
-    learning rate by `lr_decay`, and the plateau after `max_decays` of them ends training.
-    A NaN or infinite loss ends it as diverged.
+    The plateau, decay and stop rule is `schedule.Schedule`'s, shared with the batched
+    engine. A NaN or infinite loss ends training as diverged.
     """
     started = time.perf_counter()
     device = data.x.device
     generator = torch.Generator(device=device).manual_seed(seed)
     optimizer = MomentumSGD(list(model.parameters()), lr=train.lr, momentum=train.momentum)
-    lr = train.lr
     # The starting weights count too: retraining a quantized model must not end worse
     # than it began, and one that already memorizes everything needs no epoch.
-    best_accuracy, best_state = accuracy(model, data), _snapshot(model)
-    since_best, decays, epoch, diverged = 0, 0, 0, False
-    epochs = 0 if best_accuracy == 1.0 else train.epochs
+    schedule = Schedule.start(train, accuracy(model, data))
+    best_state = _snapshot(model)
     model.train()
-    for epoch in range(1, epochs + 1):
+    over = schedule.done_before_start
+    while not over:
         loss = _train_one_epoch(model, data, optimizer, train.batch_size, generator)
         if not math.isfinite(loss):
-            diverged = True
+            schedule.diverge()
             break
-        current = accuracy(model, data)
-        if current > best_accuracy:
-            best_accuracy, best_state, since_best = current, _snapshot(model), 0
-        else:
-            since_best += 1
+        current, lr = accuracy(model, data), schedule.lr
+        over = schedule.end_epoch(current)
+        if schedule.improved:
+            best_state = _snapshot(model)
         if on_epoch is not None:
             on_epoch(
                 EpochProgress(
-                    epoch=epoch,
+                    epoch=schedule.epoch,
                     epochs=train.epochs,
                     loss=loss,
                     accuracy=current,
-                    best_accuracy=best_accuracy,
+                    best_accuracy=schedule.best_accuracy,
                     lr=lr,
                 )
             )
-        if current == 1.0:
-            break
-        if deadline is not None and time.perf_counter() > deadline:
-            break
-        if since_best >= train.patience:
-            if decays >= train.max_decays:
-                break
-            lr *= train.lr_decay
-            optimizer.lr = lr
-            decays, since_best = decays + 1, 0
+        over = over or (deadline is not None and time.perf_counter() > deadline)
+        optimizer.lr = schedule.lr
     model.load_state_dict(best_state)  # after a divergence too: never keep NaN weights
     return TrainOutcome(
         accuracy=accuracy(model, data),
-        epochs=epoch,
-        diverged=diverged,
+        epochs=schedule.epoch,
+        diverged=schedule.diverged,
         wall_seconds=time.perf_counter() - started,
-        final_lr=lr,
+        final_lr=schedule.lr,
     )
 
 

@@ -1,0 +1,82 @@
+"""The batched engine: train K memorization trials of one architecture at once.
+
+Small models waste a processor when trained one at a time: each step is a handful of tiny
+kernels whose launch cost dwarfs their arithmetic. Here K trials of any kind are one
+stacked model, each trial with its own initialization, learning rate, momentum, decay
+factor, N, batch size and shuffling, following the sequential trainer's schedule, so a
+trial's result matches `train.train_memorization` up to floating-point reassociation.
+
+- `stack`: the model-independent part (batches, cursors, masks, schedule, rows dropping
+  out as their trials end).
+- `stacked`: the stacked parameters and the autograd step every kind shares.
+- `fcdnn`, `cnn`, `recurrent`: one module per kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from capacity_service.science.data import Dataset
+from capacity_service.science.engine.cnn import StackedCNN
+from capacity_service.science.engine.fcdnn import StackedFCDNN
+from capacity_service.science.engine.recurrent import StackedRNN
+from capacity_service.science.engine.stack import (
+    CancelCheck,
+    OutcomeCallback,
+    StackedTrainer,
+    TrialConfig,
+)
+from capacity_service.science.engine.stacked import StackedModel
+from capacity_service.science.models import ModelSpecT, build_model
+from capacity_service.science.train import TrainOutcome
+from capacity_service.specs import CNNSpec, FCDNNSpec
+
+__all__ = [
+    "EngineRun",
+    "StackedModel",
+    "StackedTrainer",
+    "TrialConfig",
+    "stack_models",
+    "train_trials",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineRun:
+    outcomes: tuple[TrainOutcome | None, ...]  # in the order of the configs; None: not run
+    engine: str  # "batched"
+
+
+def stack_models(model: ModelSpecT, configs: Sequence[TrialConfig], pool: Dataset) -> StackedModel:
+    """The stacked model of `configs`: row k initialized as trial k's sequential model."""
+    models = [build_model(model, c.init_seed, pool.x.device) for c in configs]
+    if isinstance(model, FCDNNSpec):
+        return StackedFCDNN(models)
+    if isinstance(model, CNNSpec):
+        return StackedCNN(model, models)
+    return StackedRNN(model, models)
+
+
+def train_trials(
+    model: ModelSpecT,
+    pool: Dataset,
+    configs: Sequence[TrialConfig],
+    should_stop: CancelCheck | None = None,
+    deadline: float | None = None,
+    on_outcome: OutcomeCallback | None = None,
+) -> EngineRun:
+    """Train every trial of `configs` on the first N of `pool`, all at once.
+
+    At the `deadline` (a time.perf_counter() value) trials end early with the best
+    accuracy they reached, as if their epoch budget had run out. `should_stop` is asked at
+    each epoch end; trials it leaves unfinished are None in the result. `on_outcome` hears
+    of each trial the moment it finishes (so it can be stored at once).
+    """
+    for config in configs:
+        if config.n > pool.n:
+            raise ValueError(f"trial N = {config.n} exceeds the data pool of {pool.n} samples")
+    if not configs:
+        return EngineRun(outcomes=(), engine="batched")
+    trainer = StackedTrainer(stack_models(model, configs, pool), configs, pool, on_outcome)
+    return EngineRun(outcomes=tuple(trainer.train(deadline, should_stop)), engine="batched")

@@ -1,0 +1,59 @@
+"""Stacked CNNs: the K trials' channels side by side, grouped convolutions (groups = K).
+
+Row r's channels are r*C .. (r+1)*C - 1 of one (B, K*C, S, S) activation, so every
+convolution of the stack is one grouped convolution and every pool one pool. In the
+accuracy pass every row reads the same images, so the first layer there is one dense
+convolution with K*C outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from capacity_service.science.engine.stacked import StackedModel
+from capacity_service.science.models import pool_after
+from capacity_service.specs import CNNSpec
+
+
+class StackedCNN(StackedModel):
+    def __init__(self, spec: CNNSpec, models: Sequence[nn.Module]) -> None:
+        super().__init__(models)
+        self.spec = spec
+        self.pools = pool_after(spec.conv_layers)
+        self.padding = spec.kernel // 2
+        self.floats_per_sample = 3 * spec.channels * spec.input_size**2
+
+    def forward(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        rows, batch = x.shape[:2]
+        side = self.spec.input_size
+        images = x.reshape(rows, batch, side, side).transpose(0, 1)  # (B, R, S, S)
+        return self._layers(images, params, rows, first_groups=rows)
+
+    def evaluate(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        return self._layers(x, params, params[0].shape[0], first_groups=1)
+
+    def _layers(
+        self, images: torch.Tensor, params: list[torch.Tensor], rows: int, first_groups: int
+    ) -> torch.Tensor:
+        """images (B, R or 1, S, S) -> logits (R, B, 2)."""
+        h = images
+        convs = self.spec.conv_layers
+        for layer in range(convs):
+            weight, bias = params[2 * layer], params[2 * layer + 1]  # (R, C, C_in, k, k), (R, C)
+            groups = first_groups if layer == 0 else rows
+            h = torch.conv2d(h, weight.flatten(0, 1), bias.flatten(), padding=self.padding,
+                             groups=groups)  # fmt: skip
+            h = torch.relu(h)
+            if layer in self.pools:
+                h = nn.functional.max_pool2d(h, 2)
+        batch = h.shape[0]
+        h = h.reshape(batch, rows, -1).transpose(0, 1)  # (R, B, C * (S/8)^2)
+        dense = params[2 * convs :]
+        for index in range(0, len(dense), 2):
+            h = torch.baddbmm(dense[index + 1].unsqueeze(1), h, dense[index].transpose(1, 2))
+            if index + 2 < len(dense):
+                h = torch.relu(h)
+        return h

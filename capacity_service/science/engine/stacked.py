@@ -1,0 +1,75 @@
+"""K models of one architecture as one: every parameter stacked along a leading row axis.
+
+A kind's module subclasses `StackedModel` and writes its forward pass over stacked
+tensors (batched matrix products, grouped convolutions); the step here takes the gradient
+of every row's own mean cross-entropy by autograd, once for the whole stack, and applies
+each row's SGD-with-momentum update (the sequential trainer's `MomentumSGD`: v = m v + g;
+w -= lr v) with its own learning rate and momentum. A kind may override `step` with a
+hand-written backward pass where that pays (the FCDNN does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class StackedModel:
+    """Row r of every tensor in `params` is trial r's parameter of the same name."""
+
+    # activations of one sample in one row's forward pass, in floats: sizes the chunks of
+    # the accuracy pass
+    floats_per_sample: int = 1
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        """Stack the parameters of `models` (built and initialized like the sequential
+        trainer's, so row r starts from trial r's exact weights)."""
+        names = [name for name, _ in models[0].named_parameters()]
+        self.names = names
+        self.params = [
+            torch.stack([dict(m.named_parameters())[name].detach() for m in models])
+            for name in names
+        ]
+        self.velocity = [torch.zeros_like(p) for p in self.params]
+
+    def forward(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        """x (R, B, *input) -> logits (R, B, 2), row r with parameters params[.][r]."""
+        raise NotImplementedError
+
+    def evaluate(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        """The same samples x (B, *input) through every row: logits (R, B, 2). Kinds whose
+        first layer can read the shared samples once override this."""
+        rows = params[0].shape[0]
+        return self.forward(x.unsqueeze(0).expand(rows, *x.shape), params)
+
+    def rows(self, index: torch.Tensor) -> list[torch.Tensor]:
+        """The parameters of the rows in `index`, detached (for evaluation)."""
+        return [p.detach()[index] for p in self.params]
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Keep only the rows in `index`, in that order (the others' trials ended)."""
+        self.params = [p.detach()[index] for p in self.params]
+        self.velocity = [v[index] for v in self.velocity]
+
+    def step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weight: torch.Tensor,
+        neg_lr: torch.Tensor,
+        momentum: torch.Tensor,
+    ) -> None:
+        """One SGD-with-momentum step of every row on the mean cross-entropy of its own
+        batch: `weight` (R, B) is 1 / count on its samples and 0 on padding."""
+        params = [p.requires_grad_() for p in self.params]
+        logits = self.forward(x, params)
+        picked = torch.log_softmax(logits, dim=2).gather(2, y.unsqueeze(2)).squeeze(2)
+        loss = -(picked * weight).sum()  # row r's part is its own mean loss
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, v, g in zip(params, self.velocity, grads, strict=True):
+                shape = (-1,) + (1,) * (p.dim() - 1)
+                torch.addcmul(g, v, momentum.view(shape), out=v)
+                p.addcmul_(v, neg_lr.view(shape))
