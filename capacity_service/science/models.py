@@ -1,8 +1,9 @@
 """FCDNN, CNN and RNN models of the memorization task, and their parameter groups.
 
-Every parameter tensor is an effective parameter: the recurrent cells are written here
-rather than taken from torch.nn.LSTM, whose two bias vectors per gate (bias_ih + bias_hh)
-would count one effective bias twice. Each model says, per tensor, which layer it belongs
+Every parameter tensor is an effective parameter: the recurrent cells hold their own
+weights rather than taking torch.nn.LSTM's, whose two bias vectors per gate (bias_ih +
+bias_hh) would count one effective bias twice, and run them through the same fused kernels
+with the hidden-side bias held at zero. Each model says, per tensor, which layer it belongs
 to and whether it is quantizable (hidden weights yes; biases and output layer no).
 """
 
@@ -112,7 +113,9 @@ class RecurrentCell(nn.Module):
     """LSTM, GRU or tanh RNN layer with one effective bias per gate.
 
     The GRU keeps a second bias for its candidate's hidden term (b_hn), because it sits
-    inside the reset gate's product and is not redundant with the input bias.
+    inside the reset gate's product and is not redundant with the input bias. The forward
+    pass is PyTorch's fused torch.lstm / torch.gru / torch.rnn_tanh (what nn.LSTM, nn.GRU
+    and nn.RNN run), given `bias` as b_ih and a b_hh made per call from zeros and b_hn.
     """
 
     def __init__(self, cell: str, n_in: int, hidden: int) -> None:
@@ -127,28 +130,25 @@ class RecurrentCell(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, n_in) -> the last hidden state (B, H)."""
-        w_ih, w_hh = self.weight_ih, self.weight_hh
-        batch, steps, _ = x.shape
-        inputs = torch.matmul(x, w_ih.t()) + self.bias  # (B, T, G*H): all steps at once
-        h = x.new_zeros(batch, self.hidden)
-        c = x.new_zeros(batch, self.hidden)
-        for t in range(steps):
-            recurrent = h @ w_hh.t()  # (B, G*H)
-            if self.cell == "lstm":
-                i, f, g, o = (inputs[:, t] + recurrent).chunk(4, dim=1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-            elif self.cell == "gru":
-                assert self.bias_hn is not None
-                x_r, x_z, x_n = inputs[:, t].chunk(3, dim=1)
-                h_r, h_z, h_n = recurrent.chunk(3, dim=1)
-                r = torch.sigmoid(x_r + h_r)
-                z = torch.sigmoid(x_z + h_z)
-                n = torch.tanh(x_n + r * (h_n + self.bias_hn))
-                h = (1 - z) * n + z * h
-            else:
-                h = torch.tanh(inputs[:, t] + recurrent)
-        return h
+        h0 = x.new_zeros(1, x.shape[0], self.hidden)  # (layers, B, H), even batch-first
+        weights = [self.weight_ih, self.weight_hh, self.bias, self._bias_hh()]
+        # (input, hx, weights, has_biases, num_layers, dropout, train, bidirectional,
+        # batch_first), as nn.LSTM / nn.GRU / nn.RNN pass them
+        flags = (True, 1, 0.0, self.training, False, True)
+        if self.cell == "lstm":
+            _, h, _ = torch.lstm(x, (h0, h0), weights, *flags)
+        elif self.cell == "gru":
+            _, h = torch.gru(x, h0, weights, *flags)
+        else:
+            _, h = torch.rnn_tanh(x, h0, weights, *flags)
+        return h[0]
+
+    def _bias_hh(self) -> torch.Tensor:
+        """The fused kernels' hidden-side bias, made per call so it is no parameter: zero,
+        except the GRU's b_hn, which PyTorch applies inside r * (W_hn h + b_hn)."""
+        if self.bias_hn is None:
+            return self.bias.new_zeros(self.bias.shape)
+        return torch.cat((self.bias_hn.new_zeros(2 * self.hidden), self.bias_hn))
 
 
 class RNN(MemorizationModel):

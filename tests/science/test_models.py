@@ -3,7 +3,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from capacity_service.science.models import build_model, count_parameters, pool_after
+from capacity_service.science.models import (
+    RNN,
+    RecurrentCell,
+    build_model,
+    count_parameters,
+    pool_after,
+)
 from capacity_service.specs import CNNSpec, FCDNNSpec, RNNSpec, parameter_total
 
 
@@ -106,9 +112,75 @@ def test_he_initialization_is_seeded_and_scaled() -> None:
     a = build_model(FCDNNSpec(width=256, depth=1), seed=3)
     b = build_model(FCDNNSpec(width=256, depth=1), seed=3)
     c = build_model(FCDNNSpec(width=256, depth=1), seed=4)
-    wa, wb, wc = (m.hidden[0].weight for m in (a, b, c))  # type: ignore[index]
+    wa, wb, wc = (m.state_dict()["hidden.0.weight"] for m in (a, b, c))
     torch.testing.assert_close(wa, wb)
     assert not torch.equal(wa, wc)
     # He: std = sqrt(2 / fan_in) = sqrt(2 / 256) = 0.0884
     assert float(wa.detach().std()) == pytest.approx((2 / 256) ** 0.5, rel=0.05)
-    assert float(a.hidden[0].bias.detach().abs().sum()) == 0.0  # type: ignore[index]
+    assert float(a.state_dict()["hidden.0.bias"].abs().sum()) == 0.0
+
+
+def per_step_reference(cell: RecurrentCell, x: torch.Tensor) -> torch.Tensor:
+    """The cell's equations written out step by step: the last hidden state (B, H)."""
+    inputs = x @ cell.weight_ih.t() + cell.bias  # (B, T, G*H)
+    h = x.new_zeros(x.shape[0], cell.hidden)
+    c = x.new_zeros(x.shape[0], cell.hidden)
+    for t in range(x.shape[1]):
+        recurrent = h @ cell.weight_hh.t()
+        if cell.cell == "lstm":
+            i, f, g, o = (inputs[:, t] + recurrent).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        elif cell.cell == "gru":
+            assert cell.bias_hn is not None
+            x_r, x_z, x_n = inputs[:, t].chunk(3, dim=1)
+            h_r, h_z, h_n = recurrent.chunk(3, dim=1)
+            r = torch.sigmoid(x_r + h_r)
+            z = torch.sigmoid(x_z + h_z)
+            n = torch.tanh(x_n + r * (h_n + cell.bias_hn))
+            h = (1 - z) * n + z * h
+        else:
+            h = torch.tanh(inputs[:, t] + recurrent)
+    return h
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_recurrent_cell_matches_per_step_equations(kind: str, training: bool) -> None:
+    spec = RNNSpec.model_validate({"kind": kind, "hidden": 9, "n_in": 6, "steps": 4})
+    model = build_model(spec, seed=2)
+    cell = model.cell
+    assert isinstance(cell, RecurrentCell)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # nonzero biases, b_hn included, so every bias term is exercised
+        for p in cell.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    cell.train(training)
+    x = torch.randint(0, 2, (7, 4, 6), generator=generator).float()
+    weights = torch.randn(7, 9, generator=generator)  # a loss that weighs every output
+
+    fused = cell(x)
+    fused_grads = torch.autograd.grad((fused * weights).sum(), list(cell.parameters()))
+    reference = per_step_reference(cell, x)
+    reference_grads = torch.autograd.grad((reference * weights).sum(), list(cell.parameters()))
+
+    assert fused.shape == (7, 9)
+    torch.testing.assert_close(fused, reference, rtol=0, atol=1e-5)
+    for (name, _), got, want in zip(
+        cell.named_parameters(), fused_grads, reference_grads, strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5, msg=name)
+    # the zero hidden-side biases are made per call: no parameter, buffer or state entry
+    expected = {"weight_ih", "weight_hh", "bias"} | ({"bias_hn"} if kind == "gru" else set())
+    assert {name for name, _ in cell.named_parameters()} == expected
+    assert set(cell.state_dict()) == expected
+    assert not list(cell.buffers())
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_recurrent_models_run_on_the_meta_device(kind: str) -> None:
+    with torch.device("meta"):  # as count_parameters builds them, and through a forward
+        model = RNN(RNNSpec.model_validate({"kind": kind, "hidden": 5, "n_in": 3, "steps": 2}))
+        logits = model(torch.empty(4, 2, 3))
+    assert logits.shape == (4, 2)
+    assert logits.device.type == "meta"
