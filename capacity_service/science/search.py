@@ -18,6 +18,7 @@ import torch
 from capacity_service.science.data import Dataset, make_dataset
 from capacity_service.science.device import resolve_device
 from capacity_service.science.engine import TrialConfig, train_trials
+from capacity_service.science.engine.memory import check_fits, default_k
 from capacity_service.science.measure import conv_bits, measure
 from capacity_service.science.metrics import (
     bits_per_parameter,
@@ -33,6 +34,7 @@ from capacity_service.specs import (
     MeasureResult,
     MeasureSpec,
     NSearchResult,
+    SearchSpec,
     TrainSpec,
     TrialRecord,
     largest_search_n,
@@ -198,8 +200,8 @@ class _Runner:
                 results[index] = self._replayed(index, stage, point)
             else:
                 fresh.append((index, point))
-        for chunk_start in range(0, len(fresh), self.spec.search.batch):
-            chunk = fresh[chunk_start : chunk_start + self.spec.search.batch]
+        for chunk_start in range(0, len(fresh), _k(self.spec.search)):
+            chunk = fresh[chunk_start : chunk_start + _k(self.spec.search)]
             if chunk_start and self.remaining() <= 0:
                 break
             results.update(self._train(stage, chunk, epochs or self.spec.search.epochs))
@@ -298,6 +300,10 @@ def search_capacity(
     device = resolve_device(spec.device)
     counted = count_parameters(spec.model)
     pool_n = largest_search_n(spec)
+    if search.batch is None:  # K by device: wider stacks on a GPU
+        search = search.model_copy(update={"batch": default_k(device)})
+        spec = spec.model_copy(update={"search": search})
+    check_fits(spec.model, _k(search), max(search.batch_sizes), pool_n, device)
     pool = make_dataset(spec.model, max(pool_n, 2), derive_seed(spec.seed, "data"), device)
     runner = _Runner(spec, pool, device, completed, on_trial, should_stop)
     stage_budget = max(2, min(15, search.budget_trials // 4))
@@ -331,6 +337,12 @@ def search_capacity(
         device=str(device),
         seed=spec.seed,
     )
+
+
+def _k(search: SearchSpec) -> int:
+    """K, the trials trained together (set by device before the search starts)."""
+    assert search.batch is not None
+    return search.batch
 
 
 def _center(spec: CapacitySpec) -> Point:
@@ -430,7 +442,7 @@ def _bayes(runner: _Runner, lr: tuple[float, float], n: tuple[int, int]) -> None
     optimizer = Optimizer(
         space,
         base_estimator=search.estimator,
-        n_initial_points=min(search.batch, 10),
+        n_initial_points=min(_k(search), 10),
         random_state=runner.spec.seed,
     )
 
@@ -447,7 +459,7 @@ def _bayes(runner: _Runner, lr: tuple[float, float], n: tuple[int, int]) -> None
         optimizer.tell([x for x, _ in known], [y for _, y in known])
     while (left := runner.remaining()) > 0:
         # a pessimistic lie spreads a batch of asks over the space (cl_min clusters them)
-        asked = optimizer.ask(n_points=min(search.batch, left), strategy="cl_max")
+        asked = optimizer.ask(n_points=min(_k(search), left), strategy="cl_max")
         points = [_decode(x, search.batch_sizes) for x in asked]
         finished = runner.run("bayes", points)
         if not finished:

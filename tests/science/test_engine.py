@@ -1,9 +1,16 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from capacity_service.science.data import Dataset, make_dataset
 from capacity_service.science.engine import TrialConfig, train_trials
+from capacity_service.science.engine.memory import (
+    activation_floats,
+    check_fits,
+    default_k,
+    training_bytes,
+)
 from capacity_service.science.models import build_model
 from capacity_service.science.train import train_memorization
 from capacity_service.specs import CNNSpec, FCDNNSpec, RNNSpec, TrainSpec
@@ -129,3 +136,19 @@ def test_trials_end_at_the_deadline_with_what_they_reached(
     run = train_trials(spec, pool, [slow, slow], deadline=0.0)
     for outcome in run.outcomes:
         assert outcome is not None and outcome.epochs == 1 and not outcome.diverged
+
+
+def test_the_memory_estimate_by_hand() -> None:
+    spec = FCDNNSpec(width=4, depth=1, n_in=3)  # 3*4 + 4 + 4*2 + 2 = 26 parameters
+    assert activation_floats(spec) == 3 * (4 + 3 + 2)
+    # per row: 27 floats x batch 10 + 3 x 26 floats + 100 int64; the pool: 100 x (3 + 2)
+    per_row = 27 * 10 * 4 + 3 * 26 * 4 + 100 * 8
+    assert training_bytes(spec, 2, 10, 100) == 2 * per_row + 100 * (3 * 4 + 8)
+
+
+def test_k_trials_that_cannot_fit_are_refused_naming_the_field() -> None:
+    spec = RNNSpec(kind="lstm", hidden=32)
+    with pytest.raises(ValueError, match=r"search\.batch: K = 100000 trials .* GiB on cpu"):
+        check_fits(spec, 100_000, 128, 2**20, torch.device("cpu"))
+    check_fits(spec, 32, 128, 2**15, torch.device("cpu"))  # the thesis's LSTM search fits
+    assert default_k(torch.device("cpu")) == 32 and default_k(torch.device("cuda")) == 256

@@ -10,6 +10,7 @@ trial's result matches `train.train_memorization` up to floating-point reassocia
   out as their trials end).
 - `stacked`: the stacked parameters and the autograd step every kind shares.
 - `fcdnn`, `cnn`, `recurrent`: one module per kind.
+- `memory`: the default K of a device, and the check that K trials fit it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from capacity_service.science.data import Dataset
 from capacity_service.science.engine.cnn import StackedCNN
 from capacity_service.science.engine.fcdnn import StackedFCDNN
+from capacity_service.science.engine.memory import activation_floats
 from capacity_service.science.engine.recurrent import StackedRNN
 from capacity_service.science.engine.stack import (
     CancelCheck,
@@ -51,11 +53,15 @@ class EngineRun:
 def stack_models(model: ModelSpecT, configs: Sequence[TrialConfig], pool: Dataset) -> StackedModel:
     """The stacked model of `configs`: row k initialized as trial k's sequential model."""
     models = [build_model(model, c.init_seed, pool.x.device) for c in configs]
+    stacked: StackedModel
     if isinstance(model, FCDNNSpec):
-        return StackedFCDNN(models)
-    if isinstance(model, CNNSpec):
-        return StackedCNN(model, models)
-    return StackedRNN(model, models)
+        stacked = StackedFCDNN(models)
+    elif isinstance(model, CNNSpec):
+        stacked = StackedCNN(model, models)
+    else:
+        stacked = StackedRNN(model, models)
+    stacked.floats_per_sample = activation_floats(model)
+    return stacked
 
 
 def train_trials(

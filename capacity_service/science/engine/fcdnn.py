@@ -14,8 +14,6 @@ from capacity_service.science.engine.stacked import StackedModel
 class StackedFCDNN(StackedModel):
     def __init__(self, models: Sequence[nn.Module]) -> None:
         super().__init__(models)
-        # named_parameters() order: hidden.0.weight, hidden.0.bias, ..., output.bias
-        self.floats_per_sample = 2 * sum(p.shape[1] for p in self.params[1::2])
         self._minus_one: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:

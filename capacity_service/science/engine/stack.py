@@ -28,9 +28,9 @@ from capacity_service.science.schedule import Schedule
 from capacity_service.science.train import TrainOutcome
 from capacity_service.specs import TrainSpec
 
-# Floats of activations one accuracy pass may hold (256 MiB of float32): the pass over
-# all N samples of every row is cut into chunks of samples that fit.
-EVAL_FLOATS = 1 << 26
+# Floats of activations one accuracy pass may hold (32 MiB of float32, about a CPU's L3
+# cache): the pass over all N samples of every row is cut into chunks of samples that fit.
+EVAL_FLOATS = 1 << 23
 
 
 @dataclass(frozen=True, kw_only=True)

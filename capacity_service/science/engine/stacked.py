@@ -19,8 +19,8 @@ from torch import nn
 class StackedModel:
     """Row r of every tensor in `params` is trial r's parameter of the same name."""
 
-    # activations of one sample in one row's forward pass, in floats: sizes the chunks of
-    # the accuracy pass
+    # activations of one sample in one row's pass, in floats (memory.activation_floats):
+    # sizes the chunks of the accuracy pass
     floats_per_sample: int = 1
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
