@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from capacity_service.science.data import Dataset, make_dataset
-from capacity_service.science.engine import TrialConfig, train_trials
+from capacity_service.science.engine import StackedModel, TrialConfig, stack_models, train_trials
 from capacity_service.science.engine.memory import (
     activation_floats,
     check_fits,
@@ -152,3 +152,24 @@ def test_k_trials_that_cannot_fit_are_refused_naming_the_field() -> None:
         check_fits(spec, 100_000, 128, 2**20, torch.device("cpu"))
     check_fits(spec, 32, 128, 2**15, torch.device("cpu"))  # the thesis's LSTM search fits
     assert default_k(torch.device("cpu")) == 32 and default_k(torch.device("cuda")) == 256
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_the_hand_written_recurrent_step_is_autograds(kind: str) -> None:
+    spec = RNNSpec(kind=kind, hidden=6, n_in=5, steps=3)
+    pool = make_dataset(spec, 48, seed=0)
+    configs = [_config(48, 0.1, 0.9, 16, seed) for seed in range(3)]
+    hand, reference = stack_models(spec, configs, pool), stack_models(spec, configs, pool)
+    generator = torch.Generator().manual_seed(0)
+    for tensor in hand.params:  # non-zero biases, so every term of the backward counts
+        tensor.add_(0.3 * torch.randn(tensor.shape, generator=generator))
+    reference.params = [tensor.clone() for tensor in hand.params]
+    x, y = pool.x.view(3, 16, 3, 5), pool.y.view(3, 16)
+    weight = torch.full((3, 16), 1 / 16)
+    weight[1, 10:], weight[1, :10] = 0.0, 0.1  # a partial batch
+    neg_lr, momentum = torch.tensor([-0.1, -0.2, -0.05]), torch.tensor([0.9, 0.5, 0.0])
+    for _ in range(3):
+        hand.step(x, y, weight, neg_lr, momentum)
+        StackedModel.step(reference, x, y, weight, neg_lr, momentum)  # autograd
+    for mine, theirs in zip(hand.params, reference.params, strict=True):
+        torch.testing.assert_close(mine, theirs.detach(), atol=1e-6, rtol=1e-5)

@@ -69,7 +69,20 @@ class StackedModel:
         loss = -(picked * weight).sum()  # row r's part is its own mean loss
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
-            for p, v, g in zip(params, self.velocity, grads, strict=True):
-                shape = (-1,) + (1,) * (p.dim() - 1)
-                torch.addcmul(g, v, momentum.view(shape), out=v)
-                p.addcmul_(v, neg_lr.view(shape))
+            self.update(list(grads), neg_lr, momentum)
+
+    def update(
+        self, grads: list[torch.Tensor], neg_lr: torch.Tensor, momentum: torch.Tensor
+    ) -> None:
+        """v = m v + g; w -= lr v, for every row with its own lr and m."""
+        for p, v, g in zip(self.params, self.velocity, grads, strict=True):
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            torch.addcmul(g, v, momentum.view(shape), out=v)
+            p.addcmul_(v, neg_lr.view(shape))
+
+
+def output_gradient(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """d(sum of each row's mean cross-entropy) / d logits = (softmax - onehot) * weight."""
+    grad = torch.softmax(logits, dim=2)  # (R, B, 2)
+    grad.scatter_add_(2, y.unsqueeze(2), torch.full_like(grad[..., :1], -1.0))
+    return grad.mul_(weight.unsqueeze(2))
