@@ -20,9 +20,11 @@ class StackedFCDNN(StackedModel):
         return _forward(x, params[0::2], params[1::2])[0]
 
     def evaluate(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
-        # the first product reads the shared samples once for every row (broadcast)
+        # one dense product with every row's first layer side by side, its bias fused
         weights, biases = params[0::2], params[1::2]
-        h = torch.matmul(x, weights[0].transpose(1, 2)) + biases[0].unsqueeze(1)
+        rows, width = weights[0].shape[:2]
+        first = weights[0].reshape(rows * width, -1).t()  # (n_in, R * width)
+        h = torch.addmm(biases[0].flatten(), x, first).view(len(x), rows, width).transpose(0, 1)
         if len(weights) == 1:
             return h
         return _forward(h.relu_(), weights[1:], biases[1:])[0]
