@@ -93,17 +93,19 @@ class StackedRNN(StackedModel):
         params = self.params
         w_ih, bias, w_out, b_out = params[0], params[2], params[-2], params[-1]
         rows, batch, steps, n_in = x.shape
-        flat_x = x.reshape(rows, batch * steps, n_in)
+        # step-major (R, T, B, .): each step's terms are one dense block per row, so the
+        # recurrent products accumulate into them in place and nothing is copied
+        flat_x = x.transpose(1, 2).reshape(rows, steps * batch, n_in)
         pre = torch.baddbmm(bias.unsqueeze(1), flat_x, w_ih.transpose(1, 2))
-        pre = pre.view(rows, batch, steps, -1)
+        pre = pre.view(rows, steps, batch, -1)
         cell = {"lstm": _LSTMSteps, "gru": _GRUSteps, "rnn": _TanhSteps}[kind](self, pre)
         h = cell.forward()
         grad = output_gradient(torch.baddbmm(b_out.unsqueeze(1), h, w_out.transpose(1, 2)), y,
                                weight)  # fmt: skip
         grad_w_out = torch.bmm(grad.transpose(1, 2), h)
         grad_b_out = grad.sum(dim=1)
-        d_pre = cell.backward(torch.bmm(grad, w_out))  # (R, B, T, G*H)
-        flat_d = d_pre.view(rows, batch * steps, -1)
+        d_pre = cell.backward(torch.bmm(grad, w_out))  # (R, T, B, G*H)
+        flat_d = d_pre.view(rows, steps * batch, -1)
         grad_w_ih = torch.bmm(flat_d.transpose(1, 2), flat_x)
         grad_bias = flat_d.sum(dim=1)
         grads = [grad_w_ih, cell.grad_w_hh, grad_bias, *cell.extra_grads, grad_w_out, grad_b_out]
@@ -112,7 +114,7 @@ class StackedRNN(StackedModel):
 
 class _Steps:
     """The recurrence of one training step, forward then backward through time, on
-    stacked tensors; `pre` (R, B, T, G*H) is every step's input term."""
+    stacked tensors; `pre` (R, T, B, G*H) is every step's input term (overwritten)."""
 
     def __init__(self, model: StackedRNN, pre: torch.Tensor) -> None:
         self.pre, self.hidden = pre, model.spec.hidden
@@ -144,10 +146,11 @@ class _LSTMSteps(_Steps):
         self.gates: list[torch.Tensor] = []  # activated i, f, g, o per step
         self.c: list[torch.Tensor | None] = [None]
         self.tanh_c: list[torch.Tensor] = []
-        for t in range(self.pre.shape[2]):
+        for t in range(self.pre.shape[1]):
             h = self.h[-1]
-            gates = self.pre[:, :, t].clone() if h is None else torch.baddbmm(
-                self.pre[:, :, t], h, self.w_hh_t)  # fmt: skip
+            gates = self.pre[:, t]
+            if h is not None:
+                gates.baddbmm_(h, self.w_hh_t)
             gates[..., : 2 * hidden].sigmoid_()
             self.tanh_(gates[..., 2 * hidden : 3 * hidden])
             gates[..., 3 * hidden :].sigmoid_()
@@ -166,10 +169,10 @@ class _LSTMSteps(_Steps):
     def backward(self, d_h: torch.Tensor) -> torch.Tensor:
         d_pre = torch.empty_like(self.pre)
         d_c: torch.Tensor | None = None
-        for t in range(self.pre.shape[2] - 1, -1, -1):
+        for t in range(self.pre.shape[1] - 1, -1, -1):
             i, f, g, o = self.gates[t].chunk(4, dim=2)
             tanh_c, c_prev = self.tanh_c[t], self.c[t]
-            d_i, d_f, d_g, d_o = d_pre[:, :, t].chunk(4, dim=2)
+            d_i, d_f, d_g, d_o = d_pre[:, t].chunk(4, dim=2)
             torch.mul(d_h, tanh_c, out=d_o)
             # dc = dh o (1 - tanh(c)^2) + dc from step t + 1
             d_c_t = (1 - tanh_c * tanh_c).mul_(o).mul_(d_h)
@@ -186,7 +189,7 @@ class _LSTMSteps(_Steps):
                 d_gate.mul_(gate - gate * gate)
             d_g.mul_(1 - g * g)
             d_c = d_c_t.mul_(f)
-            d_prev = self.recurrent_gradient(t, d_pre[:, :, t])
+            d_prev = self.recurrent_gradient(t, d_pre[:, t])
             if d_prev is None:
                 break
             d_h = d_prev
@@ -205,9 +208,9 @@ class _GRUSteps(_Steps):
         self.rz: list[torch.Tensor] = []
         self.n: list[torch.Tensor] = []
         self.h_n: list[torch.Tensor] = []  # h W_hn^T + b_hn, inside the reset product
-        for t in range(self.pre.shape[2]):
+        for t in range(self.pre.shape[1]):
             h = self.h[-1]
-            x_rz, x_n = self.pre[:, :, t, : 2 * hidden], self.pre[:, :, t, 2 * hidden :]
+            x_rz, x_n = self.pre[:, t, :, : 2 * hidden], self.pre[:, t, :, 2 * hidden :]
             if h is None:
                 rz = x_rz.sigmoid()
                 h_n = self.bias_hn.unsqueeze(1).expand_as(x_n)
@@ -228,11 +231,11 @@ class _GRUSteps(_Steps):
     def backward(self, d_h: torch.Tensor) -> torch.Tensor:
         hidden = self.hidden
         d_pre = torch.empty_like(self.pre)
-        d_rec = torch.empty_like(self.pre[:, :, 0])  # d (h W_hh^T + [0, 0, b_hn])
-        for t in range(self.pre.shape[2] - 1, -1, -1):
+        d_rec = torch.empty_like(self.pre[:, 0])  # d (h W_hh^T + [0, 0, b_hn])
+        for t in range(self.pre.shape[1] - 1, -1, -1):
             rz, n, h_n, h_prev = self.rz[t], self.n[t], self.h_n[t], self.h[t]
             r, z = rz[..., :hidden], rz[..., hidden:]
-            d_r, d_z, d_n = d_pre[:, :, t].chunk(3, dim=2)
+            d_r, d_z, d_n = d_pre[:, t].chunk(3, dim=2)
             # h = (1 - z) n + z h_prev
             torch.mul(d_h, 1 - z, out=d_n)
             d_n.mul_(1 - n * n)  # through tanh: d of x_n + r h_n
@@ -246,7 +249,7 @@ class _GRUSteps(_Steps):
             d_rec_n = d_rec[..., 2 * hidden :]
             torch.mul(d_n, r, out=d_rec_n)
             self.grad_bias_hn += d_rec_n.sum(dim=1)
-            d_rec[..., : 2 * hidden] = d_pre[:, :, t, : 2 * hidden]
+            d_rec[..., : 2 * hidden] = d_pre[:, t, :, : 2 * hidden]
             d_prev = self.recurrent_gradient(t, d_rec)
             if d_prev is None:
                 break
@@ -256,10 +259,11 @@ class _GRUSteps(_Steps):
 
 class _TanhSteps(_Steps):
     def forward(self) -> torch.Tensor:
-        for t in range(self.pre.shape[2]):
+        for t in range(self.pre.shape[1]):
             h = self.h[-1]
-            term = self.pre[:, :, t].clone() if h is None else torch.baddbmm(
-                self.pre[:, :, t], h, self.w_hh_t)  # fmt: skip
+            term = self.pre[:, t]
+            if h is not None:
+                term.baddbmm_(h, self.w_hh_t)
             self.h.append(self.tanh_(term))
         h_last = self.h[-1]
         assert h_last is not None
@@ -267,10 +271,10 @@ class _TanhSteps(_Steps):
 
     def backward(self, d_h: torch.Tensor) -> torch.Tensor:
         d_pre = torch.empty_like(self.pre)
-        for t in range(self.pre.shape[2] - 1, -1, -1):
+        for t in range(self.pre.shape[1] - 1, -1, -1):
             h = self.h[t + 1]
             assert h is not None
-            d_t = d_pre[:, :, t]
+            d_t = d_pre[:, t]
             torch.mul(d_h, 1 - h * h, out=d_t)
             d_prev = self.recurrent_gradient(t, d_t)
             if d_prev is None:
