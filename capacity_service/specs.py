@@ -464,7 +464,7 @@ class CapacityResult(Frozen):
     bracket_n: int  # stage 1: the largest N memorized (accuracy >= 0.99) at coarse settings
     curve: tuple[CurvePoint, ...]
     trials: tuple[TrialRecord, ...]
-    engine: str  # "batched", or "sequential" where the model kind is not batched yet
+    engine: str  # "batched" (older results may say "sequential": CNN and RNN trials were not)
     wall_seconds: float
     device: str
     seed: int
