@@ -11,6 +11,7 @@ from capacity_service.science.engine.memory import (
     default_k,
     training_bytes,
 )
+from capacity_service.science.engine.stacked import Batch
 from capacity_service.science.models import build_model
 from capacity_service.science.train import train_memorization
 from capacity_service.specs import CNNSpec, FCDNNSpec, RNNSpec, TrainSpec
@@ -169,7 +170,7 @@ def test_the_hand_written_recurrent_step_is_autograds(kind: str) -> None:
     weight[1, 10:], weight[1, :10] = 0.0, 0.1  # a partial batch
     neg_lr, momentum = torch.tensor([-0.1, -0.2, -0.05]), torch.tensor([0.9, 0.5, 0.0])
     for _ in range(3):
-        hand.step(x, y, weight, neg_lr, momentum)
-        StackedModel.step(reference, x, y, weight, neg_lr, momentum)  # autograd
+        hand.step(Batch(x, y, weight), neg_lr, momentum)
+        StackedModel.step(reference, Batch(x, y, weight), neg_lr, momentum)  # autograd
     for mine, theirs in zip(hand.params, reference.params, strict=True):
         torch.testing.assert_close(mine, theirs.detach(), atol=1e-6, rtol=1e-5)

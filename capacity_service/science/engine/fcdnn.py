@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from capacity_service.science.engine.stacked import StackedModel
+from capacity_service.science.engine.stacked import Batch, StackedModel
 
 
 class StackedFCDNN(StackedModel):
@@ -29,25 +29,19 @@ class StackedFCDNN(StackedModel):
             return h
         return _forward(h.relu_(), weights[1:], biases[1:])[0]
 
-    def step(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        weight: torch.Tensor,
-        neg_lr: torch.Tensor,
-        momentum: torch.Tensor,
-    ) -> None:
+    def step(self, batch: Batch, neg_lr: torch.Tensor, momentum: torch.Tensor) -> None:
         """The loss itself is never computed: only its gradient is needed, and divergence
         shows at the end of the epoch as non-finite logits."""
         weights, biases = self.params[0::2], self.params[1::2]
         velocity_w, velocity_b = self.velocity[0::2], self.velocity[1::2]
-        logits, inputs = _forward(x, weights, biases)
+        logits, inputs = _forward(batch.x, weights, biases)
         # d(mean CE)/d logits = (softmax - onehot) / count
         grad = torch.softmax(logits, dim=2)  # (K, B, 2)
+        y = batch.y
         if self._minus_one is None or self._minus_one.shape[:2] != y.shape:
             self._minus_one = torch.full((*y.shape, 1), -1.0, device=y.device)
         grad.scatter_add_(2, y.unsqueeze(2), self._minus_one)
-        grad.mul_(weight.unsqueeze(2))
+        grad.mul_(batch.weight.unsqueeze(2))
         neg_lr, momentum = neg_lr.view(-1, 1, 1), momentum.view(-1, 1, 1)
         for layer in range(len(weights) - 1, -1, -1):
             a = inputs[layer]  # (K, B, in)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from capacity_service.science.engine.stacked import StackedModel, output_gradient
+from capacity_service.science.engine.stacked import Batch, StackedModel, output_gradient
 from capacity_service.specs import RNNSpec
 
 
@@ -79,33 +79,27 @@ class StackedRNN(StackedModel):
         return torch.baddbmm(b_out.unsqueeze(1), h, w_out.transpose(1, 2))
 
     @torch.no_grad()
-    def step(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        weight: torch.Tensor,
-        neg_lr: torch.Tensor,
-        momentum: torch.Tensor,
-    ) -> None:
+    def step(self, batch: Batch, neg_lr: torch.Tensor, momentum: torch.Tensor) -> None:
         """Forward, hand-written backward through time, and the update, without an
         autograd graph (measured faster than autograd: fewer passes over memory)."""
         kind = self.spec.kind
         params = self.params
         w_ih, bias, w_out, b_out = params[0], params[2], params[-2], params[-1]
-        rows, batch, steps, n_in = x.shape
+        x = batch.x
+        rows, size, steps, n_in = x.shape
         # step-major (R, T, B, .): each step's terms are one dense block per row, so the
         # recurrent products accumulate into them in place and nothing is copied
-        flat_x = x.transpose(1, 2).reshape(rows, steps * batch, n_in)
+        flat_x = x.transpose(1, 2).reshape(rows, steps * size, n_in)
         pre = torch.baddbmm(bias.unsqueeze(1), flat_x, w_ih.transpose(1, 2))
-        pre = pre.view(rows, steps, batch, -1)
+        pre = pre.view(rows, steps, size, -1)
         cell = {"lstm": _LSTMSteps, "gru": _GRUSteps, "rnn": _TanhSteps}[kind](self, pre)
         h = cell.forward()
-        grad = output_gradient(torch.baddbmm(b_out.unsqueeze(1), h, w_out.transpose(1, 2)), y,
-                               weight)  # fmt: skip
+        logits = torch.baddbmm(b_out.unsqueeze(1), h, w_out.transpose(1, 2))
+        grad = output_gradient(logits, batch.y, batch.weight)
         grad_w_out = torch.bmm(grad.transpose(1, 2), h)
         grad_b_out = grad.sum(dim=1)
         d_pre = cell.backward(torch.bmm(grad, w_out))  # (R, T, B, G*H)
-        flat_d = d_pre.view(rows, steps * batch, -1)
+        flat_d = d_pre.view(rows, steps * size, -1)
         grad_w_ih = torch.bmm(flat_d.transpose(1, 2), flat_x)
         grad_bias = flat_d.sum(dim=1)
         grads = [grad_w_ih, cell.grad_w_hh, grad_bias, *cell.extra_grads, grad_w_out, grad_b_out]

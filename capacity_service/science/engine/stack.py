@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from capacity_service.science.data import Dataset
-from capacity_service.science.engine.stacked import StackedModel
+from capacity_service.science.engine.stacked import Batch, StackedModel
 from capacity_service.science.schedule import Schedule
 from capacity_service.science.train import TrainOutcome
 from capacity_service.specs import TrainSpec
@@ -113,7 +113,7 @@ class StackedTrainer:
             # index_select on the flat sample list: about 4x faster than x[sample] here
             x = self.pool.x.index_select(0, sample).view(*position.shape, *self.pool.x.shape[1:])
             y = self.pool.y.index_select(0, sample).view(position.shape)  # (K, B)
-            self.model.step(x, y, weight, self.neg_lr, self.momentum)
+            self.model.step(Batch(x, y, weight), self.neg_lr, self.momentum)
             self.cursor += self.batch
             self.cursor_host += self.batch_host
             ended = np.flatnonzero(self.cursor_host >= self.n_host).tolist()

@@ -11,9 +11,20 @@ hand-written backward pass where that pays (the FCDNN does).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One step's samples: x (R, B, *input) and y (R, B); `weight` (R, B) is 1 / count on
+    each row's samples and 0 on padding, so a row's weighted sum is its mean."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    weight: torch.Tensor
 
 
 class StackedModel:
@@ -53,20 +64,13 @@ class StackedModel:
         self.params = [p.detach()[index] for p in self.params]
         self.velocity = [v[index] for v in self.velocity]
 
-    def step(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        weight: torch.Tensor,
-        neg_lr: torch.Tensor,
-        momentum: torch.Tensor,
-    ) -> None:
+    def step(self, batch: Batch, neg_lr: torch.Tensor, momentum: torch.Tensor) -> None:
         """One SGD-with-momentum step of every row on the mean cross-entropy of its own
-        batch: `weight` (R, B) is 1 / count on its samples and 0 on padding."""
+        batch."""
         params = [p.requires_grad_() for p in self.params]
-        logits = self.forward(x, params)
-        picked = torch.log_softmax(logits, dim=2).gather(2, y.unsqueeze(2)).squeeze(2)
-        loss = -(picked * weight).sum()  # row r's part is its own mean loss
+        logits = self.forward(batch.x, params)
+        picked = torch.log_softmax(logits, dim=2).gather(2, batch.y.unsqueeze(2)).squeeze(2)
+        loss = -(picked * batch.weight).sum()  # row r's part is its own mean loss
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
             self.update(list(grads), neg_lr, momentum)
