@@ -4,8 +4,9 @@ The input projection of all steps is one batched product per stack; each step th
 one batched product with the hidden state. Gate blocks are in PyTorch's order, with the
 model's one effective bias per gate (and the GRU's b_hn inside the reset product), the
 same cell as `models.RecurrentCell`. Training steps run a hand-written backward pass
-through time, with the activations computed in place (a test pins it to autograd's
-gradients); `forward` (autograd) and `evaluate` (the accuracy pass) share `_steps`.
+through time in a gate-major layout, with the activations computed in place (a test pins
+it to autograd's gradients); `forward` (autograd) and `evaluate` (the accuracy pass) share
+`_steps`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from capacity_service.science.engine.stacked import Batch, StackedModel, output_gradient
-from capacity_service.specs import RNNSpec
+from capacity_service.specs import GATE_BLOCKS, RNNSpec
 
 
 class StackedRNN(StackedModel):
@@ -83,90 +84,118 @@ class StackedRNN(StackedModel):
         """Forward, hand-written backward through time, and the update, without an
         autograd graph (measured faster than autograd: fewer passes over memory)."""
         kind = self.spec.kind
-        params = self.params
-        w_ih, bias, w_out, b_out = params[0], params[2], params[-2], params[-1]
-        x = batch.x
-        rows, size, steps, n_in = x.shape
-        # step-major (R, T, B, .): each step's terms are one dense block per row, so the
-        # recurrent products accumulate into them in place and nothing is copied
-        flat_x = x.transpose(1, 2).reshape(rows, steps * size, n_in)
-        pre = torch.baddbmm(bias.unsqueeze(1), flat_x, w_ih.transpose(1, 2))
-        pre = pre.view(rows, steps, size, -1)
-        cell = {"lstm": _LSTMSteps, "gru": _GRUSteps, "rnn": _TanhSteps}[kind](self, pre)
+        cell = {"lstm": _LSTMSteps, "gru": _GRUSteps, "rnn": _TanhSteps}[kind](self, batch.x)
+        w_out, b_out = self.params[-2], self.params[-1]
         h = cell.forward()
         logits = torch.baddbmm(b_out.unsqueeze(1), h, w_out.transpose(1, 2))
         grad = output_gradient(logits, batch.y, batch.weight)
         grad_w_out = torch.bmm(grad.transpose(1, 2), h)
         grad_b_out = grad.sum(dim=1)
-        d_pre = cell.backward(torch.bmm(grad, w_out))  # (R, T, B, G*H)
-        flat_d = d_pre.view(rows, steps * size, -1)
-        grad_w_ih = torch.bmm(flat_d.transpose(1, 2), flat_x)
-        grad_bias = flat_d.sum(dim=1)
-        grads = [grad_w_ih, cell.grad_w_hh, grad_bias, *cell.extra_grads, grad_w_out, grad_b_out]
+        cell.backward(torch.bmm(grad, w_out))
+        grads = [*cell.grads(), grad_w_out, grad_b_out]
         self.update(grads, neg_lr, momentum)
 
 
 class _Steps:
     """The recurrence of one training step, forward then backward through time, on
-    stacked tensors; `pre` (R, T, B, G*H) is every step's input term (overwritten)."""
+    stacked tensors in gate-major layout: gate g of row r is "virtual row" r G + g, so
+    every gate block is one dense (B, H) matrix (elementwise work on gate slices of a
+    (B, G H) layout was measured about 10x slower), and each step's terms `pre[t]`
+    (T, R G, B, H) take the recurrent product in place."""
 
-    def __init__(self, model: StackedRNN, pre: torch.Tensor) -> None:
-        self.pre, self.hidden = pre, model.spec.hidden
-        self.w_hh = model.params[1]
+    def __init__(self, model: StackedRNN, x: torch.Tensor) -> None:
+        spec = model.spec
+        self.rows, self.size, self.steps, n_in = x.shape
+        self.gates, self.hidden = GATE_BLOCKS[spec.kind], spec.hidden
+        virtual = self.rows * self.gates
+        w_ih, w_hh, bias = model.params[0], model.params[1], model.params[2]
+        self.w_ih = w_ih.view(virtual, self.hidden, n_in)
+        self.w_hh = w_hh.view(virtual, self.hidden, self.hidden)
         self.w_hh_t = self.w_hh.transpose(1, 2)
-        self.tanh_ = torch.Tensor.tanh_ if pre.is_cuda else _tanh_
+        # every gate reads the row's input: (R G, T, B, n_in)
+        self.x = (
+            x.transpose(1, 2)
+            .unsqueeze(1)
+            .expand(self.rows, self.gates, self.steps, self.size, n_in)
+            .reshape(virtual, self.steps, self.size, n_in)
+        )
+        self.pre = torch.empty(self.steps, virtual, self.size, self.hidden, device=x.device)
+        bias_g = bias.view(virtual, 1, self.hidden)
+        for t in range(self.steps):
+            torch.baddbmm(bias_g, self.x[:, t], self.w_ih.transpose(1, 2), out=self.pre[t])
+        self.d_pre = torch.empty_like(self.pre)
+        self.tanh_ = torch.Tensor.tanh_ if x.is_cuda else _tanh_
         self.grad_w_hh = torch.zeros_like(self.w_hh)
-        self.extra_grads: list[torch.Tensor] = []
-        self.h: list[torch.Tensor | None] = [None]  # h_t; h_0 is the zero state
+        self.h: list[torch.Tensor | None] = [None]  # h_t (R, B, H); h_0 is the zero state
+        self.h_wide: list[torch.Tensor | None] = [None]  # h_t for every gate (R G, B, H)
+
+    def record(self, h: torch.Tensor) -> torch.Tensor:
+        """Keep step t's state h (R, B, H), and beside it the row's state for each of its
+        gates (R G, B, H), which the next step's product and the backward pass read."""
+        wide = h.unsqueeze(1).expand(self.rows, self.gates, self.size, self.hidden)
+        self.h.append(h)
+        self.h_wide.append(wide.reshape(-1, self.size, self.hidden))
+        return h
+
+    def blocks(self, t: int, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Step t's gate blocks of `tensor` (pre or d_pre), each (R, B, H)."""
+        return tensor[t].view(self.rows, self.gates, self.size, self.hidden).unbind(1)
 
     def forward(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def backward(self, d_h: torch.Tensor) -> torch.Tensor:
+    def backward(self, d_h: torch.Tensor) -> None:
         raise NotImplementedError
 
+    def grads(self) -> list[torch.Tensor]:
+        """Gradients of W_ih, W_hh, the bias (and the GRU's b_hn), in parameter order."""
+        d_pre = self.d_pre
+        grad_w_ih = torch.zeros_like(self.w_ih)
+        for t in range(self.steps):
+            grad_w_ih.baddbmm_(d_pre[t].transpose(1, 2), self.x[:, t])
+        grad_bias = d_pre.sum(dim=(0, 2))  # (R G, H)
+        rows = self.rows
+        return [grad_w_ih.view(rows, -1, grad_w_ih.shape[2]),
+                self.grad_w_hh.view(rows, -1, self.hidden), grad_bias.view(rows, -1)]  # fmt: skip
+
     def recurrent_gradient(self, t: int, d_rec: torch.Tensor) -> torch.Tensor | None:
-        """Through h_(t-1) W_hh^T: W_hh's gradient, and d h_(t-1) (None at t = 0)."""
-        previous = self.h[t]
+        """Through h_(t-1) W_hh^T, with d_rec (R G, B, H): W_hh's gradient, and
+        d h_(t-1) (None at t = 0)."""
+        previous = self.h_wide[t]
         if previous is None:
             return None
         self.grad_w_hh.baddbmm_(d_rec.transpose(1, 2), previous)
-        return torch.bmm(d_rec, self.w_hh)
+        d_prev = torch.bmm(d_rec, self.w_hh)  # (R G, B, H): summed over the gates
+        return d_prev.view(self.rows, self.gates, self.size, self.hidden).sum(dim=1)
 
 
 class _LSTMSteps(_Steps):
     def forward(self) -> torch.Tensor:
-        hidden = self.hidden
-        self.gates: list[torch.Tensor] = []  # activated i, f, g, o per step
         self.c: list[torch.Tensor | None] = [None]
         self.tanh_c: list[torch.Tensor] = []
-        for t in range(self.pre.shape[1]):
-            h = self.h[-1]
-            gates = self.pre[:, t]
-            if h is not None:
-                gates.baddbmm_(h, self.w_hh_t)
-            gates[..., : 2 * hidden].sigmoid_()
-            self.tanh_(gates[..., 2 * hidden : 3 * hidden])
-            gates[..., 3 * hidden :].sigmoid_()
-            i, f, g, o = gates.chunk(4, dim=2)
+        for t in range(self.steps):
+            wide = self.h_wide[-1]
+            if wide is not None:
+                self.pre[t].baddbmm_(wide, self.w_hh_t)
+            i, f, g, o = self.blocks(t, self.pre)
+            i.sigmoid_()
+            f.sigmoid_()
+            self.tanh_(g)
+            o.sigmoid_()
             c_prev = self.c[-1]
             c = i * g if c_prev is None else torch.addcmul(i * g, f, c_prev)
             tanh_c = self.tanh_(c.clone())
-            self.gates.append(gates)
             self.c.append(c)
             self.tanh_c.append(tanh_c)
-            self.h.append(o * tanh_c)
-        h_last = self.h[-1]
-        assert h_last is not None
-        return h_last
+            h = self.record(o * tanh_c)
+        return h
 
-    def backward(self, d_h: torch.Tensor) -> torch.Tensor:
-        d_pre = torch.empty_like(self.pre)
+    def backward(self, d_h: torch.Tensor) -> None:
         d_c: torch.Tensor | None = None
-        for t in range(self.pre.shape[1] - 1, -1, -1):
-            i, f, g, o = self.gates[t].chunk(4, dim=2)
+        for t in range(self.steps - 1, -1, -1):
+            i, f, g, o = self.blocks(t, self.pre)
+            d_i, d_f, d_g, d_o = self.blocks(t, self.d_pre)
             tanh_c, c_prev = self.tanh_c[t], self.c[t]
-            d_i, d_f, d_g, d_o = d_pre[:, t].chunk(4, dim=2)
             torch.mul(d_h, tanh_c, out=d_o)
             # dc = dh o (1 - tanh(c)^2) + dc from step t + 1
             d_c_t = (1 - tanh_c * tanh_c).mul_(o).mul_(d_h)
@@ -183,53 +212,51 @@ class _LSTMSteps(_Steps):
                 d_gate.mul_(gate - gate * gate)
             d_g.mul_(1 - g * g)
             d_c = d_c_t.mul_(f)
-            d_prev = self.recurrent_gradient(t, d_pre[:, t])
+            d_prev = self.recurrent_gradient(t, self.d_pre[t])
             if d_prev is None:
-                break
+                return
             d_h = d_prev
-        return d_pre
 
 
 class _GRUSteps(_Steps):
-    def __init__(self, model: StackedRNN, pre: torch.Tensor) -> None:
-        super().__init__(model, pre)
-        self.bias_hn = model.params[3]
-        self.grad_bias_hn = torch.zeros_like(self.bias_hn)
-        self.extra_grads = [self.grad_bias_hn]
+    def __init__(self, model: StackedRNN, x: torch.Tensor) -> None:
+        super().__init__(model, x)
+        self.bias_hn = model.params[3].unsqueeze(1)  # (R, 1, H)
+        self.d_rec = torch.empty_like(self.pre[0])  # d (h W_hh^T + [0, 0, b_hn]), per step
 
     def forward(self) -> torch.Tensor:
-        hidden = self.hidden
-        self.rz: list[torch.Tensor] = []
         self.n: list[torch.Tensor] = []
         self.h_n: list[torch.Tensor] = []  # h W_hn^T + b_hn, inside the reset product
-        for t in range(self.pre.shape[1]):
-            h = self.h[-1]
-            x_rz, x_n = self.pre[:, t, :, : 2 * hidden], self.pre[:, t, :, 2 * hidden :]
-            if h is None:
-                rz = x_rz.sigmoid()
-                h_n = self.bias_hn.unsqueeze(1).expand_as(x_n)
+        for t in range(self.steps):
+            previous, wide = self.h[-1], self.h_wide[-1]
+            x_r, x_z, x_n = self.blocks(t, self.pre)
+            if wide is None:
+                h_n = self.bias_hn.expand_as(x_n)
             else:
-                recurrent = torch.bmm(h, self.w_hh_t)
-                rz = recurrent[..., : 2 * hidden].add_(x_rz).sigmoid_()
-                h_n = recurrent[..., 2 * hidden :].add_(self.bias_hn.unsqueeze(1))
-            r, z = rz[..., :hidden], rz[..., hidden:]
+                rec_r, rec_z, rec_n = (
+                    torch.bmm(wide, self.w_hh_t)
+                    .view(self.rows, self.gates, self.size, self.hidden)
+                    .unbind(1)
+                )  # fmt: skip
+                x_r.add_(rec_r)
+                x_z.add_(rec_z)
+                h_n = rec_n.add_(self.bias_hn)
+            r, z = x_r.sigmoid_(), x_z.sigmoid_()  # pre keeps the activated r and z
             n = self.tanh_(torch.addcmul(x_n, r, h_n))
-            self.rz.append(rz)
             self.n.append(n)
             self.h_n.append(h_n)
-            self.h.append(n - z * n if h is None else torch.lerp(n, h, z))
-        h_last = self.h[-1]
-        assert h_last is not None
-        return h_last
+            # (1 - z) n + z h
+            h = self.record(n - z * n if previous is None else torch.lerp(n, previous, z))
+        return h
 
-    def backward(self, d_h: torch.Tensor) -> torch.Tensor:
-        hidden = self.hidden
-        d_pre = torch.empty_like(self.pre)
-        d_rec = torch.empty_like(self.pre[:, 0])  # d (h W_hh^T + [0, 0, b_hn])
-        for t in range(self.pre.shape[1] - 1, -1, -1):
-            rz, n, h_n, h_prev = self.rz[t], self.n[t], self.h_n[t], self.h[t]
-            r, z = rz[..., :hidden], rz[..., hidden:]
-            d_r, d_z, d_n = d_pre[:, t].chunk(3, dim=2)
+    def backward(self, d_h: torch.Tensor) -> None:
+        self.grad_bias_hn = torch.zeros_like(self.bias_hn.squeeze(1))
+        d_rec_r, d_rec_z, d_rec_n = self.d_rec.view(
+            self.rows, self.gates, self.size, self.hidden).unbind(1)  # fmt: skip
+        for t in range(self.steps - 1, -1, -1):
+            r, z, _ = self.blocks(t, self.pre)
+            d_r, d_z, d_n = self.blocks(t, self.d_pre)
+            n, h_n, h_prev = self.n[t], self.h_n[t], self.h[t]
             # h = (1 - z) n + z h_prev
             torch.mul(d_h, 1 - z, out=d_n)
             d_n.mul_(1 - n * n)  # through tanh: d of x_n + r h_n
@@ -240,41 +267,36 @@ class _GRUSteps(_Steps):
             d_z.mul_(z - z * z)
             torch.mul(d_n, h_n, out=d_r)
             d_r.mul_(r - r * r)
-            d_rec_n = d_rec[..., 2 * hidden :]
             torch.mul(d_n, r, out=d_rec_n)
             self.grad_bias_hn += d_rec_n.sum(dim=1)
-            d_rec[..., : 2 * hidden] = d_pre[:, t, :, : 2 * hidden]
-            d_prev = self.recurrent_gradient(t, d_rec)
+            d_rec_r.copy_(d_r)
+            d_rec_z.copy_(d_z)
+            d_prev = self.recurrent_gradient(t, self.d_rec)
             if d_prev is None:
-                break
+                return
             d_h = d_prev.addcmul_(d_h, z)
-        return d_pre
+
+    def grads(self) -> list[torch.Tensor]:
+        return [*super().grads(), self.grad_bias_hn]
 
 
 class _TanhSteps(_Steps):
     def forward(self) -> torch.Tensor:
-        for t in range(self.pre.shape[1]):
-            h = self.h[-1]
-            term = self.pre[:, t]
-            if h is not None:
-                term.baddbmm_(h, self.w_hh_t)
-            self.h.append(self.tanh_(term))
-        h_last = self.h[-1]
-        assert h_last is not None
-        return h_last
+        for t in range(self.steps):
+            wide = self.h_wide[-1]
+            if wide is not None:
+                self.pre[t].baddbmm_(wide, self.w_hh_t)
+            h = self.record(self.tanh_(self.pre[t]))  # one gate: the wide state is h
+        return h
 
-    def backward(self, d_h: torch.Tensor) -> torch.Tensor:
-        d_pre = torch.empty_like(self.pre)
-        for t in range(self.pre.shape[1] - 1, -1, -1):
-            h = self.h[t + 1]
-            assert h is not None
-            d_t = d_pre[:, t]
-            torch.mul(d_h, 1 - h * h, out=d_t)
-            d_prev = self.recurrent_gradient(t, d_t)
+    def backward(self, d_h: torch.Tensor) -> None:
+        for t in range(self.steps - 1, -1, -1):
+            h = self.pre[t]  # activated in place
+            torch.mul(d_h, 1 - h * h, out=self.d_pre[t])
+            d_prev = self.recurrent_gradient(t, self.d_pre[t])
             if d_prev is None:
-                break
+                return
             d_h = d_prev
-        return d_pre
 
 
 def _tanh_(x: torch.Tensor) -> torch.Tensor:
