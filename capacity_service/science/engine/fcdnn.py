@@ -3,19 +3,12 @@ backward pass (no autograd graph: measured faster than autograd for these tiny l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-from torch import nn
 
-from capacity_service.science.engine.stacked import Batch, StackedModel
+from capacity_service.science.engine.stacked import Batch, StackedModel, output_gradient
 
 
 class StackedFCDNN(StackedModel):
-    def __init__(self, models: Sequence[nn.Module]) -> None:
-        super().__init__(models)
-        self._minus_one: torch.Tensor | None = None
-
     def forward(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         return _forward(x, params[0::2], params[1::2])[0]
 
@@ -31,30 +24,19 @@ class StackedFCDNN(StackedModel):
 
     def step(self, batch: Batch, neg_lr: torch.Tensor, momentum: torch.Tensor) -> None:
         """The loss itself is never computed: only its gradient is needed, and divergence
-        shows at the end of the epoch as non-finite logits."""
+        shows at the end of the epoch as non-finite logits. Every gradient is taken with
+        the old weights, then `update` applies them all."""
         weights, biases = self.params[0::2], self.params[1::2]
-        velocity_w, velocity_b = self.velocity[0::2], self.velocity[1::2]
         logits, inputs = _forward(batch.x, weights, biases)
-        # d(mean CE)/d logits = (softmax - onehot) / count
-        grad = torch.softmax(logits, dim=2)  # (K, B, 2)
-        y = batch.y
-        if self._minus_one is None or self._minus_one.shape[:2] != y.shape:
-            self._minus_one = torch.full((*y.shape, 1), -1.0, device=y.device)
-        grad.scatter_add_(2, y.unsqueeze(2), self._minus_one)
-        grad.mul_(batch.weight.unsqueeze(2))
-        neg_lr, momentum = neg_lr.view(-1, 1, 1), momentum.view(-1, 1, 1)
+        grad = output_gradient(logits, batch.y, batch.weight)  # (K, B, 2)
+        grads: list[torch.Tensor] = []  # last layer first: bias, weight, bias, ...
         for layer in range(len(weights) - 1, -1, -1):
             a = inputs[layer]  # (K, B, in)
-            grad_w = torch.bmm(grad.transpose(1, 2), a)  # (K, out, in)
-            grad_b = grad.sum(dim=1)  # (K, out)
-            if layer > 0:  # through the layer (old weights) and the ReLU below it
+            grads.append(grad.sum(dim=1))  # (K, out)
+            grads.append(torch.bmm(grad.transpose(1, 2), a))  # (K, out, in)
+            if layer > 0:  # through the layer and the ReLU below it
                 grad = torch.ops.aten.threshold_backward(torch.bmm(grad, weights[layer]), a, 0)
-            # v = m v + g; w -= lr v, each one fused pass over memory
-            v_w, v_b = velocity_w[layer], velocity_b[layer]
-            torch.addcmul(grad_w, v_w, momentum, out=v_w)
-            torch.addcmul(grad_b, v_b, momentum.view(-1, 1), out=v_b)
-            torch.addcmul(weights[layer], v_w, neg_lr, out=weights[layer])
-            torch.addcmul(biases[layer], v_b, neg_lr.view(-1, 1), out=biases[layer])
+        self.update(grads[::-1], neg_lr, momentum)
 
 
 def _forward(

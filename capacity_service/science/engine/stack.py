@@ -59,16 +59,12 @@ class StackedTrainer:
         pool: Dataset,
         on_outcome: OutcomeCallback | None = None,
     ) -> None:
-        self.model, self.configs, self.pool, self.on_outcome = (
-            model,
-            list(configs),
-            pool,
-            on_outcome,
-        )
+        self.model, self.configs, self.pool = model, list(configs), pool
+        self.on_outcome = on_outcome
         device = pool.x.device
         self.batch_max = max(c.train.batch_size for c in configs)
         self.batch = torch.tensor([c.train.batch_size for c in configs], device=device)
-        self.lr = torch.tensor([c.train.lr for c in configs], device=device)  # (K,)
+        self.neg_lr = -torch.tensor([c.train.lr for c in configs], device=device)  # (K,)
         self.momentum = torch.tensor([c.train.momentum for c in configs], device=device)
         self.n = torch.tensor([c.n for c in configs], device=device)
         self.order = torch.zeros(len(configs), max(c.n for c in configs), dtype=torch.int64,
@@ -127,12 +123,11 @@ class StackedTrainer:
 
     def _masks(self) -> None:
         """Per-row constants of a step that no trial ends: which of the B_max slots are
-        its batch, and the weight 1 / B_k of each; also -lr."""
+        its batch, and the weight 1 / B_k of each."""
         offsets = torch.arange(self.batch_max, device=self.n.device)
         self.batch_mask = offsets < self.batch.unsqueeze(1)  # (K, B_max)
         full_mask = self.batch_mask.to(self.pool.x.dtype)
         self.full_weight = full_mask / self.batch.unsqueeze(1).to(self.pool.x.dtype)
-        self.neg_lr = -self.lr
 
     @torch.no_grad()
     def _accuracy(self, rows: list[int]) -> tuple[list[float], list[bool]]:
@@ -169,11 +164,10 @@ class StackedTrainer:
                 schedule.diverge()
                 done.append(row)
                 continue
-            lr = schedule.lr
             if schedule.end_epoch(accuracy):
                 done.append(row)
-            elif schedule.lr != lr:
-                self.lr[row], self.neg_lr[row] = schedule.lr, -schedule.lr
+            else:  # the rate a plateau may have decayed
+                self.neg_lr[row] = -schedule.lr
         for row in rows:
             if row not in done:
                 self._new_epoch(row)
@@ -199,7 +193,7 @@ class StackedTrainer:
         kept = [r for r in range(len(self.trial)) if r not in gone]
         keep = torch.tensor(kept, dtype=torch.int64, device=self.n.device)
         self.model.keep(keep)
-        self.lr, self.momentum, self.n = self.lr[keep], self.momentum[keep], self.n[keep]
+        self.neg_lr, self.momentum, self.n = self.neg_lr[keep], self.momentum[keep], self.n[keep]
         self.batch = self.batch[keep]
         self.order, self.cursor = self.order[keep], self.cursor[keep]
         self.cursor_host, self.n_host = self.cursor_host[kept], self.n_host[kept]

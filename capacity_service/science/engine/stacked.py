@@ -38,12 +38,8 @@ class StackedModel:
     def __init__(self, models: Sequence[nn.Module]) -> None:
         """Stack the parameters of `models` (built and initialized like the sequential
         trainer's, so row r starts from trial r's exact weights)."""
-        names = [name for name, _ in models[0].named_parameters()]
-        self.names = names
-        self.params = [
-            torch.stack([dict(m.named_parameters())[name].detach() for m in models])
-            for name in names
-        ]
+        per_model = [[p.detach() for p in model.parameters()] for model in models]
+        self.params = [torch.stack(tensors) for tensors in zip(*per_model, strict=True)]
         self.velocity = [torch.zeros_like(p) for p in self.params]
 
     def forward(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
