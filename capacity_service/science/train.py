@@ -17,7 +17,7 @@ from torch import nn
 
 from capacity_service.science.data import Dataset
 from capacity_service.science.schedule import Schedule
-from capacity_service.specs import TrainSpec
+from capacity_service.specs import Ending, TrainSpec
 
 EVAL_CHUNK = 65536  # samples per forward pass when measuring accuracy
 
@@ -42,6 +42,9 @@ class TrainOutcome:
     diverged: bool
     wall_seconds: float
     final_lr: float
+    # what ended it: its own schedule (100%, plateau, epoch budget, divergence), a rung of
+    # the successive-halving search, or the search's deadline
+    ended: Ending = "schedule"
 
 
 @torch.no_grad()

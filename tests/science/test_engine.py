@@ -174,3 +174,49 @@ def test_the_hand_written_recurrent_step_is_autograds(kind: str) -> None:
         StackedModel.step(reference, Batch(x, y, weight), neg_lr, momentum)  # autograd
     for mine, theirs in zip(hand.params, reference.params, strict=True):
         torch.testing.assert_close(mine, theirs.detach(), atol=1e-6, rtol=1e-5)
+
+
+class _Refill:
+    """A supervisor that stops trial 0 at its first epoch end and admits `later` one at a
+    time into the rows that come free."""
+
+    def __init__(self, later: list[TrialConfig]) -> None:
+        self.later, self.judged = list(later), []
+
+    def admit(self, free_rows: int) -> list[TrialConfig]:
+        taken, self.later = self.later[:1], self.later[1:]
+        return taken
+
+    def keep(self, trial: int, steps: int, accuracy: float) -> bool:
+        self.judged.append((trial, steps))
+        return trial != 0
+
+
+@pytest.mark.parametrize("spec", EVERY_KIND[::3], ids=lambda spec: repr(spec))
+def test_rows_stopped_at_a_rung_are_refilled_and_refilled_trials_keep_parity(
+    spec: FCDNNSpec | CNNSpec | RNNSpec,
+) -> None:
+    pool = make_dataset(spec, 300, seed=3)
+    first = [_config(300, 0.05, 0.9, 32, 1, epochs=6), _config(120, 0.1, 0.8, 16, 2, epochs=6)]
+    # a later trial may need a larger N and a larger batch than any already in the stack
+    later = [_config(200, 0.05, 0.9, 64, 3, epochs=6), _config(60, 0.02, 0.95, 8, 4, epochs=6)]
+    supervisor = _Refill(later)
+    run = train_trials(spec, pool, first, supervisor=supervisor, rows=2)
+    assert len(run.outcomes) == 4 and all(o is not None for o in run.outcomes)
+    stopped = run.outcomes[0]
+    assert stopped is not None and stopped.ended == "rung" and stopped.epochs == 1
+    assert (0, 10) in supervisor.judged  # judged after its first epoch: 300 / 32 -> 10 steps
+    for config, outcome in zip(first[1:] + later, run.outcomes[1:], strict=True):
+        assert outcome is not None and outcome.ended == "schedule"
+        data = Dataset(x=pool.x[: config.n], y=pool.y[: config.n])
+        alone = train_memorization(build_model(spec, config.init_seed), data, config.train,
+                                   config.shuffle_seed)  # fmt: skip
+        assert outcome.accuracy == pytest.approx(alone.accuracy, abs=2 / config.n)
+        assert abs(outcome.epochs - alone.epochs) <= 1
+
+
+def test_the_deadline_marks_what_it_cut() -> None:
+    pool = make_dataset(SPEC, 200, seed=3)
+    run = train_trials(SPEC, pool, [_config(200, 0.001, 0.9, 8, 1, epochs=500)], deadline=0.0)
+    outcome = run.outcomes[0]
+    assert outcome is not None and outcome.ended == "deadline" and outcome.epochs == 1

@@ -27,6 +27,7 @@ from capacity_service.science.engine.stack import (
     CancelCheck,
     OutcomeCallback,
     StackedTrainer,
+    Supervisor,
     TrialConfig,
 )
 from capacity_service.science.engine.stacked import StackedModel
@@ -38,6 +39,7 @@ __all__ = [
     "EngineRun",
     "StackedModel",
     "StackedTrainer",
+    "Supervisor",
     "TrialConfig",
     "stack_models",
     "train_trials",
@@ -71,6 +73,8 @@ def train_trials(
     should_stop: CancelCheck | None = None,
     deadline: float | None = None,
     on_outcome: OutcomeCallback | None = None,
+    supervisor: Supervisor | None = None,
+    rows: int | None = None,
 ) -> EngineRun:
     """Train every trial of `configs` on the first N of `pool`, all at once.
 
@@ -78,11 +82,13 @@ def train_trials(
     accuracy they reached, as if their epoch budget had run out. `should_stop` is asked at
     each epoch end; trials it leaves unfinished are None in the result. `on_outcome` hears
     of each trial the moment it finishes (so it can be stored at once).
+
+    A `supervisor` (a search's successive halving) may stop trials at their epoch ends and
+    fill free rows with new trials, up to `rows` at once (default: len(configs)); the
+    outcomes then cover every trial it admitted, in order.
     """
-    for config in configs:
-        if config.n > pool.n:
-            raise ValueError(f"trial N = {config.n} exceeds the data pool of {pool.n} samples")
-    if not configs:
-        return EngineRun(outcomes=(), engine="batched")
-    trainer = StackedTrainer(stack_models(model, configs, pool), configs, pool, on_outcome)
+    trainer = StackedTrainer(
+        lambda chunk: stack_models(model, chunk, pool),
+        configs, pool, on_outcome, supervisor, rows or len(configs),
+    )  # fmt: skip
     return EngineRun(outcomes=tuple(trainer.train(deadline, should_stop)), engine="batched")

@@ -56,6 +56,15 @@ class StackedModel:
         """The parameters of the rows in `index`, detached (for evaluation)."""
         return [p.detach()[index] for p in self.params]
 
+    def append(self, other: StackedModel) -> None:
+        """Add the rows of `other` (the same architecture) after these."""
+        self.params = [
+            torch.cat([p.detach(), q]) for p, q in zip(self.params, other.params, strict=True)
+        ]
+        self.velocity = [
+            torch.cat(pair) for pair in zip(self.velocity, other.velocity, strict=True)
+        ]
+
     def keep(self, index: torch.Tensor) -> None:
         """Keep only the rows in `index`, in that order (the others' trials ended)."""
         self.params = [p.detach()[index] for p in self.params]
