@@ -24,6 +24,10 @@ METRICS: dict[str, tuple[str, int]] = {
     "bits_per_param": ("capacity", +1),
     "capacity_bits": ("capacity", +1),
     "precision_boundary": ("quant_sweep", -1),
+    # the fraction of a case's seeds whose search quality says so (1.0: every seed):
+    # a case that lists them requires its capacities to stay bracketed / finished
+    "bracketed": ("capacity", +1),
+    "best_finished": ("capacity", +1),
 }
 
 
@@ -123,6 +127,9 @@ def metric_values(case: Case, result: dict[str, Any]) -> dict[str, float]:
             boundary = curve["precision_boundary"]
             highest = max(point["bits"] for point in curve["points"])
             values[metric] = float(highest + 1 if boundary is None else boundary)
+        elif metric in ("bracketed", "best_finished"):
+            quality = result.get("quality") or {}  # results from before it: not known
+            values[metric] = float(bool(quality.get(metric)))
         else:
             values[metric] = float(result[metric])
     return values

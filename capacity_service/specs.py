@@ -225,6 +225,17 @@ class SweepSpec(Frozen):
         return [self.n]
 
 
+# The learning-rate range a search covers when the spec names none: the useful rate
+# differs by kind (FCDNN 64x2 memorizes best near 0.006, LSTM-32 at 0.05-0.2).
+DEFAULT_LR: dict[str, tuple[float, float]] = {
+    "fcdnn": (0.002, 0.2),
+    "cnn": (0.002, 0.1),
+    "lstm": (0.01, 0.3),
+    "gru": (0.01, 0.3),
+    "rnn": (0.005, 0.2),
+}
+
+
 class SearchSpec(Frozen):
     """Budget and bounds of the three-stage capacity search (thesis 2.3.1)."""
 
@@ -236,7 +247,9 @@ class SearchSpec(Frozen):
     epochs: Int = Field(1500, ge=1, description="epoch budget of each trial")
     patience: Int = Field(50, ge=1, description="epochs without a better accuracy = plateau")
     max_decays: Int = Field(4, ge=0, description="plateaus tolerated before a trial stops")
-    lr: tuple[Real, Real] = Field((0.001, 0.05), description="learning rate, log scale")
+    lr: tuple[Real, Real] | None = Field(
+        None, description="learning rate, log scale (default by kind: DEFAULT_LR)"
+    )
     lr_decay: tuple[Real, Real] = Field((0.1, 0.5), description="decay factor")
     momentum: tuple[Real, Real] = Field((0.6, 0.99), description="SGD momentum")
     batch_sizes: tuple[Int, ...] = Field((64, 128), description="minibatch sizes")
@@ -252,8 +265,8 @@ class SearchSpec(Frozen):
 
     @field_validator("lr")
     @classmethod
-    def _positive_lr(cls, bounds: tuple[float, float]) -> tuple[float, float]:
-        if bounds[0] <= 0:
+    def _positive_lr(cls, bounds: tuple[float, float] | None) -> tuple[float, float] | None:
+        if bounds is not None and bounds[0] <= 0:
             raise ValueError(f"learning rates must be > 0, got {list(bounds)}")
         return bounds
 
@@ -279,6 +292,11 @@ class CapacitySpec(Frozen):
     search: SearchSpec = SearchSpec()
     seed: Int = Field(0, ge=0)
     device: Device = Field("auto", description="auto, cpu, cuda or cuda:i")
+
+    @property
+    def lr_bounds(self) -> tuple[float, float]:
+        """The learning-rate range searched: the spec's, or the kind's default."""
+        return self.search.lr or DEFAULT_LR[self.model.kind]
 
     @model_validator(mode="after")
     def _n_range_fits(self) -> CapacitySpec:
@@ -436,11 +454,17 @@ class SweepResult(Frozen):
     wall_seconds: float
 
 
+# What ended a trial: its own schedule (100%, plateau, epoch budget, divergence), a rung of
+# the successive-halving search (a worse trial stopped early), or the search's deadline.
+Ending = Literal["schedule", "rung", "deadline"]
+
+
 class TrialRecord(Frozen):
     """One finished training of the capacity search: what was tried and what it gave."""
 
     index: int
-    stage: Literal["bracket", "grid", "bayes"]
+    # "prior", "widen", "bayes" (older searches: "bracket", "grid", "bayes")
+    stage: Literal["prior", "widen", "bayes", "bracket", "grid"]
     n: int
     lr: float
     momentum: float
@@ -453,6 +477,20 @@ class TrialRecord(Frozen):
     wall_seconds: float
     device: str
     diverged: bool
+    ended: Ending = "schedule"
+    rung: int | None = None  # the highest successive-halving rung it reached (0 = first)
+
+
+class SearchQuality(Frozen):
+    """How far to trust a capacity: it is a lower bound, tight only when the maximum of I
+    was bracketed and the best trial ended by its own rule."""
+
+    bracketed: bool  # a trial at a smaller N and a finished one at a larger N have lower I
+    best_finished: bool  # the best trial ended by its own schedule (not a rung or deadline)
+    trials: int
+    budget_used: float  # fraction of budget_seconds spent
+    prior_n: int  # where the search looked first: parameters x the kind's bits/param
+    verdict: str  # one line for a reader
 
 
 class CapacityResult(Frozen):
@@ -461,13 +499,14 @@ class CapacityResult(Frozen):
     bits_per_param: float
     conv_bits_per_param: float | None
     best: TrialRecord
-    bracket_n: int  # stage 1: the largest N memorized (accuracy >= 0.99) at coarse settings
+    bracket_n: int  # the largest N memorized (accuracy >= 0.99); the prior N if none was
     curve: tuple[CurvePoint, ...]
     trials: tuple[TrialRecord, ...]
     engine: str  # "batched" (older results may say "sequential": CNN and RNN trials were not)
     wall_seconds: float
     device: str
     seed: int
+    quality: SearchQuality | None = None  # None in results stored before it existed
 
 
 JOB_KINDS = ("capacity", "quant_sweep")

@@ -186,7 +186,7 @@ class Worker:
         stored = retrying(lambda: self.store.trials(job.id))
         completed = [TrialRecord.model_validate(r) for r in stored]
         best = max((r.mutual_information_bits for r in completed), default=0.0)
-        state: dict[str, Any] = {"stage": "bracket", "trials_done": len(completed),
+        state: dict[str, Any] = {"stage": "prior", "trials_done": len(completed),
                                  "best_bits": best}  # fmt: skip
 
         def on_trial(record: TrialRecord) -> None:

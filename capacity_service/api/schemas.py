@@ -93,6 +93,10 @@ class CurveItem(BaseModel):
     bits_per_param: float | None
     conv_bits_per_param: float | None
     best_n: int | None
+    quality: dict[str, Any] | None = Field(
+        description="how far to trust it: bracketed, best_finished, trials, budget_used, "
+        "prior_n, verdict (null for results stored before it)"
+    )
     curve: list[dict[str, Any]] = Field(description="n, accuracy, mutual_information_bits")
     seed: int | None
     device: str | None

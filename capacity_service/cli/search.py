@@ -1,4 +1,5 @@
-"""`capacity search`: the three-stage capacity search (N bracket, grid, Bayesian)."""
+"""`capacity search`: the capacity search (a design around the prior N, widening, then
+Bayesian optimization, with successive halving on the batched engine)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from capacity_service.cli.common import (
     add_spec_arguments,
     check_device,
     describe_model,
+    fail,
     print_table,
     spec_document,
     validate,
@@ -49,10 +51,13 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "search",
         help="measure capacity: search N and the training settings for the largest I",
-        description="The three-stage search of the thesis: bracket N, a coarse grid over "
-        "learning rate and batch size, then Bayesian optimization (scikit-optimize) over "
-        "learning rate, decay, momentum, batch size and N together, maximizing "
-        "I = N (1 - H2(p)); K trials at a time on the batched engine.",
+        description="Maximizes I = N (1 - H2(p)) over N and the training settings: a "
+        "design around the prior N (parameters x the kind's usual bits/param) at several "
+        "learning rates, N widened until the maximum is bracketed, then Bayesian "
+        "optimization (scikit-optimize) over learning rate, decay, momentum, batch size and "
+        "N; K trials at a time on the batched engine, the worse ones stopped at rungs "
+        "(successive halving) and their rows refilled. The result says how far to trust "
+        "it (quality).",
     )
     add_spec_arguments(parser, training=False)
     search = parser.add_argument_group("search (override the spec file)")
@@ -63,8 +68,14 @@ def add_parser(subparsers: Any) -> None:
     )
     search.add_argument("--epochs", type=int, help="epoch budget of each trial (1500)")
     search.add_argument("--patience", type=int, help="plateau patience of each trial (50)")
-    search.add_argument("--lr-range", type=_pair(float), help="LOW,HIGH (0.001,0.05)")
-    search.add_argument("--n-range", type=_pair(int), help="LOW,HIGH of N (from stage 1)")
+    search.add_argument(
+        "--lr-range", type=_pair(float), help="LOW,HIGH (by kind: FCDNN 0.002,0.2; LSTM 0.01,0.3)"
+    )
+    search.add_argument(
+        "--n-range",
+        type=_pair(int),
+        help="LOW,HIGH of N for the Bayesian stage (around the prior N)",
+    )
     search.add_argument("--estimator", choices=("GP", "RF", "ET"), help="surrogate (GP)")
     add_output_arguments(parser)
     parser.set_defaults(handler=run)
@@ -72,7 +83,7 @@ def add_parser(subparsers: Any) -> None:
 
 @dataclass
 class SearchProgress:
-    stage: str = "bracket"
+    stage: str = "prior"
     done: int = 0
     best: float = 0.0
 
@@ -102,7 +113,12 @@ def run(args: argparse.Namespace) -> int:
         progress.best = max(progress.best, record.mutual_information_bits)
         show()
 
-    result = search_capacity(spec, on_trial=on_trial, on_stage=on_stage)
+    try:
+        result = search_capacity(spec, on_trial=on_trial, on_stage=on_stage)
+    except ValueError as error:  # a budget this device cannot use, a spec that does not fit
+        if bar is not None:
+            bar.close()
+        fail(str(error))
     if bar is not None:
         bar.close()
     document = result.model_dump(mode="json")
@@ -127,6 +143,14 @@ def run(args: argparse.Namespace) -> int:
     ]
     if result.conv_bits_per_param is not None:
         rows.append(("conv bits/param", f"{result.conv_bits_per_param:.3f}"))
+    if result.quality is not None:
+        quality = result.quality
+        rows.append(("quality", quality.verdict))
+        rows.append((
+            "bracketed / best finished",
+            f"{'yes' if quality.bracketed else 'no'} / {'yes' if quality.best_finished else 'no'}"
+            f" ({quality.budget_used:.0%} of the time budget)",
+        ))  # fmt: skip
     print_table(rows)
     print("\ncurve (N, accuracy, I):")
     for point in result.curve:

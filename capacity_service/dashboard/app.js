@@ -153,9 +153,19 @@ function fillResults(items) {
     link.innerHTML = `<a href="#/jobs/${item.job_id}">${item.job_id}</a>`;
     row.append(tick, link, cell(describeModel(item.model)), cell(item.params.toLocaleString(), "num"),
       cell(fixed(item.capacity_bits, 1), "num"), cell(fixed(item.bits_per_param, 3), "num"),
-      cell(item.best_n === null ? "–" : item.best_n.toLocaleString(), "num"));
+      cell(item.best_n === null ? "–" : item.best_n.toLocaleString(), "num"), qualityCell(item.quality));
     body.append(row);
   }
+}
+
+// "tight" when the maximum of I was bracketed and its trial finished, else "lower bound";
+// the verdict (what to rerun with) shows on hover
+function qualityCell(quality) {
+  if (!quality) return cell("–");
+  const td = cell(quality.bracketed && quality.best_finished ? "tight" : "lower bound");
+  td.title = quality.verdict;
+  td.className = "quality";
+  return td;
 }
 
 function sweepTraces(sweep, prefix) {
@@ -276,6 +286,7 @@ async function showJob(id) {
   if (job.state === "succeeded") {
     result = await api(`/v1/jobs/${id}/result`);
     if (result.capacity_bits !== undefined) rows.push(["capacity", `${result.capacity_bits.toFixed(1)} bits, ${result.bits_per_param.toFixed(3)} bits/param`]);
+    if (result.quality) rows.push(["quality", result.quality.verdict]);
     if (result.curves) rows.push(["precision boundary", result.curves.map((c) => `N ${c.n}: ${c.precision_boundary ?? "none"} bits`).join("; ")]);
     rows.push(["CSV", `/v1/jobs/${id}/result?format=csv`]);
   }
@@ -300,7 +311,7 @@ async function showJob(id) {
     const row = document.createElement("tr");
     row.append(cell(t.index, "num"), cell(t.stage), cell(t.n.toLocaleString(), "num"), cell(fixed(t.lr, 4), "num"),
       cell(t.batch_size, "num"), cell(fixed(t.accuracy, 4), "num"), cell(fixed(t.mutual_information_bits, 1), "num"),
-      cell(t.epochs, "num"), cell(fixed(t.wall_seconds, 1), "num"));
+      cell(t.epochs, "num"), cell(t.ended === "rung" ? `rung ${t.rung}` : (t.ended ?? "schedule")), cell(fixed(t.wall_seconds, 1), "num"));
     body.append(row);
   }
   return job.state === "queued" || job.state === "running";

@@ -17,10 +17,13 @@ import torch
 
 from capacity_service.science.data import Dataset, make_dataset
 from capacity_service.science.device import resolve_device
-from capacity_service.science.engine import TrialConfig, train_trials
+from capacity_service.science.engine import TrialConfig, stack_models, train_trials
 from capacity_service.science.engine.memory import check_fits, default_k
+from capacity_service.science.engine.stacked import Batch
+from capacity_service.science.halving import SuccessiveHalving
 from capacity_service.science.measure import conv_bits, measure
 from capacity_service.science.metrics import (
+    DEFAULT_FC_BITS_PER_PARAM,
     bits_per_parameter,
     mutual_information,
 )
@@ -34,6 +37,7 @@ from capacity_service.specs import (
     MeasureResult,
     MeasureSpec,
     NSearchResult,
+    SearchQuality,
     SearchSpec,
     TrainSpec,
     TrialRecord,
@@ -133,11 +137,22 @@ def _result(spec: MeasureSpec, trials: list[MeasureResult], started: float) -> N
     )
 
 
-# --- the three-stage capacity search --------------------------------------------------
+# --- the capacity search ---------------------------------------------------------------
 
-MEMORIZED = 0.99  # stage 1 looks for the largest N trained to at least this accuracy
-LADDER = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # stage 1: N as multiples of the parameter count
-COARSE_EPOCHS = 300  # epoch budget of the coarse stages 1 and 2 (they set bounds only)
+# Where the capacity of a kind usually lies, in bits per parameter (thesis 2.4; for a CNN,
+# of its convolution layers, its dense layers counted at DEFAULT_FC_BITS_PER_PARAM): the
+# search looks first around N = parameters x these.
+PRIOR_BITS = {"fcdnn": 2.3, "cnn": 3.0, "lstm": 3.7, "gru": 3.7, "rnn": 3.7}
+PRIOR_FACTORS = (1.0, 0.8, 1.25, 0.6, 1.6)  # the design's N, as multiples of the prior N
+DESIGN_RATES = 5  # learning rates at each N of the design, log-spaced over the range
+WIDEN = 1.5  # a best N at the edge of those tried: try N x 1.5 (or / 1.5) next
+RUNG_EPOCHS = 4  # the first rung: 4 epochs at the prior N and the largest batch, in steps
+ETA = 3  # successive halving: the best third of a rung goes on
+RUNGS = 4  # rungs at 4, 12, 36 and 108 such epochs; past the last a trial runs to its end
+BUCKET = 1.5  # trials compete at a rung with those whose N lies in the same 1.5x band
+EXPLORE = 0.3  # new trials start in the first 30% of the time budget, later only if the
+# longest trial that finished by its own rule still fits in the time left
+MEMORIZED = 0.99
 StageCallback = Callable[[str], None]
 
 
@@ -152,132 +167,22 @@ class Point:
     batch_size: int
 
 
-class _Runner:
-    """Runs trials through the engine, numbers them, and replays finished ones.
+def prior_n(spec: CapacitySpec) -> int:
+    """N at the kind's usual bits per parameter (capped by the data pool)."""
+    counted = count_parameters(spec.model)
+    bits = PRIOR_BITS[spec.model.kind]
+    if spec.model.kind == "cnn":
+        conv = counted.count_layers("conv")
+        estimate = bits * conv + DEFAULT_FC_BITS_PER_PARAM * (counted.total - conv)
+    else:
+        estimate = bits * counted.total
+    return max(2, min(largest_search_n(spec), round(estimate)))
 
-    Trial i is fully determined by its index (its seeds) and its point, so a search that
-    is given its finished trials again takes their results instead of training them.
-    """
 
-    def __init__(
-        self,
-        spec: CapacitySpec,
-        pool: Dataset,
-        device: torch.device,
-        completed: Sequence[TrialRecord],
-        on_trial: Callable[[TrialRecord], None] | None,
-        should_stop: Callable[[], bool] | None,
-    ) -> None:
-        self.spec, self.pool, self.device = spec, pool, device
-        self.completed = {record.index: record for record in completed}
-        self.records: list[TrialRecord] = []
-        self.next_index = 0  # trial indices are never reused, even when one was lost
-        self.on_trial, self.should_stop = on_trial, should_stop
-        self.started = time.perf_counter()
-        self.deadline = self.started + spec.search.budget_seconds
-        self.engine = "batched"
-
-    def remaining(self) -> int:
-        if time.perf_counter() >= self.deadline:
-            return 0
-        if self.should_stop is not None and self.should_stop():
-            return 0
-        return self.spec.search.budget_trials - len(self.records)
-
-    def run(
-        self, stage: str, points: Sequence[Point], epochs: int | None = None
-    ) -> list[TrialRecord]:
-        """Train (or replay) these points, at most as many as the budget has left, with
-        at most `epochs` epochs each (the search's epoch budget by default)."""
-        points = list(points)[: max(0, self.remaining())]
-        first = self.next_index
-        self.next_index += len(points)
-        fresh: list[tuple[int, Point]] = []
-        results: dict[int, TrialRecord] = {}
-        for offset, point in enumerate(points):
-            index = first + offset
-            if index in self.completed:
-                results[index] = self._replayed(index, stage, point)
-            else:
-                fresh.append((index, point))
-        for chunk_start in range(0, len(fresh), _k(self.spec.search)):
-            chunk = fresh[chunk_start : chunk_start + _k(self.spec.search)]
-            if chunk_start and self.remaining() <= 0:
-                break
-            results.update(self._train(stage, chunk, epochs or self.spec.search.epochs))
-        finished = [results[i] for i in sorted(results)]
-        self.records.extend(finished)
-        return finished
-
-    def _replayed(self, index: int, stage: str, point: Point) -> TrialRecord:
-        record = self.completed[index]
-        if record.stage != stage or _point_of(record) != point:
-            raise ValueError(
-                f"cannot resume: stored trial {index} ({record.stage}, N = {record.n}) is not "
-                f"the one this search plans ({stage}, N = {point.n}); was the spec changed?"
-            )
-        return record
-
-    def replay_rest(self) -> list[TrialRecord]:
-        """Take the finished trials beyond those replayed so far (the Bayesian stage's,
-        whose points came from an optimizer state that is gone) as they are."""
-        rest = [self.completed[i] for i in sorted(self.completed) if i >= self.next_index]
-        self.records.extend(rest)
-        if rest:  # a trial lost mid-batch leaves a gap: its index is not used again
-            self.next_index = rest[-1].index + 1
-        return rest
-
-    def _train(
-        self, stage: str, chunk: list[tuple[int, Point]], epochs: int
-    ) -> dict[int, TrialRecord]:
-        search, seed = self.spec.search, self.spec.seed
-        configs = [
-            TrialConfig(
-                n=point.n,
-                train=TrainSpec(
-                    lr=point.lr,
-                    momentum=point.momentum,
-                    lr_decay=point.lr_decay,
-                    batch_size=point.batch_size,
-                    epochs=min(epochs, search.epochs),
-                    patience=search.patience,
-                    max_decays=search.max_decays,
-                ),
-                init_seed=derive_seed(seed, f"init-{index}"),
-                shuffle_seed=derive_seed(seed, f"shuffle-{index}"),
-            )
-            for index, point in chunk
-        ]
-        records: dict[int, TrialRecord] = {}
-
-        def finished(position: int, outcome: TrainOutcome) -> None:
-            index, point = chunk[position]
-            information = 0.0 if outcome.diverged else mutual_information(point.n, outcome.accuracy)
-            record = TrialRecord(
-                index=index,
-                stage=stage,
-                n=point.n,
-                lr=point.lr,
-                momentum=point.momentum,
-                lr_decay=point.lr_decay,
-                batch_size=point.batch_size,
-                seed=configs[position].init_seed,
-                accuracy=outcome.accuracy,
-                mutual_information_bits=information,
-                epochs=outcome.epochs,
-                wall_seconds=outcome.wall_seconds,
-                device=str(self.device),
-                diverged=outcome.diverged,
-            )
-            records[index] = record
-            if self.on_trial is not None:  # stored the moment it finishes
-                self.on_trial(record)
-
-        run = train_trials(
-            self.spec.model, self.pool, configs, self.should_stop, self.deadline, finished
-        )
-        self.engine = run.engine
-        return records
+def first_rung(spec: CapacitySpec) -> int:
+    """Optimizer steps to the first rung: RUNG_EPOCHS epochs at the prior N and the
+    largest batch size (steps, not epochs, so a small N is not starved)."""
+    return RUNG_EPOCHS * math.ceil(prior_n(spec) / max(spec.search.batch_sizes))
 
 
 def search_capacity(
@@ -289,184 +194,354 @@ def search_capacity(
 ) -> CapacityResult:
     """The capacity of `spec.model`: the largest I over N and the training settings.
 
-    Stage 1 brackets N (a geometric ladder from the parameter count, then points between
-    the last N memorized and the first not); stage 2 grids the learning rate and batch
-    size to set the bounds; stage 3 runs scikit-optimize over learning rate (log), decay,
-    momentum, batch size and N together, K points per ask, maximizing I. `completed`
-    trials (from an interrupted run) are replayed, not trained again.
+    All trials run in one stack of K rows on the batched engine. The first fill is a
+    design around the prior N (`prior_n`: N x 0.6-1.6, at several learning rates); then,
+    while the best N lies at the edge of those tried, N is widened by
+    1.5; then scikit-optimize (told every ended trial) proposes the rest. At each rung
+    successive halving stops the worse trials among those of about the same N, and their
+    rows are refilled at once. `completed` trials (of an interrupted run) count as they
+    are; none is trained again.
     """
     started = time.perf_counter()
-    search = spec.search
     device = resolve_device(spec.device)
+    if spec.search.batch is None:  # K by device: wider stacks on a GPU
+        spec = spec.model_copy(update={"search": spec.search.model_copy(
+            update={"batch": default_k(device)})})  # fmt: skip
+    search = spec.search
     counted = count_parameters(spec.model)
     pool_n = largest_search_n(spec)
-    if search.batch is None:  # K by device: wider stacks on a GPU
-        search = search.model_copy(update={"batch": default_k(device)})
-        spec = spec.model_copy(update={"search": search})
     check_fits(spec.model, _k(search), max(search.batch_sizes), pool_n, device)
     pool = make_dataset(spec.model, max(pool_n, 2), derive_seed(spec.seed, "data"), device)
-    runner = _Runner(spec, pool, device, completed, on_trial, should_stop)
-    stage_budget = max(2, min(15, search.budget_trials // 4))
-
-    if on_stage is not None:
-        on_stage("bracket")
-    n_star = _bracket(runner, counted.total, pool.n, stage_budget)
-    if on_stage is not None:
-        on_stage("grid")
-    lr_bounds = _grid(runner, min(pool.n, round(1.25 * n_star)), min(12, search.budget_trials // 5))
-    if on_stage is not None:
-        on_stage("bayes")
-    n_bounds = search.n_range or (max(2, round(0.7 * n_star)), min(pool.n, round(2.5 * n_star)))
-    _bayes(runner, lr_bounds, n_bounds)
-
-    records = runner.records
+    _check_budget(spec, pool, first_rung(spec))
+    plan = _Search(spec, pool.n, device, completed, on_trial, on_stage, should_stop)
+    run = train_trials(
+        spec.model, pool, [], should_stop, plan.deadline, plan.ended, plan, rows=_k(search)
+    )
+    records = sorted(plan.records, key=lambda r: r.index)
     if not records:
         raise RuntimeError("the search ended before any trial finished (budget or cancel)")
     best = max(records, key=lambda r: r.mutual_information_bits)
+    memorized = [r.n for r in records if r.accuracy >= MEMORIZED and r.ended != "rung"]
+    wall = time.perf_counter() - started
     return CapacityResult(
         params=counted.total,
         capacity_bits=best.mutual_information_bits,
         bits_per_param=bits_per_parameter(best.mutual_information_bits, counted.total),
         conv_bits_per_param=conv_bits(spec.model, counted, best.mutual_information_bits),
         best=best,
-        bracket_n=n_star,
+        bracket_n=max(memorized, default=plan.prior_n),
         curve=capacity_curve(records),
         trials=tuple(records),
-        engine=runner.engine,
-        wall_seconds=time.perf_counter() - started,
+        engine=run.engine,
+        wall_seconds=wall,
         device=str(device),
         seed=spec.seed,
+        quality=assess(records, search, wall, plan.prior_n),
     )
+
+
+def _check_budget(spec: CapacitySpec, pool: Dataset, first_rung: int) -> None:
+    """Refuse a time budget too small for one full stack to reach the first rung, naming
+    the field and the smallest budget that does (timed here, on this device)."""
+    search = spec.search
+    n = min(pool.n, prior_n(spec))
+    train = TrainSpec(lr=spec.lr_bounds[0], batch_size=max(search.batch_sizes), epochs=1)
+    configs = [
+        TrialConfig(n=n, train=train, init_seed=k, shuffle_seed=k) for k in range(_k(search))
+    ]
+    stacked = stack_models(spec.model, configs, pool)
+    batch = max(search.batch_sizes)
+    x = pool.x[:batch].unsqueeze(0).expand(len(configs), *pool.x[:batch].shape).contiguous()
+    y = pool.y[:batch].unsqueeze(0).expand(len(configs), -1).contiguous()
+    sample = Batch(x, y, torch.full(y.shape, 1.0 / len(y[0]), device=x.device))
+    neg_lr, momentum = torch.full((len(configs),), -train.lr), torch.zeros(len(configs))
+    stacked.step(sample, neg_lr.to(x.device), momentum.to(x.device))  # warm-up
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    began = time.perf_counter()
+    for _ in range(3):
+        stacked.step(sample, neg_lr.to(x.device), momentum.to(x.device))
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    needed = (time.perf_counter() - began) / 3 * first_rung
+    if search.budget_seconds < needed:
+        raise ValueError(
+            f"search.budget_seconds: {search.budget_seconds:g} s is too short for a trial to "
+            f"reach its first rung ({first_rung:,} steps of K = {len(configs)} trials, about "
+            f"{needed:.1f} s here); use at least {math.ceil(needed) + 1} s (--budget-seconds)"
+        )
+
+
+def assess(
+    records: Sequence[TrialRecord], search: SearchSpec, wall_seconds: float, prior: int
+) -> SearchQuality:
+    """How far to trust the best of `records`, with a one-line verdict."""
+    best = max(records, key=lambda r: r.mutual_information_bits)
+    below = any(r.n < best.n for r in records)
+    above = any(
+        r.n > best.n
+        and r.ended == "schedule"
+        and r.mutual_information_bits < best.mutual_information_bits
+        for r in records
+    )
+    bracketed, finished = below and above, best.ended == "schedule"
+    used = wall_seconds / search.budget_seconds
+    more = f"--budget-seconds {math.ceil(2 * search.budget_seconds)}"
+    if len(records) >= search.budget_trials and used < 0.9:
+        more = f"--budget-trials {2 * search.budget_trials}"
+    if bracketed and finished:
+        verdict = "tight lower bound: the maximum of I is bracketed and its trial finished"
+    elif not bracketed:
+        side = "below" if not below else "above"
+        verdict = (f"lower bound: no finished trial {side} the best N has a lower I, so the "
+                   f"maximum may lie further {side}; rerun with {more}")  # fmt: skip
+    else:
+        verdict = (f"lower bound: the best trial was stopped ({best.ended}) before its own "
+                   f"end; rerun with {more}")  # fmt: skip
+    return SearchQuality(
+        bracketed=bracketed,
+        best_finished=finished,
+        trials=len(records),
+        budget_used=round(used, 4),
+        prior_n=prior,
+        verdict=verdict,
+    )
+
+
+class _Search:
+    """The engine's supervisor: which trials start in free rows, which stop at a rung,
+    and the record of each trial the moment it ends."""
+
+    def __init__(
+        self,
+        spec: CapacitySpec,
+        pool_n: int,
+        device: torch.device,
+        completed: Sequence[TrialRecord],
+        on_trial: Callable[[TrialRecord], None] | None,
+        on_stage: StageCallback | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> None:
+        self.spec, self.search, self.pool_n, self.device = spec, spec.search, pool_n, device
+        self.on_trial, self.on_stage, self.should_stop = on_trial, on_stage, should_stop
+        self.started = time.perf_counter()
+        self.deadline = self.started + self.search.budget_seconds
+        self.prior_n = prior_n(spec)
+        self.records: list[TrialRecord] = list(completed)
+        self.next_index = max((r.index for r in completed), default=-1) + 1
+        self.stage = ""
+        self.running: dict[int, tuple[int, str, Point]] = {}  # engine trial -> index, stage, point
+        self.configs: dict[int, TrialConfig] = {}
+        self.engine_trials = 0
+        self.halving = SuccessiveHalving(first_rung(spec), ETA, RUNGS)
+        self.design = self._design(completed)
+        self.widened: set[int] = set()
+        self.optimizer: Any = None
+        self.untold: list[TrialRecord] = list(completed)
+
+    # --- the engine's questions -------------------------------------------------------
+
+    def admit(self, free_rows: int) -> list[TrialConfig]:
+        fresh: list[TrialConfig] = []
+        while len(fresh) < free_rows and self._may_start():
+            left = self.search.budget_trials - len(self.records) - len(self.running)
+            stage, points = self._next(min(free_rows - len(fresh), left))
+            if not points:
+                break
+            if stage != self.stage:
+                self.stage = stage
+                if self.on_stage is not None:
+                    self.on_stage(stage)
+            for point in points:
+                fresh.append(self._start(stage, point))
+        return fresh
+
+    def keep(self, trial: int, steps: int, accuracy: float) -> bool:
+        _, _, point = self.running[trial]
+        information = mutual_information(point.n, accuracy)
+        best = max((r.mutual_information_bits for r in self.records), default=0.0)
+        if point.n <= best:  # even 100% of N cannot beat the best: its row is better used
+            return False
+        bucket = math.floor(math.log(point.n) / math.log(BUCKET))  # about the same N
+        return self.halving.keep(trial, bucket, steps, information)
+
+    def ended(self, trial: int, outcome: TrainOutcome) -> None:
+        index, stage, point = self.running.pop(trial)
+        rung = self.halving.rung_reached(trial)
+        record = TrialRecord(
+            index=index,
+            stage=stage,
+            n=point.n,
+            lr=point.lr,
+            momentum=point.momentum,
+            lr_decay=point.lr_decay,
+            batch_size=point.batch_size,
+            seed=self.configs.pop(trial).init_seed,
+            accuracy=outcome.accuracy,
+            mutual_information_bits=(
+                0.0 if outcome.diverged else mutual_information(point.n, outcome.accuracy)
+            ),
+            epochs=outcome.epochs,
+            wall_seconds=outcome.wall_seconds,
+            device=str(self.device),
+            diverged=outcome.diverged,
+            ended=outcome.ended,
+            rung=rung if rung >= 0 else None,
+        )
+        self.records.append(record)
+        self.untold.append(record)
+        if self.on_trial is not None:  # stored the moment it ends
+            self.on_trial(record)
+
+    # --- the plan ---------------------------------------------------------------------
+
+    def _may_start(self) -> bool:
+        if len(self.records) + len(self.running) >= self.search.budget_trials:
+            return False
+        if self.should_stop is not None and self.should_stop():
+            return False
+        now = time.perf_counter()
+        if now >= self.deadline:
+            return False
+        if now - self.started < EXPLORE * self.search.budget_seconds:
+            return True
+        # the longest trial that ended by its own rule: a new one should have time for that
+        longest = max((r.wall_seconds for r in self.records if r.ended == "schedule"), default=None)
+        return longest is not None and longest < self.deadline - now
+
+    def _design(self, completed: Sequence[TrialRecord]) -> list[Point]:
+        """The first fill: the prior N x 0.6-1.6, each at DESIGN_RATES learning rates (at
+        the largest batch size), nearest the prior first; at most half the trial budget
+        (the rest is for widening and the Bayesian stage); points of `completed` trials
+        are not tried again."""
+        low, high = self.spec.lr_bounds
+        rates = [low * (high / low) ** (i / (DESIGN_RATES - 1)) for i in range(DESIGN_RATES)]
+        rates.sort(key=lambda rate: abs(math.log(rate / math.sqrt(low * high))))  # middle first
+        center = self._center()
+        points = [
+            replace(center, n=max(2, min(self.pool_n, round(self.prior_n * f))), lr=lr)
+            for f in PRIOR_FACTORS for lr in rates
+        ]  # fmt: skip
+        done = {_point_of(r) for r in completed}
+        design = list(dict.fromkeys(points))[: max(1, self.search.budget_trials // 2)]
+        return [point for point in design if point not in done]
+
+    def _center(self) -> Point:
+        search = self.search
+        low, high = self.spec.lr_bounds
+        return Point(
+            n=self.prior_n,
+            lr=math.sqrt(low * high),
+            momentum=min(max(0.9, search.momentum[0]), search.momentum[1]),
+            lr_decay=sum(search.lr_decay) / 2,
+            batch_size=search.batch_sizes[-1],
+        )
+
+    def _next(self, count: int) -> tuple[str, list[Point]]:
+        if self.design:
+            taken, self.design = self.design[:count], self.design[count:]
+            return "prior", taken
+        widened = self._widen()
+        if widened:
+            return "widen", widened
+        return "bayes", self._ask(count)
+
+    def _widen(self) -> list[Point]:
+        """While the best N is the smallest or the largest N tried (or running), the next
+        N beyond it, at the best trial's settings."""
+        if not self.records:
+            return []
+        best = max(self.records, key=lambda r: r.mutual_information_bits)
+        tried = {r.n for r in self.records} | {p.n for _, _, p in self.running.values()}
+        if best.n >= max(tried):
+            n = min(self.pool_n, round(best.n * WIDEN))
+        elif best.n <= min(tried):
+            n = max(2, round(best.n / WIDEN))
+        else:
+            return []
+        if n in tried or n in self.widened:
+            return []
+        self.widened.add(n)
+        return [replace(_point_of(best), n=n)]
+
+    def _ask(self, count: int) -> list[Point]:
+        """`count` points from scikit-optimize, told every trial ended since the last ask."""
+        optimizer = self._optimizer()
+        told = [(x, -r.mutual_information_bits) for r in self.untold if (x := self._encode(r))]
+        self.untold = []
+        if told:
+            optimizer.tell([x for x, _ in told], [y for _, y in told])
+        # a pessimistic lie spreads a batch of asks over the space (cl_min clusters them)
+        asked = optimizer.ask(n_points=count, strategy="cl_max") if count > 1 else [optimizer.ask()]
+        points = [_decode(x, self.search.batch_sizes) for x in asked]
+        # an N below the best I found cannot beat it even at 100%: ask just above instead
+        floor = math.ceil(1.05 * max((r.mutual_information_bits for r in self.records), default=0))
+        return [replace(p, n=min(self.pool_n, max(p.n, floor))) for p in points]
+
+    def _optimizer(self) -> Any:
+        if self.optimizer is None:
+            from skopt import Optimizer
+            from skopt.space import Categorical, Integer, Real
+
+            search = self.search
+            n_low, n_high = search.n_range or (
+                max(2, round(0.4 * self.prior_n)),
+                min(self.pool_n, round(2.5 * self.prior_n)),
+            )
+            self.dimensions = [
+                Real(*self.spec.lr_bounds, prior="log-uniform"),
+                Real(*search.lr_decay),
+                Real(*search.momentum),
+                Categorical(list(search.batch_sizes)) if len(search.batch_sizes) > 1 else None,
+                Integer(n_low, max(n_low + 1, n_high)),
+            ]
+            self.space = [d for d in self.dimensions if d is not None]
+            self.optimizer = Optimizer(
+                self.space,
+                base_estimator=search.estimator,
+                n_initial_points=min(_k(search), 10),
+                random_state=self.spec.seed,
+            )
+        return self.optimizer
+
+    def _encode(self, record: TrialRecord) -> list[Any] | None:
+        values = [record.lr, record.lr_decay, record.momentum, record.batch_size, record.n]
+        values = [v for v, d in zip(values, self.dimensions, strict=True) if d is not None]
+        inside = all(
+            value in dimension for value, dimension in zip(values, self.space, strict=True)
+        )
+        return values if inside else None
+
+    def _start(self, stage: str, point: Point) -> TrialConfig:
+        """The engine's config of a new trial, numbered by the search (never reused)."""
+        index, self.next_index = self.next_index, self.next_index + 1
+        search = self.search
+        # a small N is given proportionally more epochs, so its budget in steps is not cut
+        epochs = round(search.epochs * max(1.0, self.prior_n / point.n))
+        config = TrialConfig(
+            n=point.n,
+            train=TrainSpec(
+                lr=point.lr,
+                momentum=point.momentum,
+                lr_decay=point.lr_decay,
+                batch_size=point.batch_size,
+                epochs=epochs,
+                patience=search.patience,
+                max_decays=search.max_decays,
+            ),
+            init_seed=derive_seed(self.spec.seed, f"init-{index}"),
+            shuffle_seed=derive_seed(self.spec.seed, f"shuffle-{index}"),
+        )
+        self.running[self.engine_trials] = (index, stage, point)
+        self.configs[self.engine_trials] = config
+        self.engine_trials += 1
+        return config
 
 
 def _k(search: SearchSpec) -> int:
     """K, the trials trained together (set by device before the search starts)."""
     assert search.batch is not None
     return search.batch
-
-
-def _center(spec: CapacitySpec) -> Point:
-    """The middle of the search space."""
-    search = spec.search
-    return Point(
-        n=0,
-        lr=math.sqrt(search.lr[0] * search.lr[1]),
-        momentum=min(max(0.9, search.momentum[0]), search.momentum[1]),
-        lr_decay=sum(search.lr_decay) / 2,
-        batch_size=search.batch_sizes[len(search.batch_sizes) // 2],
-    )
-
-
-def _rates(bounds: tuple[float, float], count: int) -> list[float]:
-    """`count` learning rates evenly spread on a log scale over the upper part of the
-    bounds (memorization at the sizes searched here favours larger rates)."""
-    low, high = math.sqrt(bounds[0] * bounds[1]), bounds[1]
-    if count == 1:
-        return [low]
-    return [low * (high / low) ** (i / (count - 1)) for i in range(count)]
-
-
-def _bracket(runner: _Runner, params: int, pool_n: int, budget: int) -> int:
-    """Stage 1: the largest N trained to at least MEMORIZED accuracy.
-
-    Round 1 trains a geometric ladder of N around the parameter count (with two learning
-    rates when the budget allows); round 2, at the better rate, bisects between the
-    largest N memorized and the next rung, or, when no rung was memorized, descends below
-    the ladder. If nothing is memorized at all, the N of the largest I stands in.
-    """
-    center = _center(runner.spec)
-    ladder = sorted({min(pool_n, max(2, round(params * f))) for f in LADDER})
-    rates = _rates(runner.spec.search.lr, 2 if budget >= 2 * len(ladder) + 3 else 1)
-    first = runner.run(
-        "bracket",
-        [replace(center, n=n, lr=lr) for n in ladder for lr in rates][:budget],
-        epochs=COARSE_EPOCHS,
-    )
-    if not first:
-        return min(pool_n, params)
-    best_rate = max(first, key=lambda r: r.mutual_information_bits).lr
-    memorized = [r.n for r in first if r.accuracy >= MEMORIZED]
-    left = budget - len(first)
-    if left > 0:
-        if memorized:
-            low = max(memorized)
-            high = min([r.n for r in first if r.n > low], default=low)
-            step = (high - low) / (left + 1)
-            probes = {round(low + step * (i + 1)) for i in range(left)} - {low, high}
-        else:  # descend: the ladder's bottom rung divided by 1.5, 2, 3, ...
-            probes = {max(2, round(ladder[0] / f)) for f in (1.5, 2, 3, 4, 6, 8)[:left]}
-        second = runner.run(
-            "bracket",
-            [replace(center, n=n, lr=best_rate) for n in sorted(probes)],
-            epochs=COARSE_EPOCHS,
-        )
-        first += second
-        memorized += [r.n for r in second if r.accuracy >= MEMORIZED]
-    if memorized:
-        return max(memorized)
-    return max(first, key=lambda r: r.mutual_information_bits).n
-
-
-def _grid(runner: _Runner, n: int, budget: int) -> tuple[float, float]:
-    """Stage 2: learning rates x batch sizes at N just past memorization; the learning-rate
-    bounds of stage 3 are a factor of 3 around the best."""
-    search = runner.spec.search
-    low, high = search.lr
-    if budget < 2:
-        return low, high
-    sizes = search.batch_sizes
-    rates = _rates(search.lr, max(2, min(4, budget // len(sizes))))
-    center = _center(runner.spec)
-    points = [replace(center, n=n, lr=lr, batch_size=size) for lr in rates for size in sizes]
-    tried = runner.run("grid", points[:budget], epochs=COARSE_EPOCHS)
-    if not tried:
-        return low, high
-    best = max(tried, key=lambda r: r.mutual_information_bits)
-    return max(low, best.lr / 3), min(high, best.lr * 3)
-
-
-def _bayes(runner: _Runner, lr: tuple[float, float], n: tuple[int, int]) -> None:
-    """Stage 3: scikit-optimize over (log lr, decay, momentum, batch size, N), maximizing I."""
-    from skopt import Optimizer
-    from skopt.space import Categorical, Integer, Real
-
-    search = runner.spec.search
-    dimensions = [
-        Real(lr[0], lr[1], prior="log-uniform"),
-        Real(*search.lr_decay),
-        Real(*search.momentum),
-        Categorical(list(search.batch_sizes)) if len(search.batch_sizes) > 1 else None,
-        Integer(*n),
-    ]
-    space = [d for d in dimensions if d is not None]
-    optimizer = Optimizer(
-        space,
-        base_estimator=search.estimator,
-        n_initial_points=min(_k(search), 10),
-        random_state=runner.spec.seed,
-    )
-
-    def encode(record: TrialRecord) -> list[Any] | None:
-        values = [record.lr, record.lr_decay, record.momentum, record.batch_size, record.n]
-        values = [v for v, d in zip(values, dimensions, strict=True) if d is not None]
-        inside = all(value in dimension for value, dimension in zip(values, space, strict=True))
-        return values if inside else None
-
-    # one tell with everything already known: earlier stages and replayed trials
-    runner.replay_rest()
-    known = [(x, -r.mutual_information_bits) for r in runner.records if (x := encode(r))]
-    if known:
-        optimizer.tell([x for x, _ in known], [y for _, y in known])
-    while (left := runner.remaining()) > 0:
-        # a pessimistic lie spreads a batch of asks over the space (cl_min clusters them)
-        asked = optimizer.ask(n_points=min(_k(search), left), strategy="cl_max")
-        points = [_decode(x, search.batch_sizes) for x in asked]
-        finished = runner.run("bayes", points)
-        if not finished:
-            break
-        told = [(x, -r.mutual_information_bits) for r in finished if (x := encode(r))]
-        if told:
-            optimizer.tell([x for x, _ in told], [y for _, y in told])
 
 
 def _point_of(record: TrialRecord) -> Point:

@@ -555,6 +555,7 @@ class StoredResult:
             "bits_per_param": self.bits_per_param,
             "conv_bits_per_param": self.document.get("conv_bits_per_param"),
             "best_n": best.get("n"),
+            "quality": self.document.get("quality"),
             "curve": self.document.get("curve", []),
             "seed": self.document.get("seed"),
             "device": self.document.get("device"),

@@ -160,7 +160,10 @@ def test_a_killed_worker_is_replaced_and_no_finished_trial_runs_again(database_u
         if second is not None:
             second.kill()
     after = {t["index"]: json.dumps(t, sort_keys=True) for t in store.trials(job.id)}
-    assert sorted(after) == list(range(12))
+    # the budget counts the stored trials; a trial lost with the worker leaves its index
+    # unused, and the new ones are numbered after every stored one
+    assert len(after) == 12
+    assert min(set(after) - set(before)) > max(before)
     assert all(after[i] == record for i, record in before.items())  # untouched, not rerun
     assert store.get(job.id).attempts == 2
     store.close()
