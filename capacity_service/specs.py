@@ -242,7 +242,7 @@ class SearchSpec(Frozen):
     budget_trials: Int = Field(60, ge=1, description="trainings at most, all stages")
     budget_seconds: Real = Field(600, gt=0, description="wall seconds at most")
     batch: Int | None = Field(
-        None, ge=1, description="K: trials trained together (default 32 on a CPU, 256 on a GPU)"
+        None, ge=1, description="K: trials trained together (default 8 on a CPU, 256 on a GPU)"
     )
     epochs: Int = Field(1500, ge=1, description="epoch budget of each trial")
     patience: Int = Field(50, ge=1, description="epochs without a better accuracy = plateau")

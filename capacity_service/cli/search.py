@@ -64,7 +64,7 @@ def add_parser(subparsers: Any) -> None:
     search.add_argument("--budget-trials", type=int, help="trainings at most (60)")
     search.add_argument("--budget-seconds", type=float, help="wall seconds at most (600)")
     search.add_argument(
-        "--batch", type=int, help="K: trials trained together (32 on a CPU, 256 on a GPU)"
+        "--batch", type=int, help="K: trials trained together (8 on a CPU, 256 on a GPU)"
     )
     search.add_argument("--epochs", type=int, help="epoch budget of each trial (1500)")
     search.add_argument("--patience", type=int, help="plateau patience of each trial (50)")

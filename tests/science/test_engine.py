@@ -152,7 +152,7 @@ def test_k_trials_that_cannot_fit_are_refused_naming_the_field() -> None:
     with pytest.raises(ValueError, match=r"search\.batch: K = 100000 trials .* GiB on cpu"):
         check_fits(spec, 100_000, 128, 2**20, torch.device("cpu"))
     check_fits(spec, 32, 128, 2**15, torch.device("cpu"))  # the thesis's LSTM search fits
-    assert default_k(torch.device("cpu")) == 32 and default_k(torch.device("cuda")) == 256
+    assert default_k(torch.device("cpu")) == 8 and default_k(torch.device("cuda")) == 256
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
