@@ -22,6 +22,9 @@ def test_search_json_has_the_promised_keys(capsys: pytest.CaptureFixture[str]) -
     assert document["capacity_bits"] == max(
         t["mutual_information_bits"] for t in document["trials"]
     )
+    quality = document["quality"]
+    assert {"bracketed", "best_finished", "trials", "budget_used", "prior_n"} <= quality.keys()
+    assert quality["trials"] == 8 and quality["verdict"]
 
 
 def test_search_from_a_spec_file_with_progress(
@@ -34,6 +37,7 @@ def test_search_from_a_spec_file_with_progress(
     assert main(["search", str(spec)]) == 0
     captured = capsys.readouterr()
     assert "bits/param" in captured.out and "curve" in captured.out
+    assert "quality" in captured.out and "lower bound" in captured.out
     assert "stage" in captured.err and "best I" in captured.err
 
 
@@ -47,6 +51,8 @@ def test_search_from_a_spec_file_with_progress(
         (["--lr-range", "0.01,0.01"], "search.lr: low must be < high"),
         (["--n-range", "100,50"], "search.n_range: low must be < high"),
         (["--n-range", "10,5000"], "search.n_range: n = 5000 exceeds the 2^10"),
+        # valid, but too short to train any trial to its first rung on any machine
+        (["--budget-seconds", "0.000001"], "search.budget_seconds: 1e-06 s is too short"),
     ],
 )
 def test_bad_search_input_exits_2(

@@ -214,3 +214,17 @@ def test_the_default_suite_and_baseline_agree() -> None:
     suite = Suite.model_validate_json((root / "suite.json").read_text())
     baseline = Baseline.model_validate_json((root / "baseline.json").read_text())
     assert check_baseline(suite, baseline) == []
+
+
+def test_a_case_can_require_its_searches_to_bracket_the_maximum() -> None:
+    from capacity_service.regress import Case, metric_values
+
+    case = Case.model_validate({
+        "name": "bracketed", "kind": "capacity", "spec": {"model": MODEL},
+        "metrics": {"bracketed": {}, "best_finished": {}},
+    })  # fmt: skip
+    quality = {"bracketed": True, "best_finished": False, "trials": 9, "budget_used": 0.5,
+               "prior_n": 40, "verdict": "lower bound: ..."}  # fmt: skip
+    assert metric_values(case, {"quality": quality}) == {"bracketed": 1.0, "best_finished": 0.0}
+    # a result stored before searches had a quality: not known to bracket anything
+    assert metric_values(case, {"capacity_bits": 1.0}) == {"bracketed": 0.0, "best_finished": 0.0}

@@ -253,6 +253,8 @@ def run_job(args: argparse.Namespace) -> int:
     if result is not None and "capacity_bits" in result:
         rows.append(("capacity", f"{result['capacity_bits']:,.1f} bits, "
                                  f"{result['bits_per_param']:.3f} bits/param"))  # fmt: skip
+        if result.get("quality"):  # results from before it have none
+            rows.append(("quality", result["quality"]["verdict"]))
     if result is not None and "curves" in result:
         boundaries = ", ".join(f"N={c['n']}: {c['precision_boundary']} bits"
                                for c in result["curves"])  # fmt: skip

@@ -467,7 +467,7 @@ class _Search:
             lr=math.sqrt(low * high),
             momentum=min(max(0.9, search.momentum[0]), search.momentum[1]),
             lr_decay=sum(search.lr_decay) / 2,
-            batch_size=search.batch_sizes[-1],
+            batch_size=max(search.batch_sizes),
         )
 
     def _next(self, count: int) -> tuple[str, list[Point]]:
