@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from capacity_service.science.measure import conv_bits
 from capacity_service.science.metrics import bits_per_parameter
 from capacity_service.science.models import count_parameters
 from capacity_service.science.search import search_capacity
@@ -69,11 +70,9 @@ def measure(case: Case, seed: int, scale: float, device: str) -> dict[str, Any]:
 
     result = search_capacity(spec, on_trial=on_trial)
 
-    def score(bits: float) -> float:
-        if case.model["kind"] == "cnn":
-            conv = counted.count_layers("conv")
-            return (bits - 2.3 * (counted.total - conv)) / conv
-        return bits_per_parameter(bits, counted.total)
+    def score(bits: float) -> float:  # a CNN's as the thesis reports it: conv layers only
+        conv = conv_bits(spec.model, counted, bits)
+        return bits_per_parameter(bits, counted.total) if conv is None else conv
 
     marks = [m * scale for m in (SHORT_MARKS if case.budget_seconds <= 60 else MINUTE_MARKS)]
     checkpoints = {}

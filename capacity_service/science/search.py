@@ -340,7 +340,6 @@ class _Search:
         self.next_index = max((r.index for r in completed), default=-1) + 1
         self.stage = ""
         self.running: dict[int, tuple[int, str, Point]] = {}  # engine trial -> index, stage, point
-        self.configs: dict[int, TrialConfig] = {}
         self.engine_trials = 0
         self.halving = SuccessiveHalving(first_rung(spec), ETA, RUNGS)
         self.design = self._design(completed)
@@ -395,7 +394,7 @@ class _Search:
             momentum=point.momentum,
             lr_decay=point.lr_decay,
             batch_size=point.batch_size,
-            seed=self.configs.pop(trial).init_seed,
+            seed=derive_seed(self.spec.seed, f"init-{index}"),  # as `_start` seeded it
             accuracy=outcome.accuracy,
             mutual_information_bits=(
                 0.0 if outcome.diverged else mutual_information(point.n, outcome.accuracy)
@@ -610,7 +609,6 @@ class _Search:
             shuffle_seed=derive_seed(self.spec.seed, f"shuffle-{index}"),
         )
         self.running[self.engine_trials] = (index, stage, point)
-        self.configs[self.engine_trials] = config
         self.engine_trials += 1
         return config
 
