@@ -58,6 +58,9 @@ class ApiClient:
     def cancel(self, job_id: int) -> dict[str, Any]:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")  # type: ignore[no-any-return]
 
+    def retry(self, job_id: int) -> dict[str, Any]:
+        return self._call("POST", f"/v1/jobs/{job_id}/retry")  # type: ignore[no-any-return]
+
     def trials(self, job_id: int, cursor: int | None = None, limit: int = 100) -> dict[str, Any]:
         params = {"limit": limit} | ({"cursor": cursor} if cursor is not None else {})
         return self._call("GET", f"/v1/jobs/{job_id}/trials", params=params)  # type: ignore[no-any-return]

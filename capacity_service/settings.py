@@ -16,6 +16,11 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = 10.0  # how often a worker renews its lease
     max_attempts: int = 3  # claims of one job before it fails
     poll_seconds: float = 1.0  # a worker's wait when the queue is empty
+    # a transiently failed attempt goes back to the queue after base, 2 base, 4 base, ...
+    retry_base_seconds: float = Field(10.0, ge=0, description="first retry's backoff")
+    retry_max_seconds: float = Field(600.0, ge=0, description="longest retry backoff")
+    # how often a sweep that waits for its capacity job looks again
+    dependency_poll_seconds: float = Field(15.0, ge=0, description="dependency re-check")
 
     # the API server
     host: str = "127.0.0.1"

@@ -479,6 +479,9 @@ class TrialRecord(Frozen):
     diverged: bool
     ended: Ending = "schedule"
     rung: int | None = None  # the highest successive-halving rung it reached (0 = first)
+    # seconds into its search when it ended, counting the attempts before a resume (a
+    # resumed search's time budget starts from the latest of these)
+    search_seconds: float | None = None
 
 
 class SearchQuality(Frozen):

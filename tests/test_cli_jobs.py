@@ -49,6 +49,22 @@ def test_submit_list_show_and_cancel(
     assert code == 2 and "no job with id 999" in err
 
 
+def test_retry_queues_a_cancelled_job_and_refuses_a_queued_one(
+    tmp_path: Path, database: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "capacity.json"
+    spec.write_text(json.dumps(SPEC))
+    _, out, _ = run(capsys, "submit", str(spec), "--kind", "capacity", *database, "--json")
+    job_id = str(json.loads(out)["id"])
+    code, _, err = run(capsys, "retry", job_id, *database)
+    assert code == 2 and f"job {job_id} is queued" in err and "failed or cancelled" in err
+    run(capsys, "cancel", job_id, *database)
+    code, out, _ = run(capsys, "retry", job_id, *database, "--json")
+    assert code == 0 and json.loads(out)["state"] == "queued"
+    code, _, err = run(capsys, "retry", "999", *database)
+    assert code == 2 and "no job with id 999" in err
+
+
 def test_an_invalid_spec_is_refused_and_nothing_is_queued(
     tmp_path: Path, database: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

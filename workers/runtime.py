@@ -34,6 +34,12 @@ from capacity_service.store.queries import (
     Store,
     StoreError,
 )
+from workers.failures import (
+    DependencyFailed,
+    DependencyNotReady,
+    backoff_seconds,
+    classify,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -113,6 +119,10 @@ class Worker:
         """
         done = 0
         give_up = time.monotonic() + wait_seconds
+        try:  # seen by `GET /metrics` from now on; a database away now is not fatal
+            self.store.register_worker(self.worker_id, socket.gethostname(), self.device)
+        except StoreError as error:
+            log.warning("worker %s not registered: %s", self.worker_id, error)
         while not self.stopping:
             try:
                 job = self.store.claim(self.worker_id, self.settings.lease_seconds)
@@ -152,8 +162,7 @@ class Worker:
             except Exception as error:
                 if heartbeat.lost:
                     return
-                log.exception("job %s failed", job.id)
-                self._end(job, JobState.FAILED, error=f"{error.__class__.__name__}: {error}")
+                self._after_failure(job, spec, error)
                 return
             if heartbeat.lost:
                 log.warning("job %s: lease lost; its result is left to the new holder", job.id)
@@ -166,6 +175,56 @@ class Worker:
                 self._end(job, JobState.SUCCEEDED, result=summary)
         finally:
             heartbeat.stop()
+
+    def _after_failure(self, job: Job, spec: CapacitySpec | SweepSpec, error: Exception) -> None:
+        """A transient failure goes back to the queue with backoff while attempts remain
+        (a wait for a dependency costs none); anything else fails the job."""
+        failure = classify(error)
+        settings = self.settings
+        if failure.kind == "dependency":
+            log.info("job %s waits: %s", job.id, failure.message)
+            self._requeue(job, f"waiting: {failure.message}", settings.dependency_poll_seconds,
+                          count_attempt=False)  # fmt: skip
+            return
+        if not failure.transient:
+            log.exception("job %s failed", job.id, exc_info=error)
+            self._end(job, JobState.FAILED, error=failure.message)
+            return
+        replaced: dict[str, Any] | None = None
+        note = ""
+        if failure.kind == "out-of-memory":
+            smaller = smaller_stack(spec, self.device)
+            if smaller is None:
+                self._end(
+                    job,
+                    JobState.FAILED,
+                    error=f"{failure.message} (even one trial "
+                    "at a time does not fit: use a smaller model or search.batch_sizes)",
+                )
+                return
+            replaced, note = smaller
+        if job.attempts >= job.max_attempts:
+            log.error("job %s failed on its last attempt: %s", job.id, failure.message)
+            self._end(job, JobState.FAILED, error=f"gave up after {job.attempts} attempts "
+                      f"({failure.kind}): {failure.message}")  # fmt: skip
+            return
+        delay = backoff_seconds(job.attempts, settings.retry_base_seconds,
+                                settings.retry_max_seconds)  # fmt: skip
+        log.warning("job %s attempt %s failed (%s), retrying in %g s: %s", job.id,
+                    job.attempts, failure.kind, delay, failure.message)  # fmt: skip
+        self._requeue(job, f"attempt {job.attempts} of {job.max_attempts} failed "
+                      f"({failure.kind}), retried after {delay:g} s{note}: {failure.message}",
+                      delay, spec=replaced)  # fmt: skip
+
+    def _requeue(self, job: Job, error: str, delay: float, *, count_attempt: bool = True,
+                 spec: dict[str, Any] | None = None) -> None:  # fmt: skip
+        try:
+            retrying(lambda: self.store.requeue(job.id, self.worker_id, error=error,
+                                                delay_seconds=delay, count_attempt=count_attempt,
+                                                spec=spec))  # fmt: skip
+        except StoreError as failure:  # the database is still away: the lease will expire
+            log.warning("job %s could not be handed back (%s); its lease will expire",
+                        job.id, failure)  # fmt: skip
 
     def _end(self, job: Job, state: JobState, **details: Any) -> None:
         try:
@@ -221,9 +280,7 @@ class Worker:
         from capacity_service.science.sweep import SweepStopped, sweep
 
         if spec.regime is not None and spec.capacity_n is None:
-            source = retrying(lambda: self.store.result(spec.capacity_job or 0))
-            if source is None:
-                raise ValueError(f"capacity job {spec.capacity_job} has no result (yet)")
+            source = self._capacity_source(spec.capacity_job or 0)
             spec = spec.model_copy(update={"capacity_n": int(source["best"]["n"])})
         spec = spec.model_copy(update={"device": self.device})
 
@@ -242,3 +299,38 @@ class Worker:
             precision_boundary=first.precision_boundary,
             code_version=__version__,
         )
+
+    def _capacity_source(self, job_id: int) -> dict[str, Any]:
+        """The result of the capacity job a sweep names; DependencyNotReady while that job
+        is queued or running, DependencyFailed when it ended without one."""
+        source = retrying(lambda: self.store.get(job_id))
+        result = retrying(lambda: self.store.result(job_id))
+        if result is not None:
+            return result
+        if source.state in (JobState.QUEUED, JobState.RUNNING):
+            raise DependencyNotReady(f"capacity job {job_id} is {source.state}; this sweep "
+                                     "starts when it has a result")  # fmt: skip
+        why = f": {source.error}" if source.error else ""
+        raise DependencyFailed(
+            f"capacity job {job_id} {source.state} without a result{why}; "
+            f"retry it (capacity retry {job_id}), then this sweep"
+        )
+
+
+def smaller_stack(spec: CapacitySpec | SweepSpec, device: str) -> tuple[dict[str, Any], str] | None:
+    """The spec with half the trials in the stack (K), after the device ran out of memory,
+    and a note saying so; None when K is already 1 (or the job does not stack trials)."""
+    if not isinstance(spec, CapacitySpec):
+        return None
+    k = spec.search.batch
+    if k is None:
+        from capacity_service.science.device import resolve_device
+        from capacity_service.science.engine.memory import default_k
+
+        k = default_k(resolve_device(device))
+    if k <= 1:
+        return None
+    lower = k // 2
+    search = spec.search.model_copy(update={"batch": lower})
+    document = spec.model_copy(update={"search": search}).model_dump(mode="json")
+    return document, f" with search.batch (K) lowered from {k} to {lower}"

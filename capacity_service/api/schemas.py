@@ -64,6 +64,9 @@ class JobDocument(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    run_after: str | None = Field(
+        None, description="a job retried after a transient failure waits until then"
+    )
     spec: dict[str, Any]
 
 

@@ -1,4 +1,4 @@
-"""Job commands: db upgrade, worker, submit, jobs, job, cancel.
+"""Job commands: db upgrade, worker, submit, jobs, job, cancel, retry.
 
 submit, jobs, job and cancel talk to the database directly, or to the REST API with
 `--api URL` (or CAPACITY_API_URL; the key from CAPACITY_API_KEY).
@@ -85,6 +85,14 @@ def add_parsers(subparsers: Any) -> None:
     cancel.add_argument("id", type=int)
     cancel.add_argument("--json", action="store_true")
     cancel.set_defaults(handler=run_cancel)
+
+    retry = subparsers.add_parser(
+        "retry", help="queue a failed or cancelled job again (it resumes from its trials)"
+    )
+    add_source_arguments(retry, api=True)
+    retry.add_argument("id", type=int)
+    retry.add_argument("--json", action="store_true")
+    retry.set_defaults(handler=run_retry)
 
 
 def add_source_arguments(parser: argparse.ArgumentParser, api: bool = False) -> None:
@@ -300,4 +308,28 @@ def run_cancel(args: argparse.Namespace) -> int:
     else:
         state = "cancel requested" if job["cancel_requested"] else job["state"]
         print(f"job {job['id']} {state}")
+    return 0
+
+
+def run_retry(args: argparse.Namespace) -> int:
+    from capacity_service.store.queries import JobNotFoundError, JobStateError
+
+    client = client_from(args)
+    if client is not None:
+        with client:
+            job = client.retry(args.id)
+    else:
+        store = store_from(args)
+        try:
+            job = store.retry(args.id).to_document()
+        except JobNotFoundError as error:
+            fail(str(error))
+        except JobStateError as error:
+            fail(f"{error}; only failed or cancelled jobs can be retried")
+        finally:
+            store.close()
+    if args.json:
+        print(json.dumps(job))
+    else:
+        print(f"job {job['id']} queued again; its stored trials are kept")
     return 0

@@ -205,9 +205,9 @@ def search_capacity(
     1.5; then scikit-optimize (told every ended trial) proposes the rest. At each rung
     successive halving stops the worse trials among those of about the same N, and their
     rows are refilled at once. `completed` trials (of an interrupted run) count as they
-    are; none is trained again.
+    are; none is trained again, and the time they took counts against the budget.
     """
-    started = time.perf_counter()
+    started = time.perf_counter() - time_spent(completed)
     device = resolve_device(spec.device)
     if spec.search.batch is None:  # K by device: wider stacks on a GPU
         spec = spec.model_copy(update={"search": spec.search.model_copy(
@@ -243,6 +243,12 @@ def search_capacity(
         seed=spec.seed,
         quality=assess(records, search, wall, plan.prior_n),
     )
+
+
+def time_spent(completed: Sequence[TrialRecord]) -> float:
+    """The seconds a search had run when the last of `completed` ended (0 for records
+    from before this was recorded)."""
+    return max((r.search_seconds or 0.0 for r in completed), default=0.0)
 
 
 def _check_budget(spec: CapacitySpec, pool: Dataset, first_rung: int) -> None:
@@ -329,7 +335,8 @@ class _Search:
     ) -> None:
         self.spec, self.search, self.pool_n, self.device = spec, spec.search, pool_n, device
         self.on_trial, self.on_stage, self.should_stop = on_trial, on_stage, should_stop
-        self.started = time.perf_counter()
+        # an interrupted search resumes where its clock stood: the budget is for the job
+        self.started = time.perf_counter() - time_spent(completed)
         self.deadline = self.started + self.search.budget_seconds
         self.prior_n = prior_n(spec)
         self.records: list[TrialRecord] = list(completed)
@@ -405,6 +412,7 @@ class _Search:
             diverged=outcome.diverged,
             ended=outcome.ended,
             rung=rung if rung >= 0 else None,
+            search_seconds=round(time.perf_counter() - self.started, 3),
         )
         self.records.append(record)
         self._count(record)

@@ -29,6 +29,8 @@ class JobRow(Base):
     # seconds since the epoch on the database's clock (portable across SQLite and
     # PostgreSQL, and never compared with a worker's clock)
     lease_expires_at: Mapped[float | None]
+    # a job handed back after a transient failure is not claimed before this (same clock)
+    run_after: Mapped[float | None]
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     progress: Mapped[dict[str, Any]] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
@@ -73,3 +75,16 @@ class ApiKeyRow(Base):
     key_hash: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WorkerRow(Base):
+    """A worker process as last seen by the database: it is touched on every claim and
+    heartbeat, so `last_seen` (database clock, seconds) says whether it is alive."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(200))
+    device: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[float]

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from capacity_service.store.db import READ_ONLY, database_now_sql, make_engine
-from capacity_service.store.models import ApiKeyRow, JobRow, ResultRow, TrialRow
+from capacity_service.store.models import ApiKeyRow, JobRow, ResultRow, TrialRow, WorkerRow
 
 
 class JobState(StrEnum):
@@ -47,6 +47,14 @@ class LeaseLostError(StoreError):
     """This worker no longer holds the job (its lease expired and another took it)."""
 
 
+class JobStateError(StoreError):
+    """The job is in a state that does not allow the operation (the message names it)."""
+
+    def __init__(self, message: str, state: JobState) -> None:
+        super().__init__(message)
+        self.state = state
+
+
 @dataclass(frozen=True, kw_only=True)
 class Job:
     id: int
@@ -65,6 +73,7 @@ class Job:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    run_after: datetime | None = None  # a retry waits until then (backoff)
 
     @classmethod
     def from_row(cls, row: JobRow) -> Job:
@@ -85,6 +94,7 @@ class Job:
             created_at=row.created_at,
             started_at=row.started_at,
             finished_at=row.finished_at,
+            run_after=None if row.run_after is None else datetime.fromtimestamp(row.run_after, UTC),
         )
 
     def to_document(self) -> dict[str, Any]:
@@ -106,6 +116,7 @@ class Job:
             "created_at": stamp(self.created_at),
             "started_at": stamp(self.started_at),
             "finished_at": stamp(self.finished_at),
+            "run_after": stamp(self.run_after),
             "spec": self.spec,
         }
 
@@ -303,9 +314,11 @@ class Store:
                 .where(expired)
                 .values(state=JobState.QUEUED.value, worker_id=None, lease_expires_at=None)
             )
+            self._seen(session, worker_id, now)
+            due = JobRow.run_after.is_(None) | (JobRow.run_after <= now)
             pick = (
                 select(JobRow)
-                .where(JobRow.state == JobState.QUEUED.value)
+                .where((JobRow.state == JobState.QUEUED.value) & due)
                 .order_by(JobRow.priority.desc(), JobRow.id)
                 .limit(1)
             )
@@ -318,6 +331,7 @@ class Store:
             row.worker_id = worker_id
             row.attempts += 1
             row.lease_expires_at = now + lease_seconds
+            row.run_after = None
             row.started_at = row.started_at or _now()
             session.flush()
             return Job.from_row(row)
@@ -329,6 +343,7 @@ class Store:
             now = float(session.execute(select(self._db_now)).scalar_one())
             row = self._held(session, job_id, worker_id)
             row.lease_expires_at = now + lease_seconds
+            self._seen(session, worker_id, now)
             return row.cancel_requested
 
     def release(self, job_id: int, worker_id: str) -> None:
@@ -338,6 +353,48 @@ class Store:
             row = self._held(session, job_id, worker_id)
             row.state, row.worker_id, row.lease_expires_at = JobState.QUEUED.value, None, None
             row.attempts = max(0, row.attempts - 1)
+
+    def requeue(
+        self,
+        job_id: int,
+        worker_id: str,
+        *,
+        error: str,
+        delay_seconds: float,
+        count_attempt: bool = True,
+        spec: dict[str, Any] | None = None,
+    ) -> Job:
+        """Hand a running job back to the queue after a transient failure: no worker claims
+        it for `delay_seconds` (by the database's clock). `error` says why, while it waits;
+        an attempt that only waited for a dependency does not count (`count_attempt`);
+        `spec` replaces the stored spec (a retry with a smaller stack after running out of
+        memory)."""
+        with self.session() as session:
+            now = float(session.execute(select(self._db_now)).scalar_one())
+            row = self._held(session, job_id, worker_id)
+            row.state, row.worker_id, row.lease_expires_at = JobState.QUEUED.value, None, None
+            row.run_after, row.error = now + delay_seconds, error
+            if not count_attempt:
+                row.attempts = max(0, row.attempts - 1)
+            if spec is not None:
+                row.spec = spec
+            session.flush()
+            return Job.from_row(row)
+
+    def retry(self, job_id: int) -> Job:
+        """Put a failed or cancelled job back in the queue with its attempts reset; the
+        trials it stored are kept (its search resumes from them)."""
+        with self.session() as session:
+            row = session.get(JobRow, job_id, with_for_update=True)
+            if row is None:
+                raise JobNotFoundError(f"no job with id {job_id}")
+            if row.state not in (JobState.FAILED, JobState.CANCELLED):
+                raise JobStateError(f"job {job_id} is {row.state}", JobState(row.state))
+            row.state, row.attempts, row.error = JobState.QUEUED.value, 0, None
+            row.cancel_requested, row.finished_at, row.run_after = False, None, None
+            row.worker_id, row.lease_expires_at = None, None
+            session.flush()
+            return Job.from_row(row)
 
     def set_progress(self, job_id: int, worker_id: str, progress: dict[str, Any]) -> None:
         with self.session() as session:
@@ -379,6 +436,18 @@ class Store:
             if row is not None:
                 row.state, row.error, row.finished_at = JobState.FAILED.value, error, _now()
                 row.worker_id, row.lease_expires_at = None, None
+
+    # -- workers ------------------------------------------------------------------
+
+    def register_worker(self, worker_id: str, hostname: str, device: str) -> None:
+        """Record a worker process; claims and heartbeats then keep its `last_seen`."""
+        with self.session() as session:
+            now = float(session.execute(select(self._db_now)).scalar_one())
+            session.merge(WorkerRow(id=worker_id, hostname=hostname, device=device[:64],
+                                    started_at=_now(), last_seen=now))  # fmt: skip
+
+    def _seen(self, session: Session, worker_id: str, now: float) -> None:
+        session.execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(last_seen=now))
 
     def _held(self, session: Session, job_id: int, worker_id: str) -> JobRow:
         row = session.get(JobRow, job_id, with_for_update=True)

@@ -95,6 +95,22 @@ def test_cancel(server: Server) -> None:
         assert snapshot(server) == before
 
 
+def test_retry(server: Server) -> None:
+    with server.client(server.key) as http:
+        job = http.post("/v1/jobs", json=capacity_job()).json()
+        before = snapshot(server)
+        assert_problem(http.post(f"/v1/jobs/{job['id']}/retry"), 409, "is queued", "cancel it")
+        assert_problem(http.post("/v1/jobs/999999/retry"), 404, "999999")
+        assert snapshot(server) == before
+        http.post(f"/v1/jobs/{job['id']}/cancel")
+        retried = http.post(f"/v1/jobs/{job['id']}/retry")
+        assert retried.status_code == 200
+        assert retried.json()["state"] == "queued" and retried.json()["attempts"] == 0
+        assert "run_after" in retried.json()
+    with server.client() as anonymous:
+        assert_problem(anonymous.post(f"/v1/jobs/{job['id']}/retry"), 401, "API key")
+
+
 @pytest.mark.parametrize(
     ("body", "status", "words", "field"),
     [

@@ -66,6 +66,21 @@ def test_resume_takes_stored_trials_as_they_are_and_trains_none_again() -> None:
     assert len(design) == len(set(design))
 
 
+def test_a_resumed_search_counts_the_time_its_stored_trials_took() -> None:
+    finished: list[TrialRecord] = []
+    with contextlib.suppress(RuntimeError):
+        search_capacity(_spec(), on_trial=finished.append, should_stop=lambda: len(finished) >= 3)
+    clocks = [t.search_seconds for t in finished]
+    assert all(c is not None for c in clocks) and clocks == sorted(clocks)  # type: ignore[type-var]
+    # as if the first attempt had run for the whole budget: nothing new may start
+    spent = [t.model_copy(update={"search_seconds": 100.0}) for t in finished]
+    rerun: list[TrialRecord] = []
+    resumed = search_capacity(_spec(budget_seconds=100), completed=spent, on_trial=rerun.append)
+    assert rerun == [] and resumed.trials == tuple(sorted(spent, key=lambda t: t.index))
+    assert resumed.wall_seconds >= 100 and resumed.quality is not None
+    assert resumed.quality.budget_used >= 1.0
+
+
 def test_a_diverging_trial_counts_zero_and_the_search_goes_on() -> None:
     result = search_capacity(_spec(lr=(1e11, 1e13)))
     diverged = [t for t in result.trials if t.diverged]

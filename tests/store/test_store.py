@@ -10,6 +10,7 @@ from capacity_service.store.queries import (
     JobFinishedError,
     JobNotFoundError,
     JobState,
+    JobStateError,
     LeaseLostError,
     ResultSummary,
     Store,
@@ -171,3 +172,64 @@ def test_api_keys_are_stored_hashed_and_revocable(store: Store) -> None:
 
 def test_ping(store: Store) -> None:
     store.ping()
+
+
+def test_a_requeued_job_waits_for_its_backoff(store: Store) -> None:
+    job_id = submit(store)
+    store.claim("w1", 60)
+    waiting = store.requeue(job_id, "w1", error="attempt 1 failed", delay_seconds=3600)
+    assert waiting.state == JobState.QUEUED and waiting.attempts == 1
+    assert waiting.error == "attempt 1 failed" and waiting.run_after is not None
+    assert store.claim("w2", 60) is None  # not before its run_after
+    with pytest.raises(LeaseLostError):  # w1 no longer holds it
+        store.requeue(job_id, "w1", error="again", delay_seconds=0)
+
+
+def test_a_requeue_may_replace_the_spec_and_leave_the_attempt_uncounted(store: Store) -> None:
+    job_id = submit(store)
+    store.claim("w1", 60)
+    smaller = {"model": {"kind": "fcdnn", "width": 8}, "search": {"batch": 4}}
+    store.requeue(job_id, "w1", error="waiting", delay_seconds=0, count_attempt=False,
+                  spec=smaller)  # fmt: skip
+    again = store.claim("w2", 60)
+    assert again is not None and again.id == job_id
+    assert again.attempts == 1 and again.spec == smaller and again.run_after is None
+
+
+def test_retry_queues_a_failed_or_cancelled_job_and_refuses_the_others(store: Store) -> None:
+    failed, cancelled, running, queued = submit(store), submit(store), submit(store), submit(store)
+    store.claim("w1", 60)  # takes `failed`
+    store.record_trial(failed, 0, {"n": 10})
+    store.finish(failed, "w1", JobState.FAILED, error="boom")
+    store.cancel(cancelled)
+    store.claim("w2", 60)  # takes `running`, the oldest job still queued
+    for job_id in (failed, cancelled):
+        retried = store.retry(job_id)
+        assert retried.state == JobState.QUEUED and retried.attempts == 0
+        assert retried.error is None and retried.finished_at is None
+    assert store.trials(failed) == [{"n": 10}]  # kept: the search resumes from them
+    with pytest.raises(JobStateError) as error:
+        store.retry(running)
+    assert error.value.state == JobState.RUNNING and "running" in str(error.value)
+    with pytest.raises(JobStateError, match="queued"):
+        store.retry(queued)
+    with pytest.raises(JobNotFoundError):
+        store.retry(10_000)
+
+
+def test_a_worker_is_seen_at_each_claim_and_heartbeat(store: Store) -> None:
+    from sqlalchemy import select
+
+    from capacity_service.store.models import WorkerRow
+
+    def last_seen() -> float:
+        with store.session(read_only=True) as session:
+            return float(session.scalars(select(WorkerRow.last_seen)).one())
+
+    store.register_worker("w1", "host-a", "cpu")
+    registered = last_seen()
+    job_id = submit(store)
+    store.claim("w1", 60)
+    claimed = last_seen()
+    store.heartbeat(job_id, "w1", 60)
+    assert registered <= claimed <= last_seen()

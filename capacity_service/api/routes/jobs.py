@@ -33,7 +33,13 @@ from capacity_service.api.schemas import (
 )
 from capacity_service.export import result_csv
 from capacity_service.specs import SweepSpec
-from capacity_service.store.queries import Job, JobFinishedError, JobNotFoundError, JobState
+from capacity_service.store.queries import (
+    Job,
+    JobFinishedError,
+    JobNotFoundError,
+    JobState,
+    JobStateError,
+)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JobId = Annotated[int, Path(ge=1, le=LARGEST_ID, description="the job's id")]
@@ -52,6 +58,7 @@ REPLAYED = {"model": JobDocument, "description": "the job its idempotency key cr
 JOB_LINKS = {
     name: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"}}
     for name, operation in (("GetJob", "get_job"), ("CancelJob", "cancel_job"),
+                            ("RetryJob", "retry_job"),
                             ("JobTrials", "job_trials"), ("JobResult", "job_result"))
 }  # fmt: skip
 
@@ -165,6 +172,27 @@ def cancel_job(request: Request, job_id: JobId) -> dict[str, Any]:
     except JobFinishedError as error:
         raise ProblemError(409, "Job already finished", f"{error}; only queued or running "
                            "jobs can be cancelled", type=CONFLICT) from None  # fmt: skip
+
+
+@router.post(
+    "/{job_id}/retry",
+    response_model=JobDocument,
+    summary="Queue a failed or cancelled job again; it resumes from its stored trials",
+    operation_id="retry_job",
+    dependencies=WRITER,
+    responses=documented(401, 403, 404, 409, 422),
+)
+def retry_job(request: Request, job_id: JobId) -> dict[str, Any]:
+    try:
+        return store_of(request).retry(job_id).to_document()
+    except JobNotFoundError:
+        _job(request, job_id)  # raises the 404 problem
+        raise
+    except JobStateError as error:
+        what = ("cancel it first" if error.state in (JobState.QUEUED, JobState.RUNNING)
+                else "its result stands; submit a new job to measure again")  # fmt: skip
+        raise ProblemError(409, "Job cannot be retried", f"{error}; only failed or cancelled "
+                           f"jobs can be retried ({what})", type=CONFLICT) from None  # fmt: skip
 
 
 @router.get(
