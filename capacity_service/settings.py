@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -10,6 +12,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAPACITY_", extra="ignore")
 
     database_url: str = "sqlite:///./capacity.db"
+    # log lines of the CLI, the worker and the API server: text, or one JSON object each
+    log_format: Literal["text", "json"] = "text"
 
     # workers
     lease_seconds: float = 60.0  # a running job whose lease is this old goes back to queued

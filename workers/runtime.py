@@ -34,6 +34,7 @@ from capacity_service.store.queries import (
     Store,
     StoreError,
 )
+from workers import metrics as worker_metrics
 from workers.failures import (
     DependencyFailed,
     DependencyNotReady,
@@ -135,6 +136,7 @@ class Worker:
                     break
                 time.sleep(self.settings.poll_seconds)
                 continue
+            worker_metrics.claimed(job.kind)
             self.execute(job)
             done += 1
             if once:
@@ -229,6 +231,7 @@ class Worker:
     def _end(self, job: Job, state: JobState, **details: Any) -> None:
         try:
             retrying(lambda: self.store.finish(job.id, self.worker_id, state, **details))
+            worker_metrics.job_ended(job.kind, state.value)
         except LeaseLostError:
             log.warning("job %s: lease lost before it could be ended as %s", job.id, state)
 
@@ -251,7 +254,11 @@ class Worker:
         def on_trial(record: TrialRecord) -> None:
             # written the moment it finishes; a retried write of the same index is ignored
             document = record.model_dump(mode="json")
-            retrying(lambda: self.store.record_trial(job.id, record.index, document))
+            if not retrying(lambda: self.store.record_trial(job.id, record.index, document)):
+                # another holder stored it first (or a retried write whose first try
+                # landed): the soak benchmark counts these lines
+                log.warning("job %s trial %s was already stored", job.id, record.index)
+            worker_metrics.trial_finished(spec.model.kind, record.wall_seconds)
             state["trials_done"] += 1
             state["best_bits"] = max(state["best_bits"], record.mutual_information_bits)
             self._progress(job, **state)

@@ -15,6 +15,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from capacity_service import __version__
 from capacity_service.api.auth import KeyCache
+from capacity_service.api.metrics import ApiMetrics, RequestMetrics
+from capacity_service.api.metrics import router as metrics_router
 from capacity_service.api.problems import MEDIA_TYPE, TOO_LARGE, Problem, install_handlers
 from capacity_service.api.routes import dashboard, health, jobs, results
 from capacity_service.settings import Settings
@@ -42,11 +44,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # an engine: it connects on first use
     app.state.store = Store(settings.database_url, pool_size=settings.db_pool_size)
     app.state.key_cache = KeyCache(settings.key_cache_seconds)
+    app.state.metrics = ApiMetrics(app.state.store)
     install_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(results.router)
     app.include_router(dashboard.router)
+    app.include_router(metrics_router)  # GET /metrics, outside the OpenAPI schema
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
@@ -56,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _document_open_reads(app)
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # outermost: requests refused by the body limit are counted too
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     return app
 
 

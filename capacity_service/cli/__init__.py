@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from pydantic import ValidationError
+
 from capacity_service import __version__
 from capacity_service.cli import (
     experiments,
@@ -19,6 +21,8 @@ from capacity_service.cli import (
 )
 from capacity_service.cli.common import EXIT_BAD_INPUT, UsageError
 from capacity_service.client import ApiError
+from capacity_service.logs import configure_logging
+from capacity_service.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,10 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        settings = Settings()  # refuse a bad CAPACITY_* variable before anything runs
+    except ValidationError as error:
+        print(f"capacity: error: {describe_settings_error(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    configure_logging(settings.log_format, logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.handler(args))
     except UsageError as error:
@@ -58,3 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("capacity: interrupted", file=sys.stderr)
         return 130
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """Each refused setting by its environment variable, e.g. "CAPACITY_LOG_FORMAT: Input
+    should be 'text' or 'json' (got 'xml')"."""
+    problems = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        given = f" (got {item['input']!r})" if isinstance(item.get("input"), str) else ""
+        problems.append(f"CAPACITY_{field.upper()}: {item['msg']}{given}")
+    return "; ".join(problems)

@@ -50,6 +50,10 @@ def add_parsers(subparsers: Any) -> None:
     )  # fmt: skip
     worker.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:i")
     worker.add_argument("--worker-id", help="name in the store (default host-pid-random)")
+    worker.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve its Prometheus metrics on PORT (default off)")  # fmt: skip
+    worker.add_argument("--metrics-host", default="0.0.0.0",
+                        help="address for --metrics-port (default 0.0.0.0: all)")  # fmt: skip
     worker.set_defaults(handler=run_worker)
 
     submit = subparsers.add_parser("submit", help="queue a capacity or quant_sweep job")
@@ -159,6 +163,14 @@ def run_worker(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     store = store_from(args, migrate=True)
     worker = Worker(store, settings, device=device, worker_id=args.worker_id)
+    if args.metrics_port is not None:
+        from workers.metrics import serve
+
+        try:
+            serve(args.metrics_port, args.metrics_host, worker.worker_id, device)
+        except (OSError, OverflowError) as error:
+            fail(f"--metrics-port: cannot listen on {args.metrics_host}:{args.metrics_port} "
+                 f"({error})")  # fmt: skip
     worker.install_signal_handlers()
     try:
         worker.run(once=args.once, wait_seconds=args.wait)

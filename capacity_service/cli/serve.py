@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from typing import Any
 
@@ -11,6 +12,7 @@ from sqlalchemy.engine import make_url
 
 from capacity_service.cli.common import fail, print_table
 from capacity_service.cli.jobs import add_source_arguments, settings_from, store_from
+from capacity_service.logs import uvicorn_log_config
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -59,15 +61,19 @@ def run_serve(args: argparse.Namespace) -> int:
         upgrade(settings.database_url)
     if args.workers < 1:
         fail("--workers: give 1 or more server processes")
+    # CAPACITY_LOG_FORMAT=json: uvicorn's loggers and the app's write JSON lines too
+    log_config = uvicorn_log_config(settings.log_format, logging.getLogger().level)
+    logs: dict[str, Any] = {} if log_config is None else {"log_config": log_config}
     if args.workers == 1:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                    log_level=args.log_level)  # fmt: skip
+                    log_level=args.log_level, **logs)  # fmt: skip
         return 0
     # several processes import the app themselves: hand them the settings through the
     # environment they read it from
     os.environ["CAPACITY_DATABASE_URL"] = settings.database_url
     uvicorn.run("capacity_service.api.app:create_app", factory=True, workers=args.workers,
-                host=settings.host, port=settings.port, log_level=args.log_level)  # fmt: skip
+                host=settings.host, port=settings.port, log_level=args.log_level,
+                **logs)  # fmt: skip
     return 0
 
 
