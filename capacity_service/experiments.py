@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from capacity_service import __version__
-from capacity_service.regress import Runner
+from capacity_service.runs import Batch, Progress, Runner
 from capacity_service.specs import validate_job_spec
 
 TARGETS_FILE = "targets.json"  # beside the experiments: see capacity_service.targets
@@ -101,7 +100,8 @@ def load_result(folder: Path, name: str, seed: int) -> dict[str, Any] | None:
 class RunReport:
     ran: list[str]
     skipped: list[str]  # finished before
-    waiting: list[str]  # a sweep whose capacity result is not there yet
+    waiting: list[str]  # a sweep whose capacity result is not there (or its run failed)
+    failed: list[str] = field(default_factory=list)  # "label (why)": no result file
 
 
 BEST_TRAINING = ("lr", "momentum", "lr_decay", "batch_size")
@@ -110,53 +110,98 @@ BEST_TRAINING = ("lr", "momentum", "lr_decay", "batch_size")
 def run_experiments(
     folder: Path,
     experiments: Iterable[Experiment],
-    run: Runner,
+    runner: Runner,
     device: str,
-    on_start: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> RunReport:
-    """Run every (experiment, seed) that has no result file yet; capacity experiments
-    first, so sweeps find their N."""
+    """Run every (experiment, seed) that has no result file yet, writing each file as its
+    job finishes. Every capacity experiment is submitted at once, with the sweeps whose
+    capacity result (same seed) is already stored; a sweep whose capacity result is still
+    to come is submitted as soon as that result's file is written. Through the API, N
+    workers run them N at a time; locally, one after another, capacities first. A failed
+    job writes nothing and the others still finish; `failed` names it, and its sweeps
+    stay `waiting`."""
     report = RunReport([], [], [])
-    ordered = sorted(experiments, key=lambda e: e.kind != "capacity")
-    for experiment in ordered:
+    todo: list[tuple[Experiment, int]] = []
+    for experiment in sorted(experiments, key=lambda e: e.kind != "capacity"):
         for seed in experiment.seeds:
-            label = f"{experiment.name} seed {seed}"
             if result_path(folder, experiment.name, seed).exists():
-                report.skipped.append(label)
+                report.skipped.append(f"{experiment.name} seed {seed}")
+            else:
+                todo.append((experiment, seed))
+    coming = {(e.name, seed) for e, seed in todo if e.kind == "capacity"}
+    blocked: dict[tuple[str, int], list[Experiment]] = {}  # capacity run -> its sweeps
+    batch = Batch(runner, len(todo), progress)
+    started: dict[int, tuple[Experiment, int, dict[str, Any]]] = {}
+
+    def submit(experiment: Experiment, seed: int) -> None:
+        spec = experiment.spec | {"seed": seed}
+        if experiment.capacity_from is not None:
+            source = load_result(folder, experiment.capacity_from, seed)
+            if source is None:
+                if (experiment.capacity_from, seed) in coming:
+                    blocked.setdefault((experiment.capacity_from, seed), []).append(experiment)
+                else:
+                    report.waiting.append(f"{experiment.name} seed {seed}")
+                return
+            best = source["result"]["best"]
+            spec["capacity_n"] = int(best["n"])
+            # The network is trained as the capacity search trained its best trial.
+            spec["train"] = {key: best[key] for key in BEST_TRAINING} | spec.get("train", {})
+        label = f"{experiment.name} seed {seed}"
+        started[batch.submit(experiment.kind, spec, label)] = (experiment, seed, spec)
+
+    for experiment, seed in todo:
+        submit(experiment, seed)
+    batch.total -= len(report.waiting)  # sweeps with no capacity result to come
+    if progress is not None and batch.pending:
+        progress(f"submitted {len(batch.pending)} runs {runner.where}")
+    while ended := batch.finished():
+        for outcome in ended:
+            experiment, seed, spec = started.pop(outcome.handle)
+            label = f"{experiment.name} seed {seed}"
+            coming.discard((experiment.name, seed))
+            if outcome.result is None:
+                report.failed.append(f"{label} ({outcome.describe()})")
+                for sweep in blocked.pop((experiment.name, seed), []):
+                    report.waiting.append(f"{sweep.name} seed {seed}")
+                    batch.total -= 1
                 continue
-            spec = experiment.spec | {"seed": seed}
-            if experiment.capacity_from is not None:
-                source = load_result(folder, experiment.capacity_from, seed)
-                if source is None:
-                    report.waiting.append(label)
-                    continue
-                best = source["result"]["best"]
-                spec["capacity_n"] = int(best["n"])
-                # The network is trained as the capacity search trained its best trial.
-                spec["train"] = {key: best[key] for key in BEST_TRAINING} | spec.get("train", {})
-            if on_start is not None:
-                on_start(label)
-            started = time.perf_counter()
-            result = run(experiment.kind, spec)
-            record = {
-                "experiment": experiment.name,
-                "seed": seed,
-                "kind": experiment.kind,
-                "device": result.get("device", device),
-                "wall_seconds": time.perf_counter() - started,
-                "trials": len(result.get("trials", [])) or _sweep_trainings(result),
-                "code_version": __version__,
-                "finished_at": datetime.now(UTC).isoformat(),
-                "spec": spec,  # as run: with the seed and, for a sweep, its N and training
-                "result": result,
-            }
-            path = result_path(folder, experiment.name, seed)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(".tmp")  # a killed run leaves no half file
-            temporary.write_text(json.dumps(record, indent=1) + "\n")
-            temporary.replace(path)
+            _write_record(folder, experiment, seed, spec, outcome.result, device)
             report.ran.append(label)
+            for sweep in blocked.pop((experiment.name, seed), []):
+                submit(sweep, seed)
     return report
+
+
+def _write_record(
+    folder: Path,
+    experiment: Experiment,
+    seed: int,
+    spec: dict[str, Any],
+    result: dict[str, Any],
+    device: str,
+) -> None:
+    record = {
+        "experiment": experiment.name,
+        "seed": seed,
+        "kind": experiment.kind,
+        "device": result.get("device", device),
+        # the job's own time: a job queued through the API waits before it runs
+        "wall_seconds": result["wall_seconds"],
+        "trials": len(result.get("trials", [])) or _sweep_trainings(result),
+        "code_version": __version__,
+        # where it ran (the worker's, through the API); None from an older worker
+        "provenance": result.get("provenance"),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "spec": spec,  # as run: with the seed and, for a sweep, its N and training
+        "result": result,
+    }
+    path = result_path(folder, experiment.name, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")  # a killed run leaves no half file
+    temporary.write_text(json.dumps(record, indent=1) + "\n")
+    temporary.replace(path)
 
 
 def _sweep_trainings(result: dict[str, Any]) -> int:

@@ -10,13 +10,15 @@ highest precision). The allowed change is max(abs, rel * |baseline|).
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 from xml.etree import ElementTree
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from capacity_service.provenance import merged
+from capacity_service.provenance import table as provenance_table
+from capacity_service.runs import Batch, Progress, Runner, RunsFailed
 from capacity_service.specs import validate_job_spec
 
 # metric -> (job kind it belongs to, +1 if higher is better, -1 if lower is better)
@@ -80,6 +82,8 @@ class Baseline(_Strict):
     code_version: str
     device: str
     created_at: str | None = None
+    # where it was measured (capacity_service.provenance; None in older baselines)
+    provenance: dict[str, Any] | None = None
     cases: dict[str, dict[str, Measured]]
 
 
@@ -135,27 +139,47 @@ def metric_values(case: Case, result: dict[str, Any]) -> dict[str, float]:
     return values
 
 
-Runner = Callable[[str, dict[str, Any]], dict[str, Any]]  # (kind, spec) -> result document
+@dataclass(frozen=True)
+class SuiteRun:
+    measured: dict[str, dict[str, Measured]]  # case -> metric -> mean over the seeds
+    provenance: dict[str, Any] | None  # where the results were computed (the workers)
 
 
-def run_suite(
-    suite: Suite, run: Runner, on_run: Callable[[str, int], None] | None = None
-) -> dict[str, dict[str, Measured]]:
-    """Every case at every seed through `run`; the mean of each metric per case."""
+def run_suite(suite: Suite, runner: Runner, progress: Progress | None = None) -> SuiteRun:
+    """Every case at every seed through `runner`: all submitted first, then collected as
+    they finish (through the API, N workers run N at a time), then the mean of each
+    metric per case. RunsFailed names the runs that failed once all the others ended."""
+    runs = [(case, seed) for case in suite.cases for seed in case.seeds]
+    batch = Batch(runner, len(runs), progress)
+    handles = [
+        batch.submit(case.kind, case.spec | {"seed": seed}, f"{case.name} seed {seed}")
+        for case, seed in runs
+    ]
+    if progress is not None:
+        progress(f"submitted {len(runs)} runs {runner.where}")
+    results: dict[int, dict[str, Any]] = {}
+    failed: list[str] = []
+    while ended := batch.finished():
+        for outcome in ended:
+            if outcome.result is None:
+                failed.append(f"{batch.labels[outcome.handle]} ({outcome.describe()})")
+            else:
+                results[outcome.handle] = outcome.result
+    if failed:
+        raise RunsFailed(failed, len(runs))
     measured: dict[str, dict[str, Measured]] = {}
     for case in suite.cases:
-        runs: dict[str, list[float]] = {metric: [] for metric in case.metrics}
-        for seed in case.seeds:
-            if on_run is not None:
-                on_run(case.name, seed)
-            result = run(case.kind, case.spec | {"seed": seed})
-            for metric, value in metric_values(case, result).items():
-                runs[metric].append(value)
+        values: dict[str, list[float]] = {metric: [] for metric in case.metrics}
+        for handle, (of, _seed) in zip(handles, runs, strict=True):
+            if of is case:
+                for metric, value in metric_values(case, results[handle]).items():
+                    values[metric].append(value)
         measured[case.name] = {
-            metric: Measured(value=statistics.fmean(values), values=values)
-            for metric, values in runs.items()
+            metric: Measured(value=statistics.fmean(seen), values=seen)
+            for metric, seen in values.items()
         }
-    return measured
+    documents = [results[handle].get("provenance") for handle in handles]
+    return SuiteRun(measured, merged(documents))
 
 
 def compare(
@@ -190,7 +214,18 @@ def table_rows(comparisons: list[Comparison]) -> list[list[str]]:
     return rows
 
 
-def markdown(suite: Suite, comparisons: list[Comparison], where: str) -> str:
+def provenance_rows(baseline: Baseline, run: SuiteRun) -> list[list[str]]:
+    """field | baseline | now: where the baseline and this run were computed, so that a
+    change after a torch upgrade or on another machine shows as such."""
+    return provenance_table(baseline.provenance, run.provenance)
+
+
+def markdown(
+    suite: Suite,
+    comparisons: list[Comparison],
+    where: str,
+    provenance: list[list[str]] | None = None,
+) -> str:
     failed = [c for c in comparisons if c.regressed]
     verdict = (
         (f"**{len(failed)} regression(s)**: " + ", ".join(f"{c.case} {c.metric}" for c in failed))
@@ -198,11 +233,12 @@ def markdown(suite: Suite, comparisons: list[Comparison], where: str) -> str:
         else "**no regression**"
     )
     lines = [f"# Regression sweep `{suite.name}`", "", f"{verdict} ({where}).", ""]
-    rows = table_rows(comparisons)
-    lines.append("| " + " | ".join(rows[0]) + " |")
-    lines.append("|" + " --- |" * len(rows[0]))
-    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
-    return "\n".join(lines) + "\n"
+    for rows in ([provenance] if provenance else []) + [table_rows(comparisons)]:
+        lines.append("| " + " | ".join(rows[0]) + " |")
+        lines.append("|" + " --- |" * len(rows[0]))
+        lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def junit(suite: Suite, comparisons: list[Comparison], seconds: float) -> str:

@@ -443,6 +443,20 @@ class SweepCurve(Frozen):
     wall_seconds: float
 
 
+class Provenance(Frozen):
+    """Where a result was computed, so that a change after an upgrade of torch or a move
+    to another machine can be told apart from one in the code (capacity_service.provenance
+    fills it)."""
+
+    package_version: str  # capacity_service.__version__
+    git_commit: str | None  # None: not run from a git checkout (or no git)
+    torch: str | None  # installed versions; None: not installed
+    numpy: str | None
+    scikit_optimize: str | None
+    device_name: str  # the CPU model or the GPU's name
+    threads: int  # torch's intra-op threads (the CPU count where torch is not loaded)
+
+
 class SweepResult(Frozen):
     params: int
     quantized_params: int
@@ -452,6 +466,7 @@ class SweepResult(Frozen):
     seed: int
     curves: tuple[SweepCurve, ...]
     wall_seconds: float
+    provenance: Provenance | None = None  # None in results stored before it existed
 
 
 # What ended a trial: its own schedule (100%, plateau, epoch budget, divergence), a rung of
@@ -510,6 +525,7 @@ class CapacityResult(Frozen):
     device: str
     seed: int
     quality: SearchQuality | None = None  # None in results stored before it existed
+    provenance: Provenance | None = None  # likewise
 
 
 JOB_KINDS = ("capacity", "quant_sweep")

@@ -4,6 +4,8 @@ naming the metric; bad suite and baseline files exit 2 naming the file and field
 from __future__ import annotations
 
 import json
+import re
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -76,6 +78,7 @@ def test_a_run_against_its_own_baseline_passes(
     stored = json.loads(baseline.read_text())
     assert stored["suite"] == "tiny" and stored["device"] == "cpu"
     assert len(stored["cases"]["fcdnn-capacity"]["bits_per_param"]["values"]) == 2
+    assert stored["provenance"]["torch"] == metadata.version("torch")  # where it was measured
     suite = write(tmp_path / "suite.json", tiny_suite())
     out = tmp_path / "report"
     assert (
@@ -95,7 +98,13 @@ def test_a_run_against_its_own_baseline_passes(
     )
     printed = capsys.readouterr().out
     assert "0 regression(s) in 3 checks" in printed
-    assert "**no regression**" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "**no regression**" in summary
+    # this run's provenance beside the baseline's, printed and in the summary
+    torch = metadata.version("torch")
+    assert re.search(rf"^torch +{re.escape(torch)} +{re.escape(torch)}\b", printed, re.M)
+    assert "| provenance | baseline | now |" in summary
+    assert f"| torch | {torch} | {torch} |" in summary
     report = ElementTree.parse(out / "junit.xml").getroot()
     assert report.get("tests") == "3" and report.get("failures") == "0"
 
@@ -228,3 +237,13 @@ def test_a_case_can_require_its_searches_to_bracket_the_maximum() -> None:
     assert metric_values(case, {"quality": quality}) == {"bracketed": 1.0, "best_finished": 0.0}
     # a result stored before searches had a quality: not known to bracket anything
     assert metric_values(case, {"capacity_bits": 1.0}) == {"bracketed": 0.0, "best_finished": 0.0}
+
+
+def test_the_workflow_installs_the_torch_make_installs() -> None:
+    """A regression after a torch upgrade must not pass for one in the code."""
+    root = Path(__file__).resolve().parents[1]
+    pinned = re.search(r"^TORCH_CPU \?= (\S+)$", (root / "Makefile").read_text(), re.M)
+    assert pinned is not None
+    workflow = (root / ".github" / "workflows" / "regression.yml").read_text()
+    installs = re.findall(r"pip install \"?(torch\S*?)\"? ", workflow)
+    assert installs == [pinned.group(1)]

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from capacity_service import __version__
+from capacity_service.provenance import stamped
 from capacity_service.settings import Settings
 from capacity_service.specs import (
     CapacitySpec,
@@ -276,7 +277,7 @@ class Worker:
         if should_stop():
             return None
         return ResultSummary(
-            document=result.model_dump(mode="json"),
+            document=stamped(result).model_dump(mode="json"),
             params=result.params,
             capacity_bits=result.capacity_bits,
             bits_per_param=result.bits_per_param,
@@ -301,7 +302,7 @@ class Worker:
             return None
         first = result.curves[0]
         return ResultSummary(
-            document=result.model_dump(mode="json"),
+            document=stamped(result).model_dump(mode="json"),
             params=result.params,
             precision_boundary=first.precision_boundary,
             code_version=__version__,

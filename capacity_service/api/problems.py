@@ -7,6 +7,7 @@ title, the status, and a detail that says what to change.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -138,6 +139,13 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(allowed - {"HEAD"})
 
 
+def _too_deep() -> str:
+    # the parser recurses per level: it stops near the interpreter's recursion limit
+    return (f"the request body is nested too deeply to parse: arrays and objects may nest "
+            f"at most about {sys.getrecursionlimit():,} levels (Python's recursion limit), "
+            "and a job needs fewer than 10; send one JSON object")  # fmt: skip
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, error: ProblemError) -> JSONResponse:
@@ -172,6 +180,9 @@ def install_handlers(app: FastAPI) -> None:
                       f"{' or '.join(allowed)} (see /docs)")  # fmt: skip
             headers = {"Allow": ", ".join(allowed)}
         kind = {404: NOT_FOUND, 413: TOO_LARGE}.get(error.status_code, "about:blank")
+        if error.status_code == 400 and isinstance(error.__cause__, RecursionError):
+            # FastAPI answers a body its JSON parser cannot descend into with a bare 400
+            kind, title, detail = MALFORMED_JSON, "Malformed JSON", _too_deep()
         problem = Problem(type=kind, title=title, status=error.status_code,
                           detail=detail)  # fmt: skip
         return problem_response(problem, request.url.path, headers)

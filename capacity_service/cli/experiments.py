@@ -44,7 +44,12 @@ def add_parser(subparsers: Any) -> None:
         help="run only these seeds (e.g. seed 0 of everything first, the spread later)",
     )
     run.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
-    run.add_argument("--api", metavar="URL", help="submit through the REST API at URL")
+    run.add_argument(
+        "--api",
+        metavar="URL",
+        help="submit through the REST API at URL: every job queued at once, so N workers "
+        "run them N at a time (a sweep as soon as its capacity result is in)",
+    )
     run.set_defaults(handler=run_run)
     report = actions.add_parser("report", help="write the results report and its figures")
     report.add_argument("folder", help="e.g. experiments/thesis")
@@ -87,7 +92,7 @@ def run_run(args: argparse.Namespace) -> int:
         chosen,
         runner,
         args.device,
-        lambda label: print(f"running {label}", file=sys.stderr, flush=True),
+        lambda line: print(line, file=sys.stderr, flush=True),
     )
     print(
         f"ran {len(report.ran)}, skipped {len(report.skipped)} finished before"
@@ -96,7 +101,11 @@ def run_run(args: argparse.Namespace) -> int:
             if report.waiting
             else ""
         )
+        + (f", {len(report.failed)} failed" if report.failed else "")
     )
+    if report.failed:  # the others ran and kept their results; rerun to retry these
+        print(f"capacity: error: failed: {'; '.join(report.failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,6 +1,7 @@
 """`capacity regress SUITE.json --baseline BASELINE.json`: run a regression suite (here,
-or through the API with --api) and compare it with the baseline. Exit 0: no regression;
-1: a regression (or a job that failed); 2: bad input."""
+or through the API with --api: every job queued at once, N workers run N at a time) and
+compare it with the baseline. Exit 0: no regression; 1: a regression (or a job that
+failed: the others still finish, then the failed ones are named); 2: bad input."""
 
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ from capacity_service.regress import (
     compare,
     junit,
     markdown,
+    provenance_rows,
     run_suite,
     table_rows,
 )
+from capacity_service.runs import RunsFailed
 
 
 def add_parser(subparsers: Any) -> None:
@@ -50,8 +53,8 @@ def add_parser(subparsers: Any) -> None:
     regress.add_argument(
         "--api",
         metavar="URL",
-        help="run the jobs through the REST API at URL (key from "
-        "CAPACITY_API_KEY) instead of in this process",
+        help="run the jobs through the REST API at URL (key from CAPACITY_API_KEY) "
+        "instead of in this process: all queued at once, so N workers run them N at a time",
     )
     regress.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (local runs)")
     regress.set_defaults(handler=run_regress)
@@ -82,23 +85,22 @@ def run_regress(args: argparse.Namespace) -> int:
                 f"{args.baseline}: the baseline has no {', '.join(missing)}; "
                 "write one with --update-baseline"
             )
-    where = f"through {args.api}" if args.api else f"in this process ({args.device})"
-    run = api_runner(args.api) if args.api else local_runner(args.device)
+    runner = api_runner(args.api) if args.api else local_runner(args.device)
     started = time.perf_counter()
-    measured = run_suite(
-        suite,
-        run,
-        lambda name, seed: print(
-            f"running {name} (seed {seed}) {where}", file=sys.stderr, flush=True
-        ),
-    )
+    try:
+        run = run_suite(suite, runner, lambda line: print(line, file=sys.stderr, flush=True))
+    except RunsFailed as error:
+        print(f"capacity: error: {error}", file=sys.stderr)
+        return 1
     seconds = time.perf_counter() - started
+    measured = run.measured
 
     if baseline is None:
         written = Baseline(
             suite=suite.name,
             code_version=__version__,
             device=args.api or args.device,
+            provenance=run.provenance,
             cases=measured,
             created_at=datetime.now(UTC).isoformat(),
         )
@@ -106,17 +108,21 @@ def run_regress(args: argparse.Namespace) -> int:
         for name, metrics in measured.items():
             for metric, value in metrics.items():
                 print(f"{name:<28} {metric:<20} {value.value:.4g}  {value.values}")
+        for field, value in (run.provenance or {}).items():
+            print(f"{field:<28} {value}")
         print(f"wrote the baseline {args.baseline} ({seconds:.0f} s)")
         return 0
 
     comparisons = compare(suite, baseline, measured)
-    rows = table_rows(comparisons)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)))
+    provenance = provenance_rows(baseline, run)
+    for rows in (provenance, table_rows(comparisons)):
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)))
+        print()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.md").write_text(markdown(suite, comparisons, where))
+    (out / "summary.md").write_text(markdown(suite, comparisons, runner.where, provenance))
     (out / "junit.xml").write_text(junit(suite, comparisons, seconds))
     failed = [c for c in comparisons if c.regressed]
     print(

@@ -1,43 +1,128 @@
-"""How `regress` and `experiments` run a job: here (the science, in this process) or
-through the REST API (submit, poll, fetch the result). Each returns a function
-(kind, spec) -> result document."""
+"""How `regress` and `experiments` run their jobs (the `Runner` of capacity_service.runs):
+here, one after another in this process, or through the REST API, every job queued at
+once so that N workers run them N at a time."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
+from collections.abc import Collection
 from typing import Any
 
-from capacity_service.regress import Runner
+from capacity_service.runs import Finished
+
+POLL_SECONDS = 1.0  # the API runner asks for its jobs' states at most once a second
+OUTAGE_SECONDS = 60.0  # how long it keeps asking while the API does not answer (a restart)
+PAGE = 500  # the job list's largest page
+LARGEST_ID = 2**31 - 1  # the largest cursor the job list takes
 
 
-def local_runner(device: str) -> Runner:
-    from capacity_service.science.search import search_capacity
-    from capacity_service.science.sweep import sweep
-    from capacity_service.specs import CapacitySpec, SweepSpec
+class LocalRunner:
+    """Runs a job when it is waited for, the oldest submitted first: one at a time."""
 
-    def run(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-        spec = spec | {"device": device}
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.where = f"in this process ({device})"
+        self._jobs: dict[int, tuple[str, dict[str, Any], str]] = {}
+        self._submitted = 0
+
+    def submit(self, kind: str, spec: dict[str, Any], label: str) -> int:
+        self._submitted += 1
+        self._jobs[self._submitted] = (kind, spec, label)
+        return self._submitted
+
+    def wait(self, handles: Collection[int]) -> list[Finished]:
+        from capacity_service.provenance import stamped
+        from capacity_service.science.search import search_capacity
+        from capacity_service.science.sweep import sweep
+        from capacity_service.specs import CapacitySpec, SweepSpec
+
+        handle = min(handles)
+        kind, spec, label = self._jobs.pop(handle)
+        print(f"running {label} {self.where}", file=sys.stderr, flush=True)
+        spec = spec | {"device": self.device}
         if kind == "capacity":
-            return search_capacity(CapacitySpec.model_validate(spec)).model_dump(mode="json")
-        return sweep(SweepSpec.model_validate(spec)).model_dump(mode="json")
+            result = stamped(search_capacity(CapacitySpec.model_validate(spec)))
+            return [Finished(handle, "succeeded", result.model_dump(mode="json"))]
+        swept = stamped(sweep(SweepSpec.model_validate(spec)))
+        return [Finished(handle, "succeeded", swept.model_dump(mode="json"))]
 
-    return run
+    def cancel(self, handles: Collection[int]) -> None:
+        for handle in handles:
+            self._jobs.pop(handle, None)
 
 
-def api_runner(url: str) -> Runner:
-    from capacity_service.client import ApiClient, ApiError
-    from capacity_service.settings import Settings
+class ApiRunner:
+    """Queues each job at submit; `wait` polls the job list (one page from the newest
+    waited-for job down covers them all, whatever their number) at most once a second."""
 
-    client = ApiClient(url, Settings().api_key)
+    def __init__(self, url: str) -> None:
+        from capacity_service.client import ApiClient
+        from capacity_service.settings import Settings
 
-    def run(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-        job = client.submit(kind, spec)
-        while job["state"] in ("queued", "running"):
-            time.sleep(1.0)
-            job = client.job(job["id"])
-        result = client.result(job["id"]) if job["state"] == "succeeded" else None
+        self.client = ApiClient(url, Settings().api_key)
+        self.where = f"through {url}"
+        self._polled = float("-inf")
+
+    def submit(self, kind: str, spec: dict[str, Any], label: str) -> int:
+        return int(self.client.submit(kind, spec)["id"])
+
+    def wait(self, handles: Collection[int]) -> list[Finished]:
+        from capacity_service.client import ApiError
+
+        answered = time.monotonic()
+        while True:
+            time.sleep(max(0.0, self._polled + POLL_SECONDS - time.monotonic()))
+            self._polled = time.monotonic()
+            try:
+                jobs = self._jobs(set(handles))
+            except ApiError as error:
+                if error.status not in (0, 502, 503, 504) or (
+                    self._polled - answered > OUTAGE_SECONDS
+                ):
+                    raise
+                continue
+            answered = self._polled
+            ended = [job for job in jobs if job["state"] in ("succeeded", "failed", "cancelled")]
+            if ended:
+                return [self._finished(job) for job in ended]
+
+    def _jobs(self, wanted: set[int]) -> list[dict[str, Any]]:
+        found: dict[int, dict[str, Any]] = {}
+        cursor: int | None = min(max(wanted) + 1, LARGEST_ID)  # the page from the newest down
+        while cursor is not None and len(found) < len(wanted):
+            page = self.client.jobs(cursor=cursor, limit=PAGE)
+            found |= {job["id"]: job for job in page["items"] if job["id"] in wanted}
+            cursor = page["next_cursor"]
+            if cursor is not None and cursor <= min(wanted):
+                cursor = None
+        for missing in wanted - found.keys():  # not listed (should not happen): ask for it
+            found[missing] = self.client.job(missing)
+        return list(found.values())
+
+    def _finished(self, job: dict[str, Any]) -> Finished:
+        name = f"job {job['id']}"
+        if job["state"] != "succeeded":
+            reason = f"{name}: {job['error']}" if job.get("error") else name
+            return Finished(job["id"], job["state"], None, reason)
+        result = self.client.result(job["id"])
         if result is None:
-            raise ApiError(1, f"job {job['id']} {job['state']}: {job.get('error')}")
-        return result
+            return Finished(job["id"], "failed", None, f"{name} succeeded with no result")
+        return Finished(job["id"], "succeeded", result)
 
-    return run
+    def cancel(self, handles: Collection[int]) -> None:
+        from capacity_service.client import ApiError
+
+        for handle in handles:
+            # finished meanwhile, or the API is away: nothing more to do
+            with contextlib.suppress(ApiError):
+                self.client.cancel(handle)
+
+
+def local_runner(device: str) -> LocalRunner:
+    return LocalRunner(device)
+
+
+def api_runner(url: str) -> ApiRunner:
+    return ApiRunner(url)

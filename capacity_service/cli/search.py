@@ -91,6 +91,7 @@ class SearchProgress:
 def run(args: argparse.Namespace) -> int:
     spec = validate(CapacitySpec, spec_document(args, SEARCH_FLAGS), args.spec or "flags")
     check_device(spec.device)
+    from capacity_service.provenance import provenance, summary
     from capacity_service.science.search import search_capacity
 
     bar = None if args.quiet else ProgressBar(interval=2.0)
@@ -121,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         fail(str(error))
     if bar is not None:
         bar.close()
+    computed = provenance(result.device)
+    result = result.model_copy(update={"provenance": computed})
     document = result.model_dump(mode="json")
     if args.json:
         print(json.dumps(document))
@@ -140,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         ("trials", f"{len(result.trials)} ({result.engine} engine)"),
         ("wall seconds", f"{result.wall_seconds:.1f}"),
         ("device", result.device),
+        ("computed with", summary(computed)),
     ]
     if result.conv_bits_per_param is not None:
         rows.append(("conv bits/param", f"{result.conv_bits_per_param:.3f}"))

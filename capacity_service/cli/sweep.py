@@ -86,6 +86,7 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
 def run(args: argparse.Namespace) -> int:
     spec = build_spec(args)
     check_device(spec.device)
+    from capacity_service.provenance import provenance, summary
     from capacity_service.science.sweep import sweep
 
     bar = None if args.quiet else ProgressBar()
@@ -100,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     result = sweep(spec, on_epoch=None if bar is None else bar.on_epoch, on_point=on_point)
     if bar is not None:
         bar.close()
+    computed = provenance(result.device)
+    result = result.model_copy(update={"provenance": computed})
     document = sweep_document(result)
     if args.json:
         print(json.dumps(document))
@@ -111,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             ("tolerance", f"{result.tolerance:.2%}"),
             ("device", result.device),
             ("wall seconds", f"{result.wall_seconds:.1f}"),
+            ("computed with", summary(computed)),
         ]
     )
     for curve in result.curves:

@@ -189,6 +189,20 @@ def test_bad_submissions_are_problems_and_store_nothing(
     assert snapshot(server) == before
 
 
+@pytest.mark.parametrize("open_close", [('{"a":', "}"), ("[", "]")])
+def test_a_body_nested_too_deeply_to_parse_is_malformed_json(
+    server: Server, open_close: tuple[str, str]
+) -> None:
+    opening, closing = open_close
+    body = opening * 6000 + "1" + closing * 6000  # under the size limit, past the parser's
+    before = snapshot(server)
+    with server.client(server.key) as http:
+        sent = http.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+    problem = assert_problem(sent, 400, "nested too deeply", "levels")
+    assert problem["type"] == "/problems/malformed-json" and problem["title"] == "Malformed JSON"
+    assert snapshot(server) == before
+
+
 def test_limits_name_the_limit(server: Server) -> None:
     huge = {"kind": "capacity", "spec": {"model": {"kind": "fcdnn", "width": 4096, "depth": 4}}}
     long = {"kind": "capacity", "spec": TINY | {"search": {"budget_trials": 5000}}}

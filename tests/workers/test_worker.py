@@ -84,6 +84,8 @@ def test_a_capacity_job_then_a_sweep_from_it(store: Store, sqlite_url: str) -> N
     swept = store.result(sweep.id)
     assert store.get(sweep.id).state == JobState.SUCCEEDED and swept is not None
     assert swept["curves"][0]["n"] == result["best"]["n"] // 2
+    # each result says where it was computed: the worker's code, libraries and machine
+    assert result["provenance"]["torch"] and swept["provenance"]["threads"] >= 1
 
 
 def test_a_job_it_cannot_run_fails_with_the_reason_and_the_worker_goes_on(
