@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from capacity_service import __version__
 from capacity_service.provenance import stamped
+from capacity_service.science.stopping import StopCheck, Stopped
 from capacity_service.settings import Settings
 from capacity_service.specs import (
     CapacitySpec,
@@ -242,7 +243,9 @@ class Worker:
         except StoreError as error:  # progress is advisory: the next update replaces it
             log.warning("progress of job %s not saved: %s", job.id, error)
 
-    def _capacity(self, job: Job, spec: CapacitySpec, should_stop: Any) -> ResultSummary | None:
+    def _capacity(
+        self, job: Job, spec: CapacitySpec, should_stop: StopCheck
+    ) -> ResultSummary | None:
         from capacity_service.science.search import search_capacity
 
         spec = spec.model_copy(update={"device": self.device})
@@ -270,11 +273,7 @@ class Worker:
 
         try:
             result = search_capacity(spec, completed, on_trial, on_stage, should_stop)
-        except RuntimeError:
-            if should_stop():
-                return None
-            raise
-        if should_stop():
+        except Stopped:  # cancel, SIGTERM or a lost lease: execute() says which
             return None
         return ResultSummary(
             document=stamped(result).model_dump(mode="json"),
@@ -284,8 +283,8 @@ class Worker:
             code_version=__version__,
         )
 
-    def _sweep(self, job: Job, spec: SweepSpec, should_stop: Any) -> ResultSummary | None:
-        from capacity_service.science.sweep import SweepStopped, sweep
+    def _sweep(self, job: Job, spec: SweepSpec, should_stop: StopCheck) -> ResultSummary | None:
+        from capacity_service.science.sweep import sweep
 
         if spec.regime is not None and spec.capacity_n is None:
             source = self._capacity_source(spec.capacity_job or 0)
@@ -298,7 +297,7 @@ class Worker:
 
         try:
             result = sweep(spec, on_point=on_point, should_stop=should_stop)
-        except SweepStopped:
+        except Stopped:
             return None
         first = result.curves[0]
         return ResultSummary(

@@ -30,6 +30,7 @@ from capacity_service.science.metrics import (
 )
 from capacity_service.science.models import count_parameters
 from capacity_service.science.seeds import derive_seed
+from capacity_service.science.stopping import StopCheck, Stopped
 from capacity_service.science.train import ProgressCallback, TrainOutcome
 from capacity_service.specs import (
     CapacityResult,
@@ -195,7 +196,7 @@ def search_capacity(
     completed: Sequence[TrialRecord] = (),
     on_trial: Callable[[TrialRecord], None] | None = None,
     on_stage: StageCallback | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: StopCheck | None = None,
 ) -> CapacityResult:
     """The capacity of `spec.model`: the largest I over N and the training settings.
 
@@ -222,9 +223,12 @@ def search_capacity(
     run = train_trials(
         spec.model, pool, [], should_stop, plan.deadline, plan.ended, plan, rows=_k(search)
     )
+    if should_stop is not None and should_stop():
+        raise Stopped(f"stopped after {len(plan.records)} trials")  # each one already handed on
     records = sorted(plan.records, key=lambda r: r.index)
     if not records:
-        raise RuntimeError("the search ended before any trial finished (budget or cancel)")
+        raise RuntimeError("the time budget ended before any trial finished; raise "
+                           "search.budget_seconds")  # fmt: skip
     best = max(records, key=lambda r: r.mutual_information_bits)
     memorized = [r.n for r in records if r.accuracy >= MEMORIZED and r.ended != "rung"]
     wall = time.perf_counter() - started
@@ -331,7 +335,7 @@ class _Search:
         completed: Sequence[TrialRecord],
         on_trial: Callable[[TrialRecord], None] | None,
         on_stage: StageCallback | None,
-        should_stop: Callable[[], bool] | None,
+        should_stop: StopCheck | None,
     ) -> None:
         self.spec, self.search, self.pool_n, self.device = spec, spec.search, pool_n, device
         self.on_trial, self.on_stage, self.should_stop = on_trial, on_stage, should_stop

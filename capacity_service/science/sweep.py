@@ -17,24 +17,21 @@ from capacity_service.science.fixed_point import apply_precision, clear_precisio
 from capacity_service.science.metrics import mutual_information
 from capacity_service.science.models import build_model, count_parameters
 from capacity_service.science.seeds import derive_seed
+from capacity_service.science.stopping import StopCheck, Stopped
 from capacity_service.science.train import ProgressCallback, accuracy, train_memorization
 from capacity_service.specs import SweepCurve, SweepPoint, SweepResult, SweepSpec
 
 PointCallback = Callable[[int, SweepPoint], None]  # (N, point)
 
 
-class SweepStopped(Exception):
-    """The sweep was asked to stop (cancel or shutdown) before it finished."""
-
-
 def sweep(
     spec: SweepSpec,
     on_epoch: ProgressCallback | None = None,
     on_point: PointCallback | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: StopCheck | None = None,
 ) -> SweepResult:
     """Run the sweep at every N of `spec` and name each curve's precision boundary.
-    `should_stop` is asked before each precision; SweepStopped when it says so."""
+    `should_stop` is asked before each precision; Stopped when it says so."""
     started = time.perf_counter()
     device = resolve_device(spec.device)
     counted = count_parameters(spec.model)
@@ -60,7 +57,7 @@ def sweep_at(
     device: torch.device,
     on_epoch: ProgressCallback | None = None,
     on_point: PointCallback | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: StopCheck | None = None,
 ) -> SweepCurve:
     started = time.perf_counter()
     data = make_dataset(spec.model, n, derive_seed(spec.seed, "data"), device)
@@ -72,7 +69,7 @@ def sweep_at(
     points = []
     for bits in spec.bits:
         if should_stop is not None and should_stop():
-            raise SweepStopped(f"stopped before {bits} bits at N = {n}")
+            raise Stopped(f"stopped before {bits} bits at N = {n}")
         steps = apply_precision(model, bits)
         quantized = accuracy(model, data)
         retrained = train_memorization(

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import pytest
@@ -11,6 +10,7 @@ from capacity_service.science.metrics import mutual_information
 from capacity_service.science.models import count_parameters
 from capacity_service.science.search import assess, prior_n, search_capacity
 from capacity_service.science.seeds import derive_seed
+from capacity_service.science.stopping import Stopped
 from capacity_service.specs import CapacitySpec, TrainSpec, TrialRecord
 
 TINY = {"kind": "fcdnn", "width": 8, "n_in": 10}  # 106 parameters
@@ -49,7 +49,7 @@ def test_stages_and_a_consistent_result() -> None:
 
 def test_resume_takes_stored_trials_as_they_are_and_trains_none_again() -> None:
     finished: list[TrialRecord] = []
-    with contextlib.suppress(RuntimeError):  # raised if it stopped before any trial
+    with pytest.raises(Stopped):  # each trial it finished was handed on before
         search_capacity(_spec(), on_trial=finished.append, should_stop=lambda: len(finished) >= 5)
     assert 5 <= len(finished) < 14
     rerun: list[TrialRecord] = []
@@ -68,7 +68,7 @@ def test_resume_takes_stored_trials_as_they_are_and_trains_none_again() -> None:
 
 def test_a_resumed_search_counts_the_time_its_stored_trials_took() -> None:
     finished: list[TrialRecord] = []
-    with contextlib.suppress(RuntimeError):
+    with pytest.raises(Stopped):
         search_capacity(_spec(), on_trial=finished.append, should_stop=lambda: len(finished) >= 3)
     clocks = [t.search_seconds for t in finished]
     assert all(c is not None for c in clocks) and clocks == sorted(clocks)  # type: ignore[type-var]

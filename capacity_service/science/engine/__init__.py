@@ -24,7 +24,6 @@ from capacity_service.science.engine.fcdnn import StackedFCDNN
 from capacity_service.science.engine.memory import activation_floats
 from capacity_service.science.engine.recurrent import StackedRNN
 from capacity_service.science.engine.stack import (
-    CancelCheck,
     OutcomeCallback,
     StackedTrainer,
     Supervisor,
@@ -32,6 +31,7 @@ from capacity_service.science.engine.stack import (
 )
 from capacity_service.science.engine.stacked import StackedModel
 from capacity_service.science.models import ModelSpecT, build_model
+from capacity_service.science.stopping import StopCheck
 from capacity_service.science.train import TrainOutcome
 from capacity_service.specs import CNNSpec, FCDNNSpec
 
@@ -70,7 +70,7 @@ def train_trials(
     model: ModelSpecT,
     pool: Dataset,
     configs: Sequence[TrialConfig],
-    should_stop: CancelCheck | None = None,
+    should_stop: StopCheck | None = None,
     deadline: float | None = None,
     on_outcome: OutcomeCallback | None = None,
     supervisor: Supervisor | None = None,

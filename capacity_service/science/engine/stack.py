@@ -26,6 +26,7 @@ import torch
 from capacity_service.science.data import Dataset
 from capacity_service.science.engine.stacked import Batch, StackedModel
 from capacity_service.science.schedule import Schedule
+from capacity_service.science.stopping import StopCheck
 from capacity_service.science.train import TrainOutcome
 from capacity_service.specs import Ending, TrainSpec
 
@@ -45,7 +46,6 @@ class TrialConfig:
     shuffle_seed: int
 
 
-CancelCheck = Callable[[], bool]
 OutcomeCallback = Callable[[int, TrainOutcome], None]  # (trial number, outcome)
 StackBuilder = Callable[[Sequence[TrialConfig]], StackedModel]
 
@@ -105,7 +105,7 @@ class StackedTrainer:
         self.pending = list(configs)
 
     def train(
-        self, deadline: float | None = None, should_stop: CancelCheck | None = None
+        self, deadline: float | None = None, should_stop: StopCheck | None = None
     ) -> list[TrainOutcome | None]:
         """Run every trial to its end; at the deadline, end them all with what they
         reached; when `should_stop` says so (asked at each epoch end of any row), abandon
