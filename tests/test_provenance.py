@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from capacity_service import __version__, provenance
-from capacity_service.regress import Baseline, Suite, SuiteRun, markdown, provenance_rows
+from capacity_service.reproduce.regress import Baseline, Suite, SuiteRun, markdown, provenance_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from capacity_service.cli.common import describe_validation_error, fail
-from capacity_service.experiments import (
+from capacity_service.reproduce.experiments import (
     DISCUSSION_FILE,
     TARGETS_FILE,
     Experiment,
@@ -70,7 +70,7 @@ def _experiments(folder: str) -> list[Experiment]:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from capacity_service.cli.runners import api_runner, local_runner
+    from capacity_service.reproduce.runners import api_runner, local_runner
 
     chosen = [e for e in _experiments(args.folder) if args.only == "all" or e.size == args.only]
     if args.name:
@@ -110,8 +110,8 @@ def run_run(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from capacity_service import plots
-    from capacity_service.targets import load_targets, targets_markdown
+    from capacity_service.reports import plots
+    from capacity_service.reproduce.targets import load_targets, targets_markdown
 
     folder = Path(args.folder)
     experiments = _experiments(args.folder)

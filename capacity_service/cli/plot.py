@@ -85,7 +85,7 @@ def _capacity_items(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from capacity_service import plots
+    from capacity_service.reports import plots
 
     out = Path(args.out)
     if out.suffix.lower() not in plots.FORMATS:
@@ -111,7 +111,7 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from capacity_service.export import result_csv
+    from capacity_service.reports.export import result_csv
 
     text = result_csv(_result(args))
     if args.out:

@@ -17,8 +17,7 @@ from pydantic import ValidationError
 
 from capacity_service import __version__
 from capacity_service.cli.common import describe_validation_error, fail, load_json_file
-from capacity_service.cli.runners import api_runner, local_runner
-from capacity_service.regress import (
+from capacity_service.reproduce.regress import (
     Baseline,
     Suite,
     check_baseline,
@@ -29,7 +28,8 @@ from capacity_service.regress import (
     run_suite,
     table_rows,
 )
-from capacity_service.runs import RunsFailed
+from capacity_service.reproduce.runners import api_runner, local_runner
+from capacity_service.reproduce.runs import RunsFailed
 
 
 def add_parser(subparsers: Any) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from capacity_service.store.migrate import upgrade
 from tests.api.conftest import Server
-from tests.test_experiments import tiny_folder
+from tests.reproduce.test_experiments import tiny_folder
 
 MODEL = {"kind": "fcdnn", "width": 6, "n_in": 10}
 SEARCH = {"budget_trials": 4, "epochs": 30, "batch": 4, "batch_sizes": [8]}

@@ -31,7 +31,7 @@ from capacity_service.api.schemas import (
     ModelKindName,
     TrialPage,
 )
-from capacity_service.export import result_csv
+from capacity_service.reports.export import result_csv
 from capacity_service.specs import SweepSpec
 from capacity_service.store.queries import (
     Job,

@@ -1,4 +1,4 @@
-"""How `regress` and `experiments` run their jobs (the `Runner` of capacity_service.runs):
+"""How `regress` and `experiments` run their jobs (the `Runner` of capacity_service.reproduce.runs):
 here, one after another in this process, or through the REST API, every job queued at
 once so that N workers run them N at a time."""
 
@@ -10,7 +10,7 @@ import time
 from collections.abc import Collection
 from typing import Any
 
-from capacity_service.runs import Finished
+from capacity_service.reproduce.runs import Finished
 
 POLL_SECONDS = 1.0  # the API runner asks for its jobs' states at most once a second
 OUTAGE_SECONDS = 60.0  # how long it keeps asking while the API does not answer (a restart)

@@ -10,13 +10,13 @@ import pytest
 from pydantic import TypeAdapter
 
 from capacity_service.cli import main
-from capacity_service.experiments import load_experiments
+from capacity_service.reproduce.experiments import load_experiments
+from capacity_service.reproduce.targets import load_targets
 from capacity_service.science.measure import measure
 from capacity_service.science.sweep import sweep as run_sweep
 from capacity_service.specs import MeasureSpec, ModelSpec, SweepSpec, parameter_total
-from capacity_service.targets import load_targets
 
-SUITE = Path(__file__).resolve().parents[1] / "experiments" / "thesis"
+SUITE = Path(__file__).resolve().parents[2] / "experiments" / "thesis"
 
 
 def test_the_thesis_suite_validates_and_covers_the_issue() -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from capacity_service.cli.runners import ApiRunner
-from capacity_service.runs import Batch, Finished
+from capacity_service.reproduce.runners import ApiRunner
+from capacity_service.reproduce.runs import Batch, Finished
 
 
 class FakeClient:

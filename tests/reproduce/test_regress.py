@@ -217,8 +217,8 @@ def test_bad_baselines_exit_2(
 
 
 def test_the_default_suite_and_baseline_agree() -> None:
-    root = Path(__file__).resolve().parents[1] / "regression"
-    from capacity_service.regress import Baseline, Suite, check_baseline
+    root = Path(__file__).resolve().parents[2] / "regression"
+    from capacity_service.reproduce.regress import Baseline, Suite, check_baseline
 
     suite = Suite.model_validate_json((root / "suite.json").read_text())
     baseline = Baseline.model_validate_json((root / "baseline.json").read_text())
@@ -226,7 +226,7 @@ def test_the_default_suite_and_baseline_agree() -> None:
 
 
 def test_a_case_can_require_its_searches_to_bracket_the_maximum() -> None:
-    from capacity_service.regress import Case, metric_values
+    from capacity_service.reproduce.regress import Case, metric_values
 
     case = Case.model_validate({
         "name": "bracketed", "kind": "capacity", "spec": {"model": MODEL},
@@ -241,7 +241,7 @@ def test_a_case_can_require_its_searches_to_bracket_the_maximum() -> None:
 
 def test_the_workflow_installs_the_torch_make_installs() -> None:
     """A regression after a torch upgrade must not pass for one in the code."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     pinned = re.search(r"^TORCH_CPU \?= (\S+)$", (root / "Makefile").read_text(), re.M)
     assert pinned is not None
     workflow = (root / ".github" / "workflows" / "regression.yml").read_text()

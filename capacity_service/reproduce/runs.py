@@ -3,7 +3,7 @@
 A runner takes jobs with `submit` (a handle back) and `wait` blocks until at least one
 of the given handles has finished. The API's runner queues every job at submit, so N
 workers run a suite N at a time; the local runner runs one job per `wait`, in the order
-submitted, in this process. `capacity_service.cli.runners` has both.
+submitted, in this process. `capacity_service.reproduce.runners` has both.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from capacity_service.experiments import TARGETS_FILE, Row
+from capacity_service.reproduce.experiments import TARGETS_FILE, Row
 
 PARTIAL = " (not every seed has run)"
 
