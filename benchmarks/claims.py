@@ -22,7 +22,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from capacity_service.store.migrate import downgrade, upgrade
-from capacity_service.store.queries import JobState, Store
+from capacity_service.store.queries import Store
+from capacity_service.store.vocabulary import JobState
 
 ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

@@ -41,7 +41,8 @@ from sqlalchemy.pool import NullPool
 
 from capacity_service.store.migrate import upgrade
 from capacity_service.store.models import JobRow, TrialRow
-from capacity_service.store.queries import FINISHED, JobState, Store, StoreError
+from capacity_service.store.queries import Store
+from capacity_service.store.vocabulary import FINISHED, JobState, StoreError
 
 ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 RESTART = "pg_ctlcluster --skip-systemctl-redirect {version} main restart"

@@ -81,7 +81,9 @@ def results_database(tmp_path_factory: pytest.TempPathFactory) -> str:
     from capacity_service.settings import Settings
     from capacity_service.specs import validate_job_spec
     from capacity_service.store.migrate import upgrade
-    from capacity_service.store.queries import Job, JobState, Store
+    from capacity_service.store.queries import Store
+    from capacity_service.store.records import Job
+    from capacity_service.store.vocabulary import JobState
     from workers.runtime import Worker
 
     url = f"sqlite:///{tmp_path_factory.mktemp('results') / 'results.db'}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from capacity_service.store.queries import StoreError
+from capacity_service.store.vocabulary import StoreError
 
 
 class DependencyNotReady(Exception):

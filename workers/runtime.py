@@ -28,14 +28,9 @@ from capacity_service.specs import (
     TrialRecord,
     validate_job_spec,
 )
-from capacity_service.store.queries import (
-    Job,
-    JobState,
-    LeaseLostError,
-    ResultSummary,
-    Store,
-    StoreError,
-)
+from capacity_service.store.queries import Store
+from capacity_service.store.records import Job, ResultSummary
+from capacity_service.store.vocabulary import JobState, LeaseLostError, StoreError
 from workers import metrics as worker_metrics
 from workers.failures import (
     DependencyFailed,

@@ -14,7 +14,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from capacity_service.api.deps import settings_of, store_of
 from capacity_service.api.problems import FORBIDDEN, UNAUTHORIZED, ProblemError
-from capacity_service.store.queries import ApiKey, Store, hash_key
+from capacity_service.store.queries import Store, hash_key
+from capacity_service.store.records import ApiKey
 
 
 class KeyCache:

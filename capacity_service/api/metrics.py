@@ -30,8 +30,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from capacity_service.api.auth import READER
 from capacity_service.specs import JOB_KINDS
-from capacity_service.store.queries import JobState, Store, StoreError
+from capacity_service.store.queries import Store
 from capacity_service.store.stats import StoreStats, snapshot
+from capacity_service.store.vocabulary import JobState, StoreError
 
 log = logging.getLogger(__name__)
 

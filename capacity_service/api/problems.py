@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from capacity_service.specs import JOB_KINDS, MODEL_KINDS
-from capacity_service.store.queries import StoreError
+from capacity_service.store.vocabulary import StoreError
 
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"

@@ -289,7 +289,7 @@ def _read_over_api(client: ApiClient, job_id: int) -> tuple[dict[str, Any], dict
 
 
 def _read_database(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    from capacity_service.store.queries import JobNotFoundError
+    from capacity_service.store.vocabulary import JobNotFoundError
 
     store = store_from(args)
     try:
@@ -301,7 +301,7 @@ def _read_database(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, 
 
 
 def run_cancel(args: argparse.Namespace) -> int:
-    from capacity_service.store.queries import JobFinishedError, JobNotFoundError
+    from capacity_service.store.vocabulary import JobFinishedError, JobNotFoundError
 
     client = client_from(args)
     if client is not None:
@@ -324,7 +324,7 @@ def run_cancel(args: argparse.Namespace) -> int:
 
 
 def run_retry(args: argparse.Namespace) -> int:
-    from capacity_service.store.queries import JobNotFoundError, JobStateError
+    from capacity_service.store.vocabulary import JobNotFoundError, JobStateError
 
     client = client_from(args)
     if client is not None:

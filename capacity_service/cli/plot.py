@@ -47,7 +47,7 @@ def _result(args: argparse.Namespace) -> dict[str, Any]:
             job = client.job(args.id)
             result = client.result(args.id)
     else:
-        from capacity_service.store.queries import JobNotFoundError
+        from capacity_service.store.vocabulary import JobNotFoundError
 
         store = store_from(args)
         try:

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from capacity_service.store.db import database_now_sql
 from capacity_service.store.models import JobRow, TrialRow, WorkerRow
-from capacity_service.store.queries import JobState, Store
+from capacity_service.store.queries import Store
+from capacity_service.store.vocabulary import JobState
 
 # workers last seen longer ago than this are left out (every worker process has an id of
 # its own, so the table only grows: this keeps the metric's label sets bounded)

@@ -7,7 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
-from capacity_service.store.queries import JobState, ResultSummary
+from capacity_service.store.records import ResultSummary
+from capacity_service.store.vocabulary import JobState
 from tests.api.conftest import Server
 
 TINY = {

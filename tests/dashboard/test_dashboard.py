@@ -193,7 +193,9 @@ def test_plotly_is_served_by_the_app(served: str) -> None:
 
 
 def test_running_jobs_refresh_live(browser_context: Any, tmp_path: Path) -> None:
-    from capacity_service.store.queries import JobState, ResultSummary, Store
+    from capacity_service.store.queries import Store
+    from capacity_service.store.records import ResultSummary
+    from capacity_service.store.vocabulary import JobState
 
     url = f"sqlite:///{tmp_path / 'live.db'}"
     upgrade(url)

@@ -6,14 +6,14 @@ import time
 
 import pytest
 
-from capacity_service.store.queries import (
+from capacity_service.store.queries import Store
+from capacity_service.store.records import ResultSummary
+from capacity_service.store.vocabulary import (
     JobFinishedError,
     JobNotFoundError,
     JobState,
     JobStateError,
     LeaseLostError,
-    ResultSummary,
-    Store,
 )
 
 SPEC = {"model": {"kind": "fcdnn", "width": 8}}

@@ -14,7 +14,8 @@ import torch
 import capacity_service.science.search as search_module
 from capacity_service.settings import Settings
 from capacity_service.store.migrate import upgrade
-from capacity_service.store.queries import JobState, Store, StoreError
+from capacity_service.store.queries import Store
+from capacity_service.store.vocabulary import JobState, StoreError
 from tests.workers.test_worker import TINY_MODEL, capacity_spec
 from workers.failures import backoff_seconds, classify
 from workers.runtime import Worker

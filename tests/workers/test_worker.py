@@ -15,7 +15,8 @@ import pytest
 
 from capacity_service.settings import Settings
 from capacity_service.store.migrate import upgrade
-from capacity_service.store.queries import JobState, Store
+from capacity_service.store.queries import Store
+from capacity_service.store.vocabulary import JobState
 from workers.runtime import Worker
 
 TINY_MODEL = {"kind": "fcdnn", "width": 6, "n_in": 10}

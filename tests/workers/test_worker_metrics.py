@@ -17,7 +17,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from capacity_service.store.migrate import upgrade
-from capacity_service.store.queries import JobState, Store
+from capacity_service.store.queries import Store
+from capacity_service.store.vocabulary import JobState
 from tests.api.conftest import free_port
 
 TRIALS = 4

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from capacity_service.store.migrate import downgrade, upgrade
-from capacity_service.store.queries import JobState, Store
+from capacity_service.store.queries import Store
+from capacity_service.store.vocabulary import JobState
 from tests.workers.test_worker import capacity_spec, start_worker, wait_for
 
 pytestmark = pytest.mark.postgres

@@ -33,8 +33,8 @@ from capacity_service.api.schemas import (
 )
 from capacity_service.reports.export import result_csv
 from capacity_service.specs import SweepSpec
-from capacity_service.store.queries import (
-    Job,
+from capacity_service.store.records import Job
+from capacity_service.store.vocabulary import (
     JobFinishedError,
     JobNotFoundError,
     JobState,

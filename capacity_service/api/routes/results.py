@@ -19,7 +19,7 @@ from capacity_service.api.schemas import (
     ModelKindName,
     SweepPage,
 )
-from capacity_service.store.queries import StoredResult
+from capacity_service.store.records import StoredResult
 
 router = APIRouter(prefix="/v1", tags=["results"])
 Params = Annotated[int | None, Query(ge=0, le=LARGEST_ID)]
