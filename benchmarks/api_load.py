@@ -37,6 +37,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from capacity_service.api.auth import new_key
 from capacity_service.store.migrate import upgrade
 from capacity_service.store.queries import Store
 
@@ -242,7 +243,7 @@ def main() -> int:
     for backend in args.backends.split(","):
         database = Database(backend)
         store = Store(database.url)
-        _, key = store.create_api_key("load")
+        _, key = new_key(store, "load")
         store.close()
         process, base = start_server(database.url, args.workers)
         try:

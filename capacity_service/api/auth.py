@@ -5,6 +5,8 @@ The key itself is never logged or stored; the store keeps its SHA-256.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import threading
 import time
 from typing import Annotated
@@ -14,8 +16,22 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from capacity_service.api.deps import settings_of, store_of
 from capacity_service.api.problems import FORBIDDEN, UNAUTHORIZED, ProblemError
-from capacity_service.store.queries import Store, hash_key
+from capacity_service.store.queries import Store
 from capacity_service.store.records import ApiKey
+
+KEY_PREFIX = "cap_"
+
+
+def hash_key(secret: str) -> str:
+    """SHA-256 of the key: keys are 256 random bits, so a salt or a slow hash adds nothing."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_key(store: Store, name: str) -> tuple[ApiKey, str]:
+    """A new key: its record and the secret, which is shown once and stored only as a
+    hash."""
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    return store.add_api_key(name, hash_key(secret)), secret
 
 
 class KeyCache:
@@ -35,7 +51,7 @@ class KeyCache:
         hit = self._valid.get(digest)
         if hit is not None and hit[1] > now:
             return hit[0]
-        key = store.find_api_key(secret)
+        key = store.find_api_key(digest)
         if key is not None and not key.revoked and self.seconds > 0:
             with self._lock:
                 if len(self._valid) >= self.LARGEST:

@@ -81,9 +81,11 @@ def run_keys_create(args: argparse.Namespace) -> int:
     name = args.name.strip()
     if not name or len(name) > 200:
         fail("--name: give a name of 1 to 200 characters, e.g. --name ci")
+    from capacity_service.api.auth import new_key
+
     store = store_from(args, migrate=True)
     try:
-        key, secret = store.create_api_key(name)
+        key, secret = new_key(store, name)
     finally:
         store.close()
     print(f"API key {key.id} {key.name!r} created; it is shown this once, store it now:")

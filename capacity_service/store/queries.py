@@ -3,8 +3,6 @@ records of `records.py`, never ORM rows, and raises the errors of `vocabulary.py
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -418,15 +416,13 @@ class Store:
 
     # -- API keys -----------------------------------------------------------------
 
-    def create_api_key(self, name: str) -> tuple[ApiKey, str]:
-        """A new key: its record and the secret, which is shown once and stored only as
-        a hash."""
-        secret = KEY_PREFIX + secrets.token_urlsafe(32)
-        row = ApiKeyRow(name=name, key_hash=hash_key(secret), created_at=_now())
+    def add_api_key(self, name: str, key_hash: str) -> ApiKey:
+        """Store a new key by its hash (the secret itself is never stored; see api/auth.py)."""
+        row = ApiKeyRow(name=name, key_hash=key_hash, created_at=_now())
         with self.session() as session:
             session.add(row)
             session.flush()
-            return ApiKey.from_row(row), secret
+            return ApiKey.from_row(row)
 
     def revoke_api_keys(self, name: str) -> list[ApiKey]:
         """Revoke every active key called `name`; the keys revoked."""
@@ -444,18 +440,8 @@ class Store:
             rows = session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.id))
             return [ApiKey.from_row(row) for row in rows]
 
-    def find_api_key(self, secret: str) -> ApiKey | None:
-        """The key whose secret this is (revoked or not), or None."""
+    def find_api_key(self, key_hash: str) -> ApiKey | None:
+        """The key with this hash (revoked or not), or None."""
         with self.session(read_only=True) as session:
-            row = session.scalars(
-                select(ApiKeyRow).where(ApiKeyRow.key_hash == hash_key(secret))
-            ).first()
+            row = session.scalars(select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash)).first()
             return None if row is None else ApiKey.from_row(row)
-
-
-KEY_PREFIX = "cap_"
-
-
-def hash_key(secret: str) -> str:
-    """SHA-256 of the key: keys are 256 random bits, so a salt or a slow hash adds nothing."""
-    return hashlib.sha256(secret.encode()).hexdigest()

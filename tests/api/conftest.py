@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from capacity_service.api.auth import new_key
 from capacity_service.store.migrate import upgrade
 from capacity_service.store.queries import Store
 from tests.conftest import create_postgres_database, drop_postgres_database
@@ -101,7 +102,7 @@ def backend_url(
 def server(backend_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("server") / "server.log"
     store = Store(backend_url)
-    _, key = store.create_api_key("tests")
+    _, key = new_key(store, "tests")
     process, url = start_server(backend_url, log, "--migrate")
     yield Server(url=url, database_url=backend_url, key=key, store=store, process=process, log=log)
     stop(process)

@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
+from capacity_service.api.auth import new_key
 from capacity_service.store.records import ResultSummary
 from capacity_service.store.vocabulary import JobState
 from tests.api.conftest import Server
@@ -238,7 +239,7 @@ def test_oversized_bodies_are_413(server: Server) -> None:
 
 
 def test_keys(server: Server) -> None:
-    _, revoked = server.store.create_api_key("departed")
+    _, revoked = new_key(server.store, "departed")
     server.store.revoke_api_keys("departed")
     before = snapshot(server)
     with server.client() as http:

@@ -17,6 +17,7 @@ from prometheus_client.samples import Sample
 from sqlalchemy import select
 
 from capacity_service.api import create_app
+from capacity_service.api.auth import new_key
 from capacity_service.settings import Settings
 from capacity_service.store.db import database_now_sql
 from capacity_service.store.migrate import upgrade
@@ -37,7 +38,7 @@ def server(backend_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """`capacity serve` with CAPACITY_LOG_FORMAT=json, on each backend."""
     log = tmp_path_factory.mktemp("metrics") / "server.log"
     store = Store(backend_url)
-    _, key = store.create_api_key("metrics")
+    _, key = new_key(store, "metrics")
     process, url = start_server(backend_url, log, CAPACITY_LOG_FORMAT="json")
     yield Server(url=url, database_url=backend_url, key=key, store=store, process=process, log=log)
     stop(process)
@@ -153,7 +154,7 @@ def test_metrics_need_a_key_when_reads_do(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'keyed.db'}"
     upgrade(url)
     store = Store(url)
-    _, key = store.create_api_key("scraper")
+    _, key = new_key(store, "scraper")
     store.close()
     with TestClient(create_app(Settings(database_url=url, read_requires_key=True))) as client:
         assert client.get("/metrics").status_code == 401

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from capacity_service.api.auth import hash_key, new_key
 from capacity_service.cli import main
 from capacity_service.store.migrate import upgrade
 from capacity_service.store.queries import Store
@@ -20,11 +21,12 @@ IMPORT_CHECK = """
 import sys
 from fastapi.testclient import TestClient
 from capacity_service.api import create_app
+from capacity_service.api.auth import new_key
 from capacity_service.settings import Settings
 from capacity_service.store.queries import Store
 
 url = sys.argv[1]
-_, key = Store(url).create_api_key("imports")
+_, key = new_key(Store(url), "imports")
 with TestClient(create_app(Settings(database_url=url))) as client:
     auth = {"Authorization": "Bearer " + key}
     job = client.post("/v1/jobs", headers=auth, json={"kind": "capacity",
@@ -53,7 +55,7 @@ def test_reads_can_require_a_key(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'keyed.db'}"
     upgrade(url)
     store = Store(url)
-    _, key = store.create_api_key("reader")
+    _, key = new_key(store, "reader")
     store.close()
     process, base = start_server(url, tmp_path / "server.log", CAPACITY_READ_REQUIRES_KEY="true")
     try:
@@ -97,12 +99,12 @@ def test_keys_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     secret = capsys.readouterr().out.strip().splitlines()[-1]
     assert secret.startswith("cap_") and " " not in secret
     store = Store(url)
-    assert store.find_api_key(secret) is not None
+    assert store.find_api_key(hash_key(secret)) is not None
     assert main(["keys", "list", "--database-url", url]) == 0
     listed = capsys.readouterr().out
     assert "ci" in listed and secret not in listed
     assert main(["keys", "revoke", "ci", "--database-url", url]) == 0
-    found = store.find_api_key(secret)
+    found = store.find_api_key(hash_key(secret))
     assert found is not None and found.revoked
     store.close()
     assert main(["keys", "revoke", "ci", "--database-url", url]) == 2

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from capacity_service.api.auth import hash_key, new_key
 from capacity_service.store.queries import Store
 from capacity_service.store.records import ResultSummary
 from capacity_service.store.vocabulary import (
@@ -155,17 +156,17 @@ def test_results_filter_by_kind_model_and_parameters(store: Store) -> None:
 def test_api_keys_are_stored_hashed_and_revocable(store: Store) -> None:
     from sqlalchemy import text
 
-    key, secret = store.create_api_key("ci")
+    key, secret = new_key(store, "ci")
     assert secret.startswith("cap_") and len(secret) > 40
-    found = store.find_api_key(secret)
+    found = store.find_api_key(hash_key(secret))
     assert found is not None and found.id == key.id and not found.revoked
-    assert store.find_api_key(secret + "x") is None
+    assert store.find_api_key(hash_key(secret + "x")) is None
     with store.session() as session:  # only the hash is in the table
         stored = session.execute(text("SELECT key_hash FROM api_keys")).scalars().all()
     assert secret not in stored and len(stored[0]) == 64
-    _, other = store.create_api_key("ci")
+    _, other = new_key(store, "ci")
     assert [k.id for k in store.revoke_api_keys("ci")] == [key.id, key.id + 1]
-    revoked = store.find_api_key(other)
+    revoked = store.find_api_key(hash_key(other))
     assert revoked is not None and revoked.revoked
     assert store.revoke_api_keys("ci") == []  # nothing active is left
 
