@@ -16,12 +16,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
 from capacity_service import __version__
-from capacity_service.specs import CapacityResult, Provenance, SweepResult
+from capacity_service.specs import Provenance
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 FIELDS = tuple(Provenance.model_fields)
-R = TypeVar("R", CapacityResult, SweepResult)
+R = TypeVar("R", bound=BaseModel)
 
 
 def provenance(device: str) -> Provenance:
@@ -130,8 +132,13 @@ def table(baseline: dict[str, Any] | None, now: dict[str, Any] | None) -> list[l
 
 
 def stamped(result: R) -> R:
-    """`result` with this process's provenance for the device it ran on."""
-    return result.model_copy(update={"provenance": provenance(result.device)})
+    """`result` with this process's provenance for the device it ran on (a result model
+    without `provenance` and `device` fields is returned as it is)."""
+    fields = type(result).model_fields
+    if "provenance" not in fields or "device" not in fields:
+        return result
+    device = str(getattr(result, "device"))  # noqa: B009 (any result model with a device)
+    return result.model_copy(update={"provenance": provenance(device)})
 
 
 def summary(record: Provenance) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from itertools import pairwise
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -526,16 +526,3 @@ class CapacityResult(Frozen):
     seed: int
     quality: SearchQuality | None = None  # None in results stored before it existed
     provenance: Provenance | None = None  # likewise
-
-
-JOB_KINDS = ("capacity", "quant_sweep")
-
-
-def validate_job_spec(kind: str, spec: dict[str, Any]) -> CapacitySpec | SweepSpec:
-    """The spec of a job of `kind`; ValueError for an unknown kind, ValidationError for
-    a bad spec."""
-    if kind == "capacity":
-        return CapacitySpec.model_validate(spec)
-    if kind == "quant_sweep":
-        return SweepSpec.model_validate(spec)
-    raise ValueError(f"unknown job kind {kind!r}; use one of {', '.join(JOB_KINDS)}")

@@ -78,8 +78,8 @@ RESULT_MODELS = (
 def results_database(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A SQLite database holding real results: three small capacity jobs (two FCDNNs and
     a tanh RNN) and a half-capacity sweep of the first, run by a real worker."""
+    from capacity_service.jobkinds import validate_job_spec
     from capacity_service.settings import Settings
-    from capacity_service.specs import validate_job_spec
     from capacity_service.store.migrate import upgrade
     from capacity_service.store.queries import Store
     from capacity_service.store.records import Job

@@ -14,7 +14,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from capacity_service.specs import JOB_KINDS
+from capacity_service import jobkinds
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ TRIAL_SECONDS = Histogram(
 INFO = Gauge("capacity_worker_info", "1, labelled with this worker's id and device",
              ["worker_id", "device"])  # fmt: skip
 
-for _kind in JOB_KINDS:  # every kind's series exists from the start, at 0
+for _kind in jobkinds.names():  # every kind's series exists from the start, at 0
     CLAIMS.labels(_kind)
 
 

@@ -17,17 +17,11 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from capacity_service import __version__
+from capacity_service import __version__, jobkinds
 from capacity_service.provenance import stamped
 from capacity_service.science.stopping import StopCheck, Stopped
 from capacity_service.settings import Settings
-from capacity_service.specs import (
-    CapacitySpec,
-    SweepPoint,
-    SweepSpec,
-    TrialRecord,
-    validate_job_spec,
-)
+from capacity_service.specs import CapacitySpec, TrialRecord
 from capacity_service.store.queries import Store
 from capacity_service.store.records import Job, ResultSummary
 from capacity_service.store.vocabulary import JobState, LeaseLostError, StoreError
@@ -146,7 +140,8 @@ class Worker:
         heartbeat.start()
         try:
             try:
-                spec = validate_job_spec(job.kind, job.spec)
+                kind = jobkinds.get(job.kind)
+                spec = kind.spec.model_validate(job.spec)
             except (ValueError, ValidationError) as error:
                 self._end(job, JobState.FAILED, error=f"cannot run this job: {error}")
                 return
@@ -154,10 +149,7 @@ class Worker:
                 self.stopping or heartbeat.cancel_requested or heartbeat.lost
             )
             try:
-                if isinstance(spec, CapacitySpec):
-                    summary = self._capacity(job, spec, should_stop)
-                else:
-                    summary = self._sweep(job, spec, should_stop)
+                summary = self._run(job, kind, spec, should_stop)
             except Exception as error:
                 if heartbeat.lost:
                     return
@@ -175,7 +167,7 @@ class Worker:
         finally:
             heartbeat.stop()
 
-    def _after_failure(self, job: Job, spec: CapacitySpec | SweepSpec, error: Exception) -> None:
+    def _after_failure(self, job: Job, spec: Any, error: Exception) -> None:
         """A transient failure goes back to the queue with backoff while attempts remain
         (a wait for a dependency costs none); anything else fails the job."""
         failure = classify(error)
@@ -238,88 +230,68 @@ class Worker:
         except StoreError as error:  # progress is advisory: the next update replaces it
             log.warning("progress of job %s not saved: %s", job.id, error)
 
-    def _capacity(
-        self, job: Job, spec: CapacitySpec, should_stop: StopCheck
+    def _run(
+        self, job: Job, kind: jobkinds.JobKind, spec: Any, should_stop: StopCheck
     ) -> ResultSummary | None:
-        from capacity_service.science.search import search_capacity
-
-        spec = spec.model_copy(update={"device": self.device})
-        stored = retrying(lambda: self.store.trials(job.id))
-        completed = [TrialRecord.model_validate(r) for r in stored]
-        best = max((r.mutual_information_bits for r in completed), default=0.0)
-        state: dict[str, Any] = {"stage": "prior", "trials_done": len(completed),
-                                 "best_bits": best}  # fmt: skip
-
-        def on_trial(record: TrialRecord) -> None:
-            # written the moment it finishes; a retried write of the same index is ignored
-            document = record.model_dump(mode="json")
-            if not retrying(lambda: self.store.record_trial(job.id, record.index, document)):
-                # another holder stored it first (or a retried write whose first try
-                # landed): the soak benchmark counts these lines
-                log.warning("job %s trial %s was already stored", job.id, record.index)
-            worker_metrics.trial_finished(spec.model.kind, record.wall_seconds)
-            state["trials_done"] += 1
-            state["best_bits"] = max(state["best_bits"], record.mutual_information_bits)
-            self._progress(job, **state)
-
-        def on_stage(stage: str) -> None:
-            state["stage"] = stage
-            self._progress(job, **state)
-
+        """Run the job as its kind says; None when it was stopped (execute() says why)."""
+        context = WorkerContext(self, job, should_stop)
         try:
-            result = search_capacity(spec, completed, on_trial, on_stage, should_stop)
-        except Stopped:  # cancel, SIGTERM or a lost lease: execute() says which
-            return None
-        return ResultSummary(
-            document=stamped(result).model_dump(mode="json"),
-            params=result.params,
-            capacity_bits=result.capacity_bits,
-            bits_per_param=result.bits_per_param,
-            code_version=__version__,
-        )
-
-    def _sweep(self, job: Job, spec: SweepSpec, should_stop: StopCheck) -> ResultSummary | None:
-        from capacity_service.science.sweep import sweep
-
-        if spec.regime is not None and spec.capacity_n is None:
-            source = self._capacity_source(spec.capacity_job or 0)
-            spec = spec.model_copy(update={"capacity_n": int(source["best"]["n"])})
-        spec = spec.model_copy(update={"device": self.device})
-
-        def on_point(n: int, point: SweepPoint) -> None:
-            self._progress(job, stage="sweep", n=n, bits=point.bits,
-                           accuracy_retrained=point.accuracy_retrained)  # fmt: skip
-
-        try:
-            result = sweep(spec, on_point=on_point, should_stop=should_stop)
+            result = kind.run(context, spec)
         except Stopped:
             return None
-        first = result.curves[0]
+        columns = kind.columns(result)
         return ResultSummary(
             document=stamped(result).model_dump(mode="json"),
-            params=result.params,
-            precision_boundary=first.precision_boundary,
+            params=columns.params,
+            capacity_bits=columns.capacity_bits,
+            bits_per_param=columns.bits_per_param,
+            precision_boundary=columns.precision_boundary,
             code_version=__version__,
         )
 
-    def _capacity_source(self, job_id: int) -> dict[str, Any]:
-        """The result of the capacity job a sweep names; DependencyNotReady while that job
-        is queued or running, DependencyFailed when it ended without one."""
+
+class WorkerContext:
+    """What a job running on this worker may ask of it (`jobkinds.JobContext`): its
+    trials stored so far, where to store the next, progress, another job's result."""
+
+    def __init__(self, worker: Worker, job: Job, should_stop: StopCheck) -> None:
+        self.worker, self.job, self.should_stop = worker, job, should_stop
+        self.device = worker.device
+        self.store = worker.store
+
+    def stored_trials(self) -> list[dict[str, Any]]:
+        return retrying(lambda: self.store.trials(self.job.id))
+
+    def trial_finished(self, record: TrialRecord) -> None:
+        # written the moment it finishes; a retried write of the same index is ignored
+        document = record.model_dump(mode="json")
+        if not retrying(lambda: self.store.record_trial(self.job.id, record.index, document)):
+            # another holder stored it first (or a retried write whose first try landed):
+            # the soak benchmark counts these lines
+            log.warning("job %s trial %s was already stored", self.job.id, record.index)
+        worker_metrics.trial_finished(self.job.model_kind, record.wall_seconds)
+
+    def progress(self, **fields: Any) -> None:
+        self.worker._progress(self.job, **fields)
+
+    def result_of(self, job_id: int) -> dict[str, Any]:
+        """The result of the job this one needs; DependencyNotReady while that job is
+        queued or running, DependencyFailed when it ended without one."""
         source = retrying(lambda: self.store.get(job_id))
         result = retrying(lambda: self.store.result(job_id))
         if result is not None:
             return result
         if source.state in (JobState.QUEUED, JobState.RUNNING):
-            raise DependencyNotReady(f"capacity job {job_id} is {source.state}; this sweep "
-                                     "starts when it has a result")  # fmt: skip
+            raise DependencyNotReady(f"{source.kind} job {job_id} is {source.state}; this "
+                                     "job starts when it has a result")  # fmt: skip
         why = f": {source.error}" if source.error else ""
         raise DependencyFailed(
-            f"capacity job {job_id} {source.state} without a result{why}; "
-            f"retry it (capacity retry {job_id}), then this sweep"
+            f"{source.kind} job {job_id} {source.state} without a result{why}; "
+            f"retry it (capacity retry {job_id}), then this job"
         )
 
 
-def smaller_stack(spec: CapacitySpec | SweepSpec, device: str) -> tuple[dict[str, Any], str] | None:
+def smaller_stack(spec: Any, device: str) -> tuple[dict[str, Any], str] | None:
     """The spec with half the trials in the stack (K), after the device ran out of memory,
     and a note saying so; None when K is already 1 (or the job does not stack trials)."""
     if not isinstance(spec, CapacitySpec):

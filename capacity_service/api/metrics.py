@@ -28,8 +28,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from capacity_service import jobkinds
 from capacity_service.api.auth import READER
-from capacity_service.specs import JOB_KINDS
 from capacity_service.store.queries import Store
 from capacity_service.store.stats import StoreStats, snapshot
 from capacity_service.store.vocabulary import JobState, StoreError
@@ -69,7 +69,9 @@ class StoreCollector(Collector):
 def store_metrics(stats: StoreStats) -> Iterator[Metric]:
     jobs = GaugeMetricFamily("capacity_jobs", "Jobs in the store by state and kind",
                              labels=["state", "kind"])  # fmt: skip
-    pairs = {(state.value, kind) for state in JobState for kind in JOB_KINDS} | set(stats.jobs)
+    pairs = {(state.value, kind) for state in JobState for kind in jobkinds.names()} | set(
+        stats.jobs
+    )
     for state, kind in sorted(pairs):
         jobs.add_metric([state, kind], float(stats.jobs.get((state, kind), 0)))
     yield jobs

@@ -17,7 +17,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from capacity_service.specs import JOB_KINDS, MODEL_KINDS
+from capacity_service import jobkinds
+from capacity_service.specs import MODEL_KINDS
 from capacity_service.store.vocabulary import StoreError
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def field_path(location: tuple[int | str, ...]) -> str:
     parts = [str(part) for part in location]
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
-    if parts and parts[0] in JOB_KINDS:
+    if parts and parts[0] in jobkinds.names():
         parts = parts[1:]
     kept: list[str] = []
     for part in parts:

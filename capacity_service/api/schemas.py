@@ -1,16 +1,18 @@
-"""Request and response bodies of the API. Job specs themselves are `specs.py`'s models."""
+"""Request and response bodies of the API. Job specs and results are the models the job
+kinds registry (`capacity_service.jobkinds`) names; the request union, the kind names and
+the result union are built from it when this module is imported."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
 
-from capacity_service.specs import CapacityResult, CapacitySpec, Int, SweepResult, SweepSpec
+from capacity_service import jobkinds
+from capacity_service.specs import Int
 
 JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKindName = Literal["capacity", "quant_sweep"]
 ModelKindName = Literal["fcdnn", "cnn", "lstm", "gru", "rnn"]
 # ids are 32-bit integers in PostgreSQL; anything larger cannot name a row
 LARGEST_ID = 2**31 - 1
@@ -33,17 +35,38 @@ class _Request(BaseModel):
     )
 
 
-class CapacityJobRequest(_Request):
-    kind: Literal["capacity"]
-    spec: CapacitySpec
+def _request_model(kind: jobkinds.JobKind) -> type[_Request]:
+    """The body that submits a job of `kind`: {"kind": name, "spec": {...}, ...}."""
+    title = "".join(part.capitalize() for part in kind.name.split("_"))
+    return create_model(
+        f"{title}JobRequest",
+        __base__=_Request,
+        __doc__=f"A {kind.name} job: {kind.description}.",
+        kind=(Literal[kind.name], ...),  # type: ignore[arg-type]
+        spec=(kind.spec, ...),
+    )
 
 
-class SweepJobRequest(_Request):
-    kind: Literal["quant_sweep"]
-    spec: SweepSpec
+def _one_of(models: list[Any], **field: Any) -> Any:
+    """The union of `models` (a lone model as it is: a union needs two)."""
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[tuple(models)], Field(**field)]  # noqa: UP007 (built at run time)
 
 
-JobRequest = Annotated[CapacityJobRequest | SweepJobRequest, Field(discriminator="kind")]
+if TYPE_CHECKING:  # what mypy sees of the types built from the registry
+
+    class JobRequest(_Request):
+        kind: str
+        spec: Any
+
+    JobKindName = str
+    ResultModel = BaseModel
+else:
+    JobRequest = _one_of([_request_model(k) for k in jobkinds.KINDS.values()],
+                         discriminator="kind")  # fmt: skip
+    JobKindName = Literal[jobkinds.names()]
+    ResultModel = _one_of([k.result for k in jobkinds.KINDS.values()])
 
 
 class JobDocument(BaseModel):
@@ -80,9 +103,10 @@ class TrialPage(BaseModel):
     next_cursor: int | None = Field(description="pass as `cursor` for the next page; null: none")
 
 
-class JobResult(RootModel[CapacityResult | SweepResult]):
-    """The result of a succeeded job: a capacity result (capacity_bits, bits_per_param,
-    best, curve, trials) or a sweep result (curves of points per precision)."""
+class JobResult(RootModel[ResultModel]):
+    """The result of a succeeded job, as its kind's result model says: a capacity result
+    (capacity_bits, bits_per_param, best, curve, trials) or a sweep result (curves of
+    points per precision)."""
 
 
 class CurveItem(BaseModel):

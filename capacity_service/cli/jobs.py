@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from capacity_service import jobkinds
 from capacity_service.cli.common import (
     describe_validation_error,
     fail,
@@ -21,7 +22,6 @@ from capacity_service.cli.common import (
     print_table,
 )
 from capacity_service.settings import Settings
-from capacity_service.specs import JOB_KINDS, validate_job_spec
 
 if TYPE_CHECKING:
     from capacity_service.client import ApiClient
@@ -59,7 +59,7 @@ def add_parsers(subparsers: Any) -> None:
     submit = subparsers.add_parser("submit", help="queue a capacity or quant_sweep job")
     add_source_arguments(submit, api=True)
     submit.add_argument("spec", help="JSON spec file ('-' for stdin)")
-    submit.add_argument("--kind", required=True, choices=JOB_KINDS)
+    submit.add_argument("--kind", required=True, choices=jobkinds.names())
     submit.add_argument("--priority", type=int, default=0, help="higher runs first")
     submit.add_argument("--idempotency-key", help="submitting the same key returns that job")
     submit.add_argument("--json", action="store_true")
@@ -69,7 +69,7 @@ def add_parsers(subparsers: Any) -> None:
     add_source_arguments(jobs, api=True)
     jobs.add_argument("--state", choices=("queued", "running", "succeeded", "failed",
                                           "cancelled"))  # fmt: skip
-    jobs.add_argument("--kind", choices=JOB_KINDS)
+    jobs.add_argument("--kind", choices=jobkinds.names())
     jobs.add_argument("--model-kind")
     jobs.add_argument("--limit", type=int, default=50)
     jobs.add_argument("--after", type=int, help="continue after this job id")
@@ -201,7 +201,7 @@ def run_submit(args: argparse.Namespace) -> int:
 
 def _submit_to_database(args: argparse.Namespace, document: dict[str, Any]) -> dict[str, Any]:
     try:
-        spec = validate_job_spec(args.kind, document)
+        spec = jobkinds.validate_job_spec(args.kind, document)
     except ValidationError as error:
         fail(f"invalid {args.kind} spec ({args.spec}):\n{describe_validation_error(error)}")
     store = store_from(args, migrate=True)

@@ -21,8 +21,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from capacity_service import __version__
+from capacity_service.jobkinds import validate_job_spec
 from capacity_service.reproduce.runs import Batch, Progress, Runner
-from capacity_service.specs import validate_job_spec
 
 TARGETS_FILE = "targets.json"  # beside the experiments: see capacity_service.reproduce.targets
 DISCUSSION_FILE = "discussion.md"  # hand-written; the report ends with it

@@ -16,10 +16,10 @@ from xml.etree import ElementTree
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from capacity_service.jobkinds import validate_job_spec
 from capacity_service.provenance import merged
 from capacity_service.provenance import table as provenance_table
 from capacity_service.reproduce.runs import Batch, Progress, Runner, RunsFailed
-from capacity_service.specs import validate_job_spec
 
 # metric -> (job kind it belongs to, +1 if higher is better, -1 if lower is better)
 METRICS: dict[str, tuple[str, int]] = {

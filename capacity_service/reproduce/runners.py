@@ -18,6 +18,28 @@ PAGE = 500  # the job list's largest page
 LARGEST_ID = 2**31 - 1  # the largest cursor the job list takes
 
 
+class LocalContext:
+    """A job run in this process (`jobkinds.JobContext`): nothing stored before it, its
+    trials and progress not kept (its result holds them), no other job to ask."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.should_stop = None
+
+    def stored_trials(self) -> list[dict[str, Any]]:
+        return []
+
+    def trial_finished(self, record: Any) -> None:
+        pass
+
+    def progress(self, **fields: Any) -> None:
+        pass
+
+    def result_of(self, job_id: int) -> dict[str, Any]:
+        raise ValueError(f"a job run in this process cannot use job {job_id}'s result; "
+                         "give capacity_n instead of capacity_job")  # fmt: skip
+
+
 class LocalRunner:
     """Runs a job when it is waited for, the oldest submitted first: one at a time."""
 
@@ -33,20 +55,15 @@ class LocalRunner:
         return self._submitted
 
     def wait(self, handles: Collection[int]) -> list[Finished]:
+        from capacity_service import jobkinds
         from capacity_service.provenance import stamped
-        from capacity_service.science.search import search_capacity
-        from capacity_service.science.sweep import sweep
-        from capacity_service.specs import CapacitySpec, SweepSpec
 
         handle = min(handles)
-        kind, spec, label = self._jobs.pop(handle)
+        kind_name, spec, label = self._jobs.pop(handle)
         print(f"running {label} {self.where}", file=sys.stderr, flush=True)
-        spec = spec | {"device": self.device}
-        if kind == "capacity":
-            result = stamped(search_capacity(CapacitySpec.model_validate(spec)))
-            return [Finished(handle, "succeeded", result.model_dump(mode="json"))]
-        swept = stamped(sweep(SweepSpec.model_validate(spec)))
-        return [Finished(handle, "succeeded", swept.model_dump(mode="json"))]
+        kind = jobkinds.get(kind_name)
+        result = kind.run(LocalContext(self.device), kind.spec.model_validate(spec))
+        return [Finished(handle, "succeeded", stamped(result).model_dump(mode="json"))]
 
     def cancel(self, handles: Collection[int]) -> None:
         for handle in handles:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from capacity_service import jobkinds
 from capacity_service.api.auth import READER, WRITER
 from capacity_service.api.deps import settings_of, store_of
 from capacity_service.api.limits import check_limits
@@ -32,7 +33,6 @@ from capacity_service.api.schemas import (
     TrialPage,
 )
 from capacity_service.reports.export import result_csv
-from capacity_service.specs import SweepSpec
 from capacity_service.store.records import Job
 from capacity_service.store.vocabulary import (
     JobFinishedError,
@@ -84,13 +84,14 @@ def submit_job(
     settings = settings_of(request)
     check_limits(job.spec, settings)
     store = store_of(request)
-    if isinstance(job.spec, SweepSpec) and job.spec.capacity_job is not None:
-        _check_capacity_source(request, job.spec.capacity_job)
+    source = getattr(job.spec, "capacity_job", None)  # a sweep may name its capacity job
+    if source is not None:
+        _check_capacity_source(request, source)
     spec = job.spec.model_dump(mode="json")
     queued, is_new = store.enqueue(
         job.kind,
         spec,
-        job.spec.model.kind,
+        jobkinds.model_kind(job.spec),
         priority=job.priority,
         idempotency_key=job.idempotency_key,
         max_attempts=settings.max_attempts,

@@ -1,0 +1,202 @@
+"""Every kind of job the service runs, in one place.
+
+A kind names its spec model (validated at submission and again before a worker runs
+it), its result model, the function that runs it (given a `JobContext`: where it runs,
+when to stop, what is stored so far) and the columns its result is listed by. Spec
+validation, the CLI's choices, the API's request and response schemas, the worker and
+local suite runs are all derived from this registry: a new kind is one `register` call
+made before they are built. A kind defined outside this package is loaded by naming its
+module in `CAPACITY_PLUGINS` (comma-separated), for the API and the workers alike.
+
+The run functions import the science when called, so the API can import this module
+without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from capacity_service.science.stopping import StopCheck
+from capacity_service.specs import (
+    CapacityResult,
+    CapacitySpec,
+    SweepPoint,
+    SweepResult,
+    SweepSpec,
+    TrialRecord,
+)
+
+
+class JobContext(Protocol):
+    """What a running job may ask of whoever runs it (a worker, or this process)."""
+
+    @property
+    def device(self) -> str:
+        """Where it runs (auto, cpu, cuda[:i])."""
+        ...
+
+    @property
+    def should_stop(self) -> StopCheck | None:
+        """Asked between units of work; True: raise science.stopping.Stopped."""
+        ...
+
+    def stored_trials(self) -> Sequence[dict[str, Any]]:
+        """Trials an earlier attempt stored (a resumed job trains none of them again)."""
+        ...
+
+    def trial_finished(self, record: TrialRecord) -> None:
+        """Store a finished trial the moment it ends."""
+        ...
+
+    def progress(self, **fields: Any) -> None:
+        """Advisory progress (stage, trials done, ...); the next call replaces it."""
+        ...
+
+    def result_of(self, job_id: int) -> dict[str, Any]:
+        """The stored result of another job this one needs (waits or fails for it)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Columns:
+    """A result's columns in listings and filters."""
+
+    params: int
+    capacity_bits: float | None = None
+    bits_per_param: float | None = None
+    precision_boundary: int | None = None
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    spec: type[BaseModel]  # has a `model` field (its model_kind is `spec.model.kind`)
+    result: type[BaseModel]
+    run: Callable[[JobContext, Any], BaseModel]  # raises science.stopping.Stopped
+    columns: Callable[[Any], Columns]  # of a result
+    description: str
+
+
+KINDS: dict[str, JobKind] = {}
+
+
+def register(kind: JobKind) -> JobKind:
+    if kind.name in KINDS and KINDS[kind.name] != kind:
+        raise ValueError(f"job kind {kind.name!r} is registered already")
+    KINDS[kind.name] = kind
+    return kind
+
+
+def names() -> tuple[str, ...]:
+    return tuple(KINDS)
+
+
+def get(name: str) -> JobKind:
+    """The kind called `name`; ValueError naming the known ones otherwise."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown job kind {name!r}; use one of {', '.join(KINDS)}") from None
+
+
+def validate_job_spec(kind: str, spec: dict[str, Any]) -> Any:
+    """The spec of a job of `kind`; ValueError for an unknown kind, ValidationError for
+    a bad spec."""
+    return get(kind).spec.model_validate(spec)
+
+
+def model_kind(spec: Any) -> str:
+    return str(spec.model.kind)
+
+
+# --- the built-in kinds ---------------------------------------------------------------
+
+
+def run_capacity(context: JobContext, spec: CapacitySpec) -> CapacityResult:
+    from capacity_service.science.search import search_capacity
+
+    completed = [TrialRecord.model_validate(r) for r in context.stored_trials()]
+    best = max((r.mutual_information_bits for r in completed), default=0.0)
+    state: dict[str, Any] = {"stage": "prior", "trials_done": len(completed), "best_bits": best}
+
+    def on_trial(record: TrialRecord) -> None:
+        context.trial_finished(record)
+        state["trials_done"] += 1
+        state["best_bits"] = max(state["best_bits"], record.mutual_information_bits)
+        context.progress(**state)
+
+    def on_stage(stage: str) -> None:
+        state["stage"] = stage
+        context.progress(**state)
+
+    spec = spec.model_copy(update={"device": context.device})
+    return search_capacity(spec, completed, on_trial, on_stage, context.should_stop)
+
+
+def run_sweep(context: JobContext, spec: SweepSpec) -> SweepResult:
+    from capacity_service.science.sweep import sweep
+
+    if spec.regime is not None and spec.capacity_n is None:
+        source = context.result_of(spec.capacity_job or 0)
+        spec = spec.model_copy(update={"capacity_n": int(source["best"]["n"])})
+
+    def on_point(n: int, point: SweepPoint) -> None:
+        context.progress(stage="sweep", n=n, bits=point.bits,
+                         accuracy_retrained=point.accuracy_retrained)  # fmt: skip
+
+    spec = spec.model_copy(update={"device": context.device})
+    return sweep(spec, on_point=on_point, should_stop=context.should_stop)
+
+
+def capacity_columns(result: CapacityResult) -> Columns:
+    return Columns(params=result.params, capacity_bits=result.capacity_bits,
+                   bits_per_param=result.bits_per_param)  # fmt: skip
+
+
+def sweep_columns(result: SweepResult) -> Columns:
+    return Columns(params=result.params, precision_boundary=result.curves[0].precision_boundary)
+
+
+register(
+    JobKind(
+        name="capacity",
+        spec=CapacitySpec,
+        result=CapacityResult,
+        run=run_capacity,
+        columns=capacity_columns,
+        description="the memorization capacity of a model: the largest I over N and training",
+    )
+)
+register(
+    JobKind(
+        name="quant_sweep",
+        spec=SweepSpec,
+        result=SweepResult,
+        run=run_sweep,
+        columns=sweep_columns,
+        description="accuracy after quantization and retraining at falling precisions",
+    )
+)
+
+
+def _load_plugins() -> None:
+    """Import the modules `CAPACITY_PLUGINS` names (each registers its kinds); one that
+    cannot be imported stops the process at start, naming the setting."""
+    named = os.environ.get("CAPACITY_PLUGINS", "").split(",")
+    for name in filter(None, (n.strip() for n in named)):
+        try:
+            importlib.import_module(name)
+        except Exception as error:
+            print(f"capacity: error: CAPACITY_PLUGINS: cannot import {name!r}: "
+                  f"{error.__class__.__name__}: {error}", file=sys.stderr)  # fmt: skip
+            raise SystemExit(2) from error
+
+
+_load_plugins()
