@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -26,6 +27,7 @@ from capacity_service.settings import Settings
 if TYPE_CHECKING:
     from capacity_service.client import ApiClient
     from capacity_service.store.queries import Store
+    from capacity_service.store.records import Job
 
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
 
@@ -301,20 +303,8 @@ def _read_database(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, 
 
 
 def run_cancel(args: argparse.Namespace) -> int:
-    from capacity_service.store.vocabulary import JobFinishedError, JobNotFoundError
-
-    client = client_from(args)
-    if client is not None:
-        with client:
-            job = client.cancel(args.id)
-    else:
-        store = store_from(args)
-        try:
-            job = store.cancel(args.id).to_document()
-        except (JobNotFoundError, JobFinishedError) as error:
-            fail(str(error))
-        finally:
-            store.close()
+    job = _move(args, lambda client: client.cancel(args.id), lambda store: store.cancel(args.id),
+                "only queued or running jobs can be cancelled")  # fmt: skip
     if args.json:
         print(json.dumps(job))
     else:
@@ -324,24 +314,35 @@ def run_cancel(args: argparse.Namespace) -> int:
 
 
 def run_retry(args: argparse.Namespace) -> int:
-    from capacity_service.store.vocabulary import JobNotFoundError, JobStateError
-
-    client = client_from(args)
-    if client is not None:
-        with client:
-            job = client.retry(args.id)
-    else:
-        store = store_from(args)
-        try:
-            job = store.retry(args.id).to_document()
-        except JobNotFoundError as error:
-            fail(str(error))
-        except JobStateError as error:
-            fail(f"{error}; only failed or cancelled jobs can be retried")
-        finally:
-            store.close()
+    job = _move(args, lambda client: client.retry(args.id), lambda store: store.retry(args.id),
+                "only failed or cancelled jobs can be retried")  # fmt: skip
     if args.json:
         print(json.dumps(job))
     else:
         print(f"job {job['id']} queued again; its stored trials are kept")
     return 0
+
+
+def _move(
+    args: argparse.Namespace,
+    over_api: Callable[[ApiClient], dict[str, Any]],
+    here: Callable[[Store], Job],
+    allowed: str,
+) -> dict[str, Any]:
+    """A job moved to another state (cancel, retry) through the API or the database; a
+    job that does not exist or cannot move from its state exits 2 saying so."""
+    from capacity_service.store.vocabulary import JobNotFoundError, JobStateError
+
+    client = client_from(args)
+    if client is not None:
+        with client:
+            return over_api(client)
+    store = store_from(args)
+    try:
+        return here(store).to_document()
+    except JobNotFoundError as error:
+        fail(str(error))
+    except JobStateError as error:
+        fail(f"{error}; {allowed}")
+    finally:
+        store.close()

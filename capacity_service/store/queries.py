@@ -175,7 +175,7 @@ class Store:
             if row is None:
                 raise JobNotFoundError(f"no job with id {job_id}")
             if row.state in FINISHED:
-                raise JobFinishedError(f"job {job_id} has already {row.state}")
+                raise JobFinishedError(f"job {job_id} has already {row.state}", JobState(row.state))
             if row.state == JobState.QUEUED:
                 row.state, row.finished_at = JobState.CANCELLED.value, _now()
             else:

@@ -24,10 +24,6 @@ class JobNotFoundError(StoreError):
     """No job has this id."""
 
 
-class JobFinishedError(StoreError):
-    """The job has already finished."""
-
-
 class LeaseLostError(StoreError):
     """This worker no longer holds the job (its lease expired and another took it)."""
 
@@ -38,3 +34,7 @@ class JobStateError(StoreError):
     def __init__(self, message: str, state: JobState) -> None:
         super().__init__(message)
         self.state = state
+
+
+class JobFinishedError(JobStateError):
+    """The job has already finished (it cannot be cancelled)."""

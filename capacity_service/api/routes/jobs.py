@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response
@@ -35,7 +36,6 @@ from capacity_service.api.schemas import (
 from capacity_service.reports.export import result_csv
 from capacity_service.store.records import Job
 from capacity_service.store.vocabulary import (
-    JobFinishedError,
     JobNotFoundError,
     JobState,
     JobStateError,
@@ -165,14 +165,8 @@ def get_job(request: Request, job_id: JobId) -> dict[str, Any]:
     responses=documented(401, 403, 404, 409, 422),
 )
 def cancel_job(request: Request, job_id: JobId) -> dict[str, Any]:
-    try:
-        return store_of(request).cancel(job_id).to_document()
-    except JobNotFoundError:
-        _job(request, job_id)  # raises the 404 problem
-        raise
-    except JobFinishedError as error:
-        raise ProblemError(409, "Job already finished", f"{error}; only queued or running "
-                           "jobs can be cancelled", type=CONFLICT) from None  # fmt: skip
+    return _move(request, job_id, store_of(request).cancel, "Job already finished",
+                 "only queued or running jobs can be cancelled")  # fmt: skip
 
 
 @router.post(
@@ -184,16 +178,33 @@ def cancel_job(request: Request, job_id: JobId) -> dict[str, Any]:
     responses=documented(401, 403, 404, 409, 422),
 )
 def retry_job(request: Request, job_id: JobId) -> dict[str, Any]:
+    def hint(state: JobState) -> str:
+        if state in (JobState.QUEUED, JobState.RUNNING):
+            return " (cancel it first)"
+        return " (its result stands; submit a new job to measure again)"
+
+    return _move(request, job_id, store_of(request).retry, "Job cannot be retried",
+                 "only failed or cancelled jobs can be retried", hint)  # fmt: skip
+
+
+def _move(
+    request: Request,
+    job_id: int,
+    move: Callable[[int], Job],
+    title: str,
+    allowed: str,
+    hint: Callable[[JobState], str] = lambda _: "",
+) -> dict[str, Any]:
+    """A job moved to another state by the store (cancel, retry): 404 for no such job,
+    409 naming its state when the move is not allowed from there."""
     try:
-        return store_of(request).retry(job_id).to_document()
+        return move(job_id).to_document()
     except JobNotFoundError:
         _job(request, job_id)  # raises the 404 problem
         raise
     except JobStateError as error:
-        what = ("cancel it first" if error.state in (JobState.QUEUED, JobState.RUNNING)
-                else "its result stands; submit a new job to measure again")  # fmt: skip
-        raise ProblemError(409, "Job cannot be retried", f"{error}; only failed or cancelled "
-                           f"jobs can be retried ({what})", type=CONFLICT) from None  # fmt: skip
+        raise ProblemError(409, title, f"{error}; {allowed}{hint(error.state)}",
+                           type=CONFLICT) from None  # fmt: skip
 
 
 @router.get(
