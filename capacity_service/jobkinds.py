@@ -23,7 +23,6 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from capacity_service.science.stopping import StopCheck
 from capacity_service.specs import (
     CapacityResult,
     CapacitySpec,
@@ -32,6 +31,7 @@ from capacity_service.specs import (
     SweepSpec,
     TrialRecord,
 )
+from capacity_service.stopping import StopCheck
 
 
 class JobContext(Protocol):

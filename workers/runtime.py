@@ -19,9 +19,9 @@ from pydantic import ValidationError
 
 from capacity_service import __version__, jobkinds
 from capacity_service.provenance import stamped
-from capacity_service.science.stopping import StopCheck, Stopped
 from capacity_service.settings import Settings
 from capacity_service.specs import CapacitySpec, TrialRecord
+from capacity_service.stopping import StopCheck, Stopped
 from capacity_service.store.queries import Store
 from capacity_service.store.records import Job, ResultSummary
 from capacity_service.store.vocabulary import JobState, LeaseLostError, StoreError

@@ -3,13 +3,16 @@ configured maxima. A job over a limit is refused before it is stored."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from capacity_service.api.problems import LIMIT_EXCEEDED, FieldProblem, ProblemError
 from capacity_service.settings import Settings
 from capacity_service.specs import CapacitySpec, SweepSpec, largest_search_n, parameter_total
 
 
-def check_limits(spec: CapacitySpec | SweepSpec, settings: Settings) -> None:
-    """ProblemError (422) naming each limit the job exceeds and the setting that sets it."""
+def check_limits(spec: Any, settings: Settings) -> None:
+    """ProblemError (422) naming each limit the job exceeds and the setting that sets it
+    (a kind other than capacity and quant_sweep: its model's parameters only)."""
     asked: list[tuple[str, str, float, float]] = []  # (field, setting, value, maximum)
     params = parameter_total(spec.model)
     asked.append(("spec.model", "max_params", params, settings.max_params))
@@ -20,7 +23,7 @@ def check_limits(spec: CapacitySpec | SweepSpec, settings: Settings) -> None:
                       settings.max_trials))  # fmt: skip
         asked.append(("spec.search.budget_seconds", "max_seconds", spec.search.budget_seconds,
                       settings.max_seconds))  # fmt: skip
-    else:
+    elif isinstance(spec, SweepSpec):
         if spec.capacity_n is not None or spec.n is not None:
             field = "spec.capacity_n" if spec.regime else "spec.n"
             asked.append((field, "max_n", max(spec.sample_counts()), settings.max_n))

@@ -30,7 +30,6 @@ from capacity_service.science.metrics import (
 )
 from capacity_service.science.models import count_parameters
 from capacity_service.science.seeds import derive_seed
-from capacity_service.science.stopping import StopCheck, Stopped
 from capacity_service.science.train import ProgressCallback, TrainOutcome
 from capacity_service.specs import (
     CapacityResult,
@@ -46,6 +45,7 @@ from capacity_service.specs import (
     largest_search_n,
     most_distinct_inputs,
 )
+from capacity_service.stopping import StopCheck, Stopped
 
 TrialCallback = Callable[[MeasureResult], None]
 GOLDEN = 0.381966  # 2 - golden ratio: the golden-section probe fraction

@@ -17,9 +17,9 @@ from capacity_service.science.fixed_point import apply_precision, clear_precisio
 from capacity_service.science.metrics import mutual_information
 from capacity_service.science.models import build_model, count_parameters
 from capacity_service.science.seeds import derive_seed
-from capacity_service.science.stopping import StopCheck, Stopped
 from capacity_service.science.train import ProgressCallback, accuracy, train_memorization
 from capacity_service.specs import SweepCurve, SweepPoint, SweepResult, SweepSpec
+from capacity_service.stopping import StopCheck, Stopped
 
 PointCallback = Callable[[int, SweepPoint], None]  # (N, point)
 

@@ -10,8 +10,8 @@ from capacity_service.science.metrics import mutual_information
 from capacity_service.science.models import count_parameters
 from capacity_service.science.search import assess, prior_n, search_capacity
 from capacity_service.science.seeds import derive_seed
-from capacity_service.science.stopping import Stopped
 from capacity_service.specs import CapacitySpec, TrainSpec, TrialRecord
+from capacity_service.stopping import Stopped
 
 TINY = {"kind": "fcdnn", "width": 8, "n_in": 10}  # 106 parameters
 

@@ -31,9 +31,9 @@ from capacity_service.science.engine.stack import (
 )
 from capacity_service.science.engine.stacked import StackedModel
 from capacity_service.science.models import ModelSpecT, build_model
-from capacity_service.science.stopping import StopCheck
 from capacity_service.science.train import TrainOutcome
 from capacity_service.specs import CNNSpec, FCDNNSpec
+from capacity_service.stopping import StopCheck
 
 __all__ = [
     "EngineRun",

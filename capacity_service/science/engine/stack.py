@@ -26,9 +26,9 @@ import torch
 from capacity_service.science.data import Dataset
 from capacity_service.science.engine.stacked import Batch, StackedModel
 from capacity_service.science.schedule import Schedule
-from capacity_service.science.stopping import StopCheck
 from capacity_service.science.train import TrainOutcome
 from capacity_service.specs import Ending, TrainSpec
+from capacity_service.stopping import StopCheck
 
 # Floats of activations one accuracy pass may hold (128 MiB of float32): the pass over all
 # N samples of every row is cut into chunks of samples that fit (measured on LSTM-32, K = 32:
