@@ -69,9 +69,8 @@ class StoreCollector(Collector):
 def store_metrics(stats: StoreStats) -> Iterator[Metric]:
     jobs = GaugeMetricFamily("capacity_jobs", "Jobs in the store by state and kind",
                              labels=["state", "kind"])  # fmt: skip
-    pairs = {(state.value, kind) for state in JobState for kind in jobkinds.names()} | set(
-        stats.jobs
-    )
+    every = {(state.value, kind) for state in JobState for kind in jobkinds.names()}
+    pairs = every | set(stats.jobs)  # and any kind stored by a version that knew more
     for state, kind in sorted(pairs):
         jobs.add_metric([state, kind], float(stats.jobs.get((state, kind), 0)))
     yield jobs
