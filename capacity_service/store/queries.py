@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, text, update
+from sqlalchemy import Engine, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,6 +24,8 @@ from capacity_service.store.vocabulary import (
     LeaseLostError,
     StoreError,
 )
+
+WORKER_FORGET_SECONDS = 7 * 86_400.0  # a worker row unseen this long is deleted
 
 
 def _now() -> datetime:
@@ -337,9 +339,14 @@ class Store:
     # -- workers ------------------------------------------------------------------
 
     def register_worker(self, worker_id: str, hostname: str, device: str) -> None:
-        """Record a worker process; claims and heartbeats then keep its `last_seen`."""
+        """Record a worker process; claims and heartbeats then keep its `last_seen`. Rows
+        of workers unseen for WORKER_FORGET_SECONDS go (each process has an id of its own,
+        so the table would only grow)."""
         with self.session() as session:
             now = float(session.execute(select(self._db_now)).scalar_one())
+            session.execute(
+                delete(WorkerRow).where(WorkerRow.last_seen < now - WORKER_FORGET_SECONDS)
+            )
             session.merge(WorkerRow(id=worker_id, hostname=hostname, device=device[:64],
                                     started_at=_now(), last_seen=now))  # fmt: skip
 

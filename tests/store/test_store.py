@@ -234,3 +234,16 @@ def test_a_worker_is_seen_at_each_claim_and_heartbeat(store: Store) -> None:
     claimed = last_seen()
     store.heartbeat(job_id, "w1", 60)
     assert registered <= claimed <= last_seen()
+
+
+def test_workers_unseen_for_a_week_are_forgotten(store: Store) -> None:
+    from sqlalchemy import select, update
+
+    from capacity_service.store.models import WorkerRow
+
+    store.register_worker("old", "host-a", "cpu")
+    with store.session() as session:  # last seen eight days ago
+        session.execute(update(WorkerRow).values(last_seen=WorkerRow.last_seen - 8 * 86_400))
+    store.register_worker("new", "host-b", "cuda:0")
+    with store.session(read_only=True) as session:
+        assert list(session.scalars(select(WorkerRow.id))) == ["new"]
