@@ -70,7 +70,7 @@ def _experiments(folder: str) -> list[Experiment]:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from capacity_service.reproduce.runners import api_runner, local_runner
+    from capacity_service.reproduce.runners import ApiRunner, LocalRunner
 
     chosen = [e for e in _experiments(args.folder) if args.only == "all" or e.size == args.only]
     if args.name:
@@ -86,7 +86,7 @@ def run_run(args: argparse.Namespace) -> int:
         ]
         if not chosen:
             fail(f"--seed: no chosen experiment has seed {', '.join(map(str, args.seed))}")
-    runner = api_runner(args.api) if args.api else local_runner(args.device)
+    runner = ApiRunner(args.api) if args.api else LocalRunner(args.device)
     report = run_experiments(
         Path(args.folder),
         chosen,

@@ -28,7 +28,7 @@ from capacity_service.reproduce.regress import (
     run_suite,
     table_rows,
 )
-from capacity_service.reproduce.runners import api_runner, local_runner
+from capacity_service.reproduce.runners import ApiRunner, LocalRunner
 from capacity_service.reproduce.runs import RunsFailed
 
 
@@ -85,7 +85,7 @@ def run_regress(args: argparse.Namespace) -> int:
                 f"{args.baseline}: the baseline has no {', '.join(missing)}; "
                 "write one with --update-baseline"
             )
-    runner = api_runner(args.api) if args.api else local_runner(args.device)
+    runner = ApiRunner(args.api) if args.api else LocalRunner(args.device)
     started = time.perf_counter()
     try:
         run = run_suite(suite, runner, lambda line: print(line, file=sys.stderr, flush=True))

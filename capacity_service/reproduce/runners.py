@@ -135,11 +135,3 @@ class ApiRunner:
             # finished meanwhile, or the API is away: nothing more to do
             with contextlib.suppress(ApiError):
                 self.client.cancel(handle)
-
-
-def local_runner(device: str) -> LocalRunner:
-    return LocalRunner(device)
-
-
-def api_runner(url: str) -> ApiRunner:
-    return ApiRunner(url)

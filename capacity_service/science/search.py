@@ -208,7 +208,8 @@ def search_capacity(
     rows are refilled at once. `completed` trials (of an interrupted run) count as they
     are; none is trained again, and the time they took counts against the budget.
     """
-    started = time.perf_counter() - time_spent(completed)
+    spent = time_spent(completed)  # by an earlier attempt: the budget is for the job
+    started = time.perf_counter() - spent
     device = resolve_device(spec.device)
     if spec.search.batch is None:  # K by device: wider stacks on a GPU
         spec = spec.model_copy(update={"search": spec.search.model_copy(
@@ -219,7 +220,7 @@ def search_capacity(
     check_fits(spec.model, _k(search), max(search.batch_sizes), pool_n, device)
     pool = make_dataset(spec.model, max(pool_n, 2), derive_seed(spec.seed, "data"), device)
     _check_budget(spec, pool, first_rung(spec))
-    plan = _Search(spec, pool.n, device, completed, on_trial, on_stage, should_stop)
+    plan = _Search(spec, pool.n, device, completed, on_trial, on_stage, should_stop, spent)
     run = train_trials(
         spec.model, pool, [], should_stop, plan.deadline, plan.ended, plan, rows=_k(search)
     )
@@ -336,11 +337,12 @@ class _Search:
         on_trial: Callable[[TrialRecord], None] | None,
         on_stage: StageCallback | None,
         should_stop: StopCheck | None,
+        spent: float,
     ) -> None:
         self.spec, self.search, self.pool_n, self.device = spec, spec.search, pool_n, device
         self.on_trial, self.on_stage, self.should_stop = on_trial, on_stage, should_stop
-        # an interrupted search resumes where its clock stood: the budget is for the job
-        self.started = time.perf_counter() - time_spent(completed)
+        # an interrupted search resumes where its clock stood, `spent` seconds in
+        self.started = time.perf_counter() - spent
         self.deadline = self.started + self.search.budget_seconds
         self.prior_n = prior_n(spec)
         self.records: list[TrialRecord] = list(completed)

@@ -48,33 +48,9 @@ class StoreStats:
     trials_stored: int
 
 
-def job_counts(store: Store) -> dict[tuple[str, str], int]:
-    """Jobs by (state, kind)."""
-    with store.session(read_only=True) as session:
-        return _job_counts(session)
-
-
-def queue_stats(store: Store) -> QueueStats:
-    with store.session(read_only=True) as session:
-        return _queue(session, _now(store, session))
-
-
-def workers_seen(
-    store: Store, within_seconds: float = WORKERS_SEEN_WITHIN_SECONDS
-) -> list[WorkerSeen]:
-    """Workers seen in the last `within_seconds`, the most recently seen first."""
-    with store.session(read_only=True) as session:
-        return _workers(session, _now(store, session), within_seconds)
-
-
-def trials_stored(store: Store) -> int:
-    """Trials in the store, of every job (all workers' throughput, as a running total)."""
-    with store.session(read_only=True) as session:
-        return _trials(session)
-
-
 def snapshot(store: Store) -> StoreStats:
-    """All of the above in one read-only transaction."""
+    """Jobs by state and kind, the queue, the workers seen lately and the trials stored,
+    read in one read-only transaction."""
     with store.session(read_only=True) as session:
         now = _now(store, session)
         return StoreStats(
