@@ -1,7 +1,8 @@
 """Job commands: db upgrade, worker, submit, jobs, job, cancel, retry.
 
-submit, jobs, job and cancel talk to the database directly, or to the REST API with
-`--api URL` (or CAPACITY_API_URL; the key from CAPACITY_API_KEY).
+submit, jobs, job, cancel and retry go through a Backend (backend.py): the database
+directly, or the REST API with `--api URL` (or CAPACITY_API_URL; the key from
+CAPACITY_API_KEY).
 """
 
 from __future__ import annotations
@@ -10,24 +11,19 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
 from capacity_service import jobkinds
+from capacity_service.cli.backend import Backend, JobDocument, ResultDocument, backend_from
 from capacity_service.cli.common import (
     describe_validation_error,
     fail,
     load_json_file,
     print_table,
 )
-from capacity_service.settings import Settings
-
-if TYPE_CHECKING:
-    from capacity_service.client import ApiClient
-    from capacity_service.store.queries import Store
-    from capacity_service.store.records import Job
+from capacity_service.cli.sources import add_source_arguments, settings_from, store_from
 
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
 
@@ -101,47 +97,6 @@ def add_parsers(subparsers: Any) -> None:
     retry.set_defaults(handler=run_retry)
 
 
-def add_source_arguments(parser: argparse.ArgumentParser, api: bool = False) -> None:
-    parser.add_argument(
-        "--database-url", help="SQLAlchemy URL (default CAPACITY_DATABASE_URL or SQLite)"
-    )
-    if api:
-        parser.add_argument(
-            "--api", metavar="URL",
-            help="go through the REST API at URL instead of the database (default "
-            "CAPACITY_API_URL; the API key comes from CAPACITY_API_KEY)",
-        )  # fmt: skip
-
-
-def client_from(args: argparse.Namespace) -> ApiClient | None:
-    """The API client when --api (or CAPACITY_API_URL) is given, else None (database)."""
-    settings = Settings()
-    url = args.api or (None if args.database_url else settings.api_url)
-    if url is None:
-        return None
-    if args.database_url:
-        fail("give either --api or --database-url, not both")
-    from capacity_service.client import ApiClient
-
-    return ApiClient(url, settings.api_key)
-
-
-def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
-    """The environment's settings with --database-url and the given flags applied."""
-    update = {"database_url": args.database_url} | overrides
-    return Settings().model_copy(update={k: v for k, v in update.items() if v is not None})
-
-
-def store_from(args: argparse.Namespace, migrate: bool = False) -> Store:
-    from capacity_service.store.migrate import upgrade
-    from capacity_service.store.queries import Store
-
-    settings = settings_from(args)
-    if migrate:
-        upgrade(settings.database_url)
-    return Store(settings.database_url)
-
-
 def run_db_upgrade(args: argparse.Namespace) -> int:
     from capacity_service.store.migrate import upgrade
 
@@ -183,57 +138,27 @@ def run_worker(args: argparse.Namespace) -> int:
 
 def run_submit(args: argparse.Namespace) -> int:
     document = load_json_file(args.spec)
-    client = client_from(args)
-    if client is not None:
-        with client:
-            job = client.submit(args.kind, document, priority=args.priority,
-                                idempotency_key=args.idempotency_key)  # fmt: skip
-        base = client.base_url
-    else:
-        job = _submit_to_database(args, document)
-        base = None
+    with backend_from(args) as backend:
+        try:
+            job = backend.submit(
+                args.kind, document, priority=args.priority, idempotency_key=args.idempotency_key
+            )
+        except ValidationError as error:  # the database's check; the API answers 422
+            fail(f"invalid {args.kind} spec ({args.spec}):\n{describe_validation_error(error)}")
+        url = backend.job_url(job["id"])
     if args.json:
         print(json.dumps(job))
     else:
         print(f"job {job['id']} {job['state']}")
-        if base is not None:
-            print(f"  {base}/v1/jobs/{job['id']}")
+        if url is not None:
+            print(f"  {url}")
     return 0
 
 
-def _submit_to_database(args: argparse.Namespace, document: dict[str, Any]) -> dict[str, Any]:
-    try:
-        spec = jobkinds.validate_job_spec(args.kind, document)
-    except ValidationError as error:
-        fail(f"invalid {args.kind} spec ({args.spec}):\n{describe_validation_error(error)}")
-    store = store_from(args, migrate=True)
-    try:
-        job = store.submit(
-            args.kind,
-            spec.model_dump(mode="json"),
-            spec.model.kind,
-            priority=args.priority,
-            idempotency_key=args.idempotency_key,
-            max_attempts=settings_from(args).max_attempts,
-        )
-    finally:
-        store.close()
-    return job.to_document()
-
-
 def run_jobs(args: argparse.Namespace) -> int:
-    filters = {"state": args.state, "kind": args.kind, "model_kind": args.model_kind}
-    client = client_from(args)
-    if client is not None:
-        with client:
-            found = client.jobs(**filters, cursor=args.after, limit=args.limit)["items"]
-    else:
-        store = store_from(args)
-        try:
-            jobs = store.list_jobs(**filters, after_id=args.after, limit=args.limit)
-        finally:
-            store.close()
-        found = [job.to_document() for job in jobs]
+    with backend_from(args) as backend:
+        found = backend.jobs(state=args.state, kind=args.kind, model_kind=args.model_kind,
+                             after=args.after, limit=args.limit)  # fmt: skip
     if args.json:
         print(json.dumps(found))
         return 0
@@ -245,24 +170,16 @@ def run_jobs(args: argparse.Namespace) -> int:
 
 
 def run_job(args: argparse.Namespace) -> int:
-    client = client_from(args)
-
-    def read() -> tuple[dict[str, Any], dict[str, Any] | None]:
-        if client is not None:
-            return _read_over_api(client, args.id)
-        return _read_database(args)
-
-    job, result = read()
-    shown = ""
-    while args.wait and job["state"] not in FINISHED_STATES:
-        line = f"job {job['id']} {job['state']} {json.dumps(job['progress'])}"
-        if line != shown:
-            print(line, file=sys.stderr, flush=True)
-            shown = line
-        time.sleep(args.poll)
-        job, result = read()
-    if client is not None:
-        client.close()
+    with backend_from(args) as backend:
+        job, result = _read(backend, args.id)
+        shown = ""
+        while args.wait and job["state"] not in FINISHED_STATES:
+            line = f"job {job['id']} {job['state']} {json.dumps(job['progress'])}"
+            if line != shown:
+                print(line, file=sys.stderr, flush=True)
+                shown = line
+            time.sleep(args.poll)
+            job, result = _read(backend, args.id)
     document = job | {"result": result}
     if args.json:
         print(json.dumps(document))
@@ -285,26 +202,15 @@ def run_job(args: argparse.Namespace) -> int:
     return 0 if job["state"] != "failed" or not args.wait else 1
 
 
-def _read_over_api(client: ApiClient, job_id: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    job = client.job(job_id)
-    return job, client.result(job_id) if job["state"] == "succeeded" else None
-
-
-def _read_database(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    from capacity_service.store.vocabulary import JobNotFoundError
-
-    store = store_from(args)
-    try:
-        return store.get(args.id).to_document(), store.result(args.id)
-    except JobNotFoundError as error:
-        fail(str(error))
-    finally:
-        store.close()
+def _read(backend: Backend, job_id: int) -> tuple[JobDocument, ResultDocument | None]:
+    job = backend.job(job_id)
+    # only a succeeded job has a result: no request for one while --wait polls
+    return job, backend.result(job_id) if job["state"] == "succeeded" else None
 
 
 def run_cancel(args: argparse.Namespace) -> int:
-    job = _move(args, lambda client: client.cancel(args.id), lambda store: store.cancel(args.id),
-                "only queued or running jobs can be cancelled")  # fmt: skip
+    with backend_from(args) as backend:
+        job = backend.cancel(args.id)
     if args.json:
         print(json.dumps(job))
     else:
@@ -314,35 +220,10 @@ def run_cancel(args: argparse.Namespace) -> int:
 
 
 def run_retry(args: argparse.Namespace) -> int:
-    job = _move(args, lambda client: client.retry(args.id), lambda store: store.retry(args.id),
-                "only failed or cancelled jobs can be retried")  # fmt: skip
+    with backend_from(args) as backend:
+        job = backend.retry(args.id)
     if args.json:
         print(json.dumps(job))
     else:
         print(f"job {job['id']} queued again; its stored trials are kept")
     return 0
-
-
-def _move(
-    args: argparse.Namespace,
-    over_api: Callable[[ApiClient], dict[str, Any]],
-    here: Callable[[Store], Job],
-    allowed: str,
-) -> dict[str, Any]:
-    """A job moved to another state (cancel, retry) through the API or the database; a
-    job that does not exist or cannot move from its state exits 2 saying so."""
-    from capacity_service.store.vocabulary import JobNotFoundError, JobStateError
-
-    client = client_from(args)
-    if client is not None:
-        with client:
-            return over_api(client)
-    store = store_from(args)
-    try:
-        return here(store).to_document()
-    except JobNotFoundError as error:
-        fail(str(error))
-    except JobStateError as error:
-        fail(f"{error}; {allowed}")
-    finally:
-        store.close()

@@ -1,5 +1,5 @@
 """`capacity plot` (the thesis's figures as PNG/SVG/PDF) and `capacity export` (a job's
-curve as CSV), from the database or through the API."""
+curve as CSV), from the database or through the API (a Backend, backend.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from capacity_service.cli.backend import CurveItem, ResultDocument, backend_from
 from capacity_service.cli.common import fail
-from capacity_service.cli.jobs import add_source_arguments, client_from, store_from
+from capacity_service.cli.sources import add_source_arguments
 from capacity_service.specs import MODEL_KINDS
 
 
@@ -39,24 +40,11 @@ def add_parsers(subparsers: Any) -> None:
     export.set_defaults(handler=run_export)
 
 
-def _result(args: argparse.Namespace) -> dict[str, Any]:
+def _result(args: argparse.Namespace) -> ResultDocument:
     """The result of job `args.id`, or a UsageError saying why there is none."""
-    client = client_from(args)
-    if client is not None:
-        with client:
-            job = client.job(args.id)
-            result = client.result(args.id)
-    else:
-        from capacity_service.store.vocabulary import JobNotFoundError
-
-        store = store_from(args)
-        try:
-            job = store.get(args.id).to_document()
-            result = store.result(args.id)
-        except JobNotFoundError as error:
-            fail(str(error))
-        finally:
-            store.close()
+    with backend_from(args) as backend:
+        job = backend.job(args.id)
+        result = backend.result(args.id)
     if result is None:
         fail(
             f"job {args.id} has no result: it is {job['state']}"
@@ -65,23 +53,11 @@ def _result(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _capacity_items(args: argparse.Namespace) -> list[dict[str, Any]]:
-    filters = {
-        "model_kind": args.model_kind,
-        "min_params": args.min_params,
-        "max_params": args.max_params,
-    }
-    client = client_from(args)
-    if client is not None:
-        with client:
-            return client.curves(**filters)
-    store = store_from(args)
-    try:
-        return [
-            stored.curve_item() for stored in store.results("capacity", limit=100_000, **filters)
-        ]
-    finally:
-        store.close()
+def _capacity_items(args: argparse.Namespace) -> list[CurveItem]:
+    with backend_from(args) as backend:
+        return backend.curves(
+            model_kind=args.model_kind, min_params=args.min_params, max_params=args.max_params
+        )
 
 
 def run_plot(args: argparse.Namespace) -> int:

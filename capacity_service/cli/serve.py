@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from capacity_service.cli.common import fail, print_table
-from capacity_service.cli.jobs import add_source_arguments, settings_from, store_from
+from capacity_service.cli.sources import add_source_arguments, settings_from, store_from
 from capacity_service.logs import uvicorn_log_config
 
 
