@@ -3,9 +3,21 @@ use, and usable from scripts and CI."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
+
+from capacity_service.api.schemas import (
+    CurveItem,
+    JobDocument,
+    JobPage,
+    JobResult,
+    SweepItem,
+    TrialPage,
+)
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ApiError(Exception):
@@ -40,39 +52,40 @@ class ApiClient:
         *,
         priority: int = 0,
         idempotency_key: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> JobDocument:
         body: dict[str, Any] = {"kind": kind, "spec": spec, "priority": priority}
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
-        return self._call("POST", "/v1/jobs", json=body)  # type: ignore[no-any-return]
+        return _read(JobDocument, self._call("POST", "/v1/jobs", json=body))
 
-    def jobs(self, **filters: Any) -> dict[str, Any]:
-        """One page: {"items": [...], "next_cursor": ...}; filters state, kind,
-        model_kind, cursor, limit."""
+    def jobs(self, **filters: Any) -> JobPage:
+        """One page; filters state, kind, model_kind, cursor, limit."""
         params = {k: v for k, v in filters.items() if v is not None}
-        return self._call("GET", "/v1/jobs", params=params)  # type: ignore[no-any-return]
+        return _read(JobPage, self._call("GET", "/v1/jobs", params=params))
 
-    def job(self, job_id: int) -> dict[str, Any]:
-        return self._call("GET", f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]
+    def job(self, job_id: int) -> JobDocument:
+        return _read(JobDocument, self._call("GET", f"/v1/jobs/{job_id}"))
 
-    def cancel(self, job_id: int) -> dict[str, Any]:
-        return self._call("POST", f"/v1/jobs/{job_id}/cancel")  # type: ignore[no-any-return]
+    def cancel(self, job_id: int) -> JobDocument:
+        return _read(JobDocument, self._call("POST", f"/v1/jobs/{job_id}/cancel"))
 
-    def retry(self, job_id: int) -> dict[str, Any]:
-        return self._call("POST", f"/v1/jobs/{job_id}/retry")  # type: ignore[no-any-return]
+    def retry(self, job_id: int) -> JobDocument:
+        return _read(JobDocument, self._call("POST", f"/v1/jobs/{job_id}/retry"))
 
-    def trials(self, job_id: int, cursor: int | None = None, limit: int = 100) -> dict[str, Any]:
+    def trials(self, job_id: int, cursor: int | None = None, limit: int = 100) -> TrialPage:
         params = {"limit": limit} | ({"cursor": cursor} if cursor is not None else {})
-        return self._call("GET", f"/v1/jobs/{job_id}/trials", params=params)  # type: ignore[no-any-return]
+        return _read(TrialPage, self._call("GET", f"/v1/jobs/{job_id}/trials", params=params))
 
-    def result(self, job_id: int) -> dict[str, Any] | None:
-        """The result, or None while the job has none (queued, running, failed)."""
+    def result(self, job_id: int) -> BaseModel | None:
+        """The result as its kind's result model, or None while the job has none (queued,
+        running, failed)."""
         try:
-            return self._call("GET", f"/v1/jobs/{job_id}/result")  # type: ignore[no-any-return]
+            document = self._call("GET", f"/v1/jobs/{job_id}/result")
         except ApiError as error:
             if error.status == 409:
                 return None
             raise
+        return _read(JobResult, document).root
 
     def result_csv(self, job_id: int) -> str:
         text: str = self._call(
@@ -80,16 +93,16 @@ class ApiClient:
         )
         return text
 
-    def curves(self, **filters: Any) -> list[dict[str, Any]]:
+    def curves(self, **filters: Any) -> list[CurveItem]:
         """Every stored capacity result matching the filters (all pages)."""
-        return self._pages("/v1/curves", filters)
+        return [_read(CurveItem, item) for item in self._pages("/v1/curves", filters)]
 
-    def sweeps(self, **filters: Any) -> list[dict[str, Any]]:
-        return self._pages("/v1/sweeps", filters)
+    def sweeps(self, **filters: Any) -> list[SweepItem]:
+        return [_read(SweepItem, item) for item in self._pages("/v1/sweeps", filters)]
 
-    def _pages(self, path: str, filters: dict[str, Any]) -> list[dict[str, Any]]:
+    def _pages(self, path: str, filters: dict[str, Any]) -> list[Any]:
         params = {k: v for k, v in filters.items() if v is not None} | {"limit": 500}
-        items: list[dict[str, Any]] = []
+        items: list[Any] = []
         while True:
             page = self._call("GET", path, params=params)
             items += page["items"]
@@ -114,3 +127,14 @@ class ApiClient:
         detail = problem.get("detail", response.text[:200])
         raise ApiError(response.status_code, f"HTTP {response.status_code} {title}: {detail}",
                        problem)  # fmt: skip
+
+
+def _read(model: type[M], document: Any) -> M:
+    """`document` as `model`; an ApiError saying so when the API answered with a shape
+    this client does not know (a server of another version)."""
+    try:
+        return model.model_validate(document)
+    except ValidationError as error:
+        raise ApiError(200, f"the API answered with a {model.__name__} this client cannot "
+                       f"read ({error.error_count()} problems, first: {error.errors()[0]['msg']}); "
+                       "use a client of the server's version") from None  # fmt: skip

@@ -47,7 +47,7 @@ class JobContext(Protocol):
         """Asked between units of work; True: raise science.stopping.Stopped."""
         ...
 
-    def stored_trials(self) -> Sequence[dict[str, Any]]:
+    def stored_trials(self) -> Sequence[TrialRecord]:
         """Trials an earlier attempt stored (a resumed job trains none of them again)."""
         ...
 
@@ -59,7 +59,7 @@ class JobContext(Protocol):
         """Advisory progress (stage, trials done, ...); the next call replaces it."""
         ...
 
-    def result_of(self, job_id: int) -> dict[str, Any]:
+    def result_of(self, job_id: int) -> BaseModel:
         """The stored result of another job this one needs (waits or fails for it)."""
         ...
 
@@ -122,22 +122,35 @@ def model_kind(spec: Any) -> str:
 def run_capacity(context: JobContext, spec: CapacitySpec) -> CapacityResult:
     from capacity_service.science.search import search_capacity
 
-    completed = [TrialRecord.model_validate(r) for r in context.stored_trials()]
+    completed = list(context.stored_trials())
     best = max((r.mutual_information_bits for r in completed), default=0.0)
-    state: dict[str, Any] = {"stage": "prior", "trials_done": len(completed), "best_bits": best}
-
-    def on_trial(record: TrialRecord) -> None:
-        context.trial_finished(record)
-        state["trials_done"] += 1
-        state["best_bits"] = max(state["best_bits"], record.mutual_information_bits)
-        context.progress(**state)
-
-    def on_stage(stage: str) -> None:
-        state["stage"] = stage
-        context.progress(**state)
-
+    progress = _SearchProgress(context, trials_done=len(completed), best_bits=best)
     spec = spec.model_copy(update={"device": context.device})
-    return search_capacity(spec, completed, on_trial, on_stage, context.should_stop)
+    return search_capacity(spec, completed, progress.trial, progress.stage, context.should_stop)
+
+
+@dataclass
+class _SearchProgress:
+    """A capacity search's progress as the job shows it: stage, trials, best I so far."""
+
+    context: JobContext
+    trials_done: int
+    best_bits: float
+    stage_name: str = "prior"
+
+    def trial(self, record: TrialRecord) -> None:
+        self.context.trial_finished(record)
+        self.trials_done += 1
+        self.best_bits = max(self.best_bits, record.mutual_information_bits)
+        self.show()
+
+    def stage(self, name: str) -> None:
+        self.stage_name = name
+        self.show()
+
+    def show(self) -> None:
+        self.context.progress(stage=self.stage_name, trials_done=self.trials_done,
+                              best_bits=self.best_bits)  # fmt: skip
 
 
 def run_sweep(context: JobContext, spec: SweepSpec) -> SweepResult:
@@ -145,7 +158,10 @@ def run_sweep(context: JobContext, spec: SweepSpec) -> SweepResult:
 
     if spec.regime is not None and spec.capacity_n is None:
         source = context.result_of(spec.capacity_job or 0)
-        spec = spec.model_copy(update={"capacity_n": int(source["best"]["n"])})
+        if not isinstance(source, CapacityResult):
+            raise ValueError(f"capacity_job {spec.capacity_job} is not a capacity job; "
+                             "give the id of one, or capacity_n")  # fmt: skip
+        spec = spec.model_copy(update={"capacity_n": source.best.n})
 
     def on_point(n: int, point: SweepPoint) -> None:
         context.progress(stage="sweep", n=n, bits=point.bits,

@@ -104,25 +104,30 @@ def _threads(torch: Any) -> int:
     return os.cpu_count() or 1
 
 
-def merged(documents: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+# A provenance as a suite's report keeps it: a field's value, or the distinct values of
+# results that disagree joined by ', '
+ProvenanceFields = dict[str, str | int | None]
+
+
+def merged(found: list[Provenance | None]) -> ProvenanceFields | None:
     """One provenance for the results of a suite: each field's value where they agree,
     else the distinct values joined by ', ' (jobs that ran on several workers); None
     when no result has one (results from before provenance was recorded)."""
-    known = [d for d in documents if d]
+    known = [p for p in found if p is not None]
     if not known:
         return None
-    out: dict[str, Any] = {}
+    out: ProvenanceFields = {}
     for field in FIELDS:
-        values = list(dict.fromkeys(d.get(field) for d in known))
+        values = list(dict.fromkeys(getattr(p, field) for p in known))
         shown = ("-" if value is None else str(value) for value in values)
         out[field] = values[0] if len(values) == 1 else ", ".join(shown)
     return out
 
 
-def table(baseline: dict[str, Any] | None, now: dict[str, Any] | None) -> list[list[str]]:
+def table(baseline: ProvenanceFields | None, now: ProvenanceFields | None) -> list[list[str]]:
     """Rows field | baseline | now (a header row first); '-' where a side has none."""
 
-    def show(document: dict[str, Any] | None, field: str) -> str:
+    def show(document: ProvenanceFields | None, field: str) -> str:
         value = (document or {}).get(field)
         return "-" if value is None else str(value)
 

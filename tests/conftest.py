@@ -92,7 +92,7 @@ def results_database(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     def submit(kind: str, spec: dict[str, object]) -> Job:  # stored as the API stores it
         valid = validate_job_spec(kind, spec)
-        return store.submit(kind, valid.model_dump(mode="json"), valid.model.kind)
+        return store.submit(kind, valid.model_dump(mode="json"), valid.model.kind).job
 
     search = {"budget_trials": 6, "epochs": 40, "batch": 6, "batch_sizes": [8]}
     jobs = [submit("capacity", {"model": m, "search": search, "seed": 1}) for m in RESULT_MODELS]

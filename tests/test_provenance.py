@@ -87,12 +87,12 @@ def test_no_commit_for_a_package_installed_inside_another_repository(
 
 
 def test_merged_keeps_what_agrees_and_lists_what_differs() -> None:
-    one = provenance.provenance("cpu").model_dump()
-    other = one | {"device_name": "NVIDIA H100", "threads": 1}
-    assert provenance.merged([one, one]) == one
+    one = provenance.provenance("cpu")
+    other = one.model_copy(update={"device_name": "NVIDIA H100", "threads": 1})
+    assert provenance.merged([one, one]) == one.model_dump()
     both = provenance.merged([one, None, other])
-    assert both is not None and both["torch"] == one["torch"]
-    assert both["device_name"] == f"{one['device_name']}, NVIDIA H100"
+    assert both is not None and both["torch"] == one.torch
+    assert both["device_name"] == f"{one.device_name}, NVIDIA H100"
     assert provenance.merged([None, None]) is None  # results from before provenance
 
 

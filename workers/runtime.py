@@ -15,7 +15,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from capacity_service import __version__, jobkinds
 from capacity_service.provenance import stamped
@@ -167,7 +167,7 @@ class Worker:
         finally:
             heartbeat.stop()
 
-    def _after_failure(self, job: Job, spec: Any, error: Exception) -> None:
+    def _after_failure(self, job: Job, spec: BaseModel, error: Exception) -> None:
         """A transient failure goes back to the queue with backoff while attempts remain
         (a wait for a dependency costs none); anything else fails the job."""
         failure = classify(error)
@@ -181,7 +181,7 @@ class Worker:
             log.exception("job %s failed", job.id, exc_info=error)
             self._end(job, JobState.FAILED, error=failure.message)
             return
-        replaced: dict[str, Any] | None = None
+        replaced: BaseModel | None = None
         note = ""
         if failure.kind == "out-of-memory":
             smaller = smaller_stack(spec, self.device)
@@ -208,11 +208,12 @@ class Worker:
                       delay, spec=replaced)  # fmt: skip
 
     def _requeue(self, job: Job, error: str, delay: float, *, count_attempt: bool = True,
-                 spec: dict[str, Any] | None = None) -> None:  # fmt: skip
+                 spec: BaseModel | None = None) -> None:  # fmt: skip
+        document = None if spec is None else spec.model_dump(mode="json")
         try:
             retrying(lambda: self.store.requeue(job.id, self.worker_id, error=error,
                                                 delay_seconds=delay, count_attempt=count_attempt,
-                                                spec=spec))  # fmt: skip
+                                                spec=document))  # fmt: skip
         except StoreError as failure:  # the database is still away: the lease will expire
             log.warning("job %s could not be handed back (%s); its lease will expire",
                         job.id, failure)  # fmt: skip
@@ -231,7 +232,7 @@ class Worker:
             log.warning("progress of job %s not saved: %s", job.id, error)
 
     def _run(
-        self, job: Job, kind: jobkinds.JobKind, spec: Any, should_stop: StopCheck
+        self, job: Job, kind: jobkinds.JobKind, spec: BaseModel, should_stop: StopCheck
     ) -> ResultSummary | None:
         """Run the job as its kind says; None when it was stopped (execute() says why)."""
         context = WorkerContext(self, job, should_stop)
@@ -241,7 +242,7 @@ class Worker:
             return None
         columns = kind.columns(result)
         return ResultSummary(
-            document=stamped(result).model_dump(mode="json"),
+            result=stamped(result),
             params=columns.params,
             capacity_bits=columns.capacity_bits,
             bits_per_param=columns.bits_per_param,
@@ -259,13 +260,12 @@ class WorkerContext:
         self.device = worker.device
         self.store = worker.store
 
-    def stored_trials(self) -> list[dict[str, Any]]:
+    def stored_trials(self) -> list[TrialRecord]:
         return retrying(lambda: self.store.trials(self.job.id))
 
     def trial_finished(self, record: TrialRecord) -> None:
         # written the moment it finishes; a retried write of the same index is ignored
-        document = record.model_dump(mode="json")
-        if not retrying(lambda: self.store.record_trial(self.job.id, record.index, document)):
+        if not retrying(lambda: self.store.record_trial(self.job.id, record)):
             # another holder stored it first (or a retried write whose first try landed):
             # the soak benchmark counts these lines
             log.warning("job %s trial %s was already stored", self.job.id, record.index)
@@ -274,7 +274,7 @@ class WorkerContext:
     def progress(self, **fields: Any) -> None:
         self.worker._progress(self.job, **fields)
 
-    def result_of(self, job_id: int) -> dict[str, Any]:
+    def result_of(self, job_id: int) -> BaseModel:
         """The result of the job this one needs; DependencyNotReady while that job is
         queued or running, DependencyFailed when it ended without one."""
         source = retrying(lambda: self.store.get(job_id))
@@ -291,7 +291,7 @@ class WorkerContext:
         )
 
 
-def smaller_stack(spec: Any, device: str) -> tuple[dict[str, Any], str] | None:
+def smaller_stack(spec: BaseModel | None, device: str) -> tuple[CapacitySpec, str] | None:
     """The spec with half the trials in the stack (K), after the device ran out of memory,
     and a note saying so; None when K is already 1 (or the job does not stack trials)."""
     if not isinstance(spec, CapacitySpec):
@@ -306,5 +306,5 @@ def smaller_stack(spec: Any, device: str) -> tuple[dict[str, Any], str] | None:
         return None
     lower = k // 2
     search = spec.search.model_copy(update={"batch": lower})
-    document = spec.model_copy(update={"search": search}).model_dump(mode="json")
-    return document, f" with search.batch (K) lowered from {k} to {lower}"
+    smaller = spec.model_copy(update={"search": search})
+    return smaller, f" with search.batch (K) lowered from {k} to {lower}"

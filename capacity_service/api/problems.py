@@ -19,7 +19,7 @@ from starlette.routing import Match
 
 from capacity_service import jobkinds
 from capacity_service.specs import MODEL_KINDS
-from capacity_service.store.vocabulary import StoreError
+from capacity_service.store.vocabulary import StaleDocumentError, StoreError
 
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
@@ -194,6 +194,12 @@ def install_handlers(app: FastAPI) -> None:
         problem = Problem(type=UNAVAILABLE, title="Database unavailable", status=503,
                           detail="the job store did not answer; retry shortly")  # fmt: skip
         return problem_response(problem, request.url.path, {"Retry-After": "5"})
+
+    @app.exception_handler(StaleDocumentError)
+    async def _stale(request: Request, error: StaleDocumentError) -> JSONResponse:
+        log.error("unreadable stored document on %s: %s", request.url.path, error)
+        problem = Problem(title="Stored document unreadable", status=500, detail=str(error))
+        return problem_response(problem, request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -1,6 +1,8 @@
-"""Request and response bodies of the API. Job specs and results are the models the job
-kinds registry (`capacity_service.jobkinds`) names; the request union, the kind names and
-the result union are built from it when this module is imported."""
+"""Request and response bodies of the API, and the documents the CLI prints: a job, a
+page of jobs or trials, a stored capacity (`CurveItem`) or sweep (`SweepItem`). Job specs
+and results are the models the job kinds registry (`capacity_service.jobkinds`) names;
+the request union, the kind names and the result union are built from it when this
+module is imported."""
 
 from __future__ import annotations
 
@@ -10,7 +12,17 @@ from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
 
 from capacity_service import jobkinds
-from capacity_service.specs import Int
+from capacity_service.specs import (
+    CapacityResult,
+    CurvePoint,
+    Int,
+    ModelSpec,
+    SearchQuality,
+    SweepCurve,
+    SweepResult,
+    TrialRecord,
+)
+from capacity_service.store.records import Job, StoredResult, iso
 
 JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ModelKindName = Literal["fcdnn", "cnn", "lstm", "gru", "rnn"]
@@ -90,7 +102,33 @@ class JobDocument(BaseModel):
     run_after: str | None = Field(
         None, description="a job retried after a transient failure waits until then"
     )
-    spec: dict[str, Any]
+    spec: dict[str, Any] = Field(description="as submitted (the kind's spec)")
+
+    @classmethod
+    def of(cls, job: Job) -> JobDocument:
+        return cls(
+            id=job.id,
+            kind=job.kind,
+            state=job.state.value,
+            model_kind=job.model_kind,
+            priority=job.priority,
+            idempotency_key=job.idempotency_key,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            worker_id=job.worker_id,
+            cancel_requested=job.cancel_requested,
+            progress=job.progress,
+            error=job.error,
+            created_at=iso(job.created_at) or "",
+            started_at=iso(job.started_at),
+            finished_at=iso(job.finished_at),
+            run_after=iso(job.run_after),
+            spec=job.spec,
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("succeeded", "failed", "cancelled")
 
 
 class JobPage(BaseModel):
@@ -99,7 +137,7 @@ class JobPage(BaseModel):
 
 
 class TrialPage(BaseModel):
-    items: list[dict[str, Any]] = Field(description="trial records, by index")
+    items: list[TrialRecord] = Field(description="trial records, by index")
     next_cursor: int | None = Field(description="pass as `cursor` for the next page; null: none")
 
 
@@ -114,21 +152,43 @@ class CurveItem(BaseModel):
 
     job_id: int
     model_kind: str
-    model: dict[str, Any]
+    model: ModelSpec
     params: int
-    capacity_bits: float | None
-    bits_per_param: float | None
+    capacity_bits: float
+    bits_per_param: float
     conv_bits_per_param: float | None
-    best_n: int | None
-    quality: dict[str, Any] | None = Field(
+    best_n: int
+    quality: SearchQuality | None = Field(
         description="how far to trust it: bracketed, best_finished, trials, budget_used, "
         "prior_n, verdict (null for results stored before it)"
     )
-    curve: list[dict[str, Any]] = Field(description="n, accuracy, mutual_information_bits")
-    seed: int | None
-    device: str | None
+    curve: list[CurvePoint] = Field(description="n, accuracy, mutual_information_bits")
+    seed: int
+    device: str
     code_version: str
     created_at: str | None
+
+    @classmethod
+    def of(cls, stored: StoredResult) -> CurveItem:
+        result = stored.result
+        if not isinstance(result, CapacityResult):
+            raise TypeError(f"job {stored.job_id} has no capacity result")
+        return cls(
+            job_id=stored.job_id,
+            model_kind=stored.model_kind,
+            model=stored.spec["model"],
+            params=stored.params,
+            capacity_bits=result.capacity_bits,
+            bits_per_param=result.bits_per_param,
+            conv_bits_per_param=result.conv_bits_per_param,
+            best_n=result.best.n,
+            quality=result.quality,
+            curve=list(result.curve),
+            seed=result.seed,
+            device=result.device,
+            code_version=stored.code_version,
+            created_at=iso(stored.created_at),
+        )
 
 
 class CurvePage(BaseModel):
@@ -141,15 +201,34 @@ class SweepItem(BaseModel):
 
     job_id: int
     model_kind: str
-    model: dict[str, Any]
+    model: ModelSpec
     params: int
-    quantized_params: int | None
-    regime: str | None
-    tolerance: float | None
+    quantized_params: int
+    regime: str
+    tolerance: float
     precision_boundary: int | None
-    curves: list[dict[str, Any]] = Field(description="per N: float accuracy and the points")
+    curves: list[SweepCurve] = Field(description="per N: float accuracy and the points")
     code_version: str
     created_at: str | None
+
+    @classmethod
+    def of(cls, stored: StoredResult) -> SweepItem:
+        result = stored.result
+        if not isinstance(result, SweepResult):
+            raise TypeError(f"job {stored.job_id} has no sweep result")
+        return cls(
+            job_id=stored.job_id,
+            model_kind=stored.model_kind,
+            model=stored.spec["model"],
+            params=stored.params,
+            quantized_params=result.quantized_params,
+            regime=result.regime,
+            tolerance=result.tolerance,
+            precision_boundary=stored.precision_boundary,
+            curves=list(result.curves),
+            code_version=stored.code_version,
+            created_at=iso(stored.created_at),
+        )
 
 
 class SweepPage(BaseModel):

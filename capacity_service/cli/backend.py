@@ -2,8 +2,9 @@
 retry, plot, export): the database directly (DatabaseBackend) or the REST API with
 `--api URL` or CAPACITY_API_URL (ApiBackend).
 
-Both return the JSON documents the API serves; DatabaseBackend alone turns the store's
-records into them, so the commands never see which side answered.
+Both return the documents the API serves (`api.schemas`: JobDocument, CurveItem) and
+each kind's result model; DatabaseBackend alone turns the store's records into them, so
+the commands never see which side answered.
 """
 
 from __future__ import annotations
@@ -14,19 +15,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Self
 
+from pydantic import BaseModel
+
 from capacity_service import jobkinds
+from capacity_service.api.schemas import CurveItem, JobDocument
 from capacity_service.cli.common import fail
 from capacity_service.cli.sources import settings_from
 from capacity_service.settings import Settings
-from capacity_service.store.vocabulary import JobNotFoundError, JobStateError
+from capacity_service.store.vocabulary import (
+    JobNotFoundError,
+    JobStateError,
+    StaleDocumentError,
+)
 
 if TYPE_CHECKING:
     from capacity_service.client import ApiClient
-
-# the JSON the API serves; only this module knows how the store's records become it
-JobDocument = dict[str, Any]
-ResultDocument = dict[str, Any]
-CurveItem = dict[str, Any]  # a capacity result as `capacity plot --capacity-vs-params` draws it
 
 
 class Backend(ABC):
@@ -57,8 +60,8 @@ class Backend(ABC):
         """The job; one that does not exist is refused."""
 
     @abstractmethod
-    def result(self, job_id: int) -> ResultDocument | None:
-        """The job's result, or None while it has none."""
+    def result(self, job_id: int) -> BaseModel | None:
+        """The job's result (its kind's result model), or None while it has none."""
 
     @abstractmethod
     def cancel(self, job_id: int) -> JobDocument:
@@ -108,15 +111,15 @@ class DatabaseBackend(Backend):
         valid = jobkinds.validate_job_spec(kind, spec)
         # the first job may go into a database nothing has made yet (SQLite's default)
         upgrade(self.settings.database_url)
-        job = self.store.submit(
+        job, _ = self.store.submit(
             kind,
             valid.model_dump(mode="json"),
-            valid.model.kind,
+            jobkinds.model_kind(valid),
             priority=priority,
             idempotency_key=idempotency_key,
             max_attempts=self.settings.max_attempts,
         )
-        return job.to_document()
+        return JobDocument.of(job)
 
     def jobs(
         self,
@@ -130,34 +133,36 @@ class DatabaseBackend(Backend):
         found = self.store.list_jobs(
             state=state, kind=kind, model_kind=model_kind, after_id=after, limit=limit
         )
-        return [job.to_document() for job in found]
+        return [JobDocument.of(job) for job in found]
 
     def job(self, job_id: int) -> JobDocument:
         with _refusals():
-            return self.store.get(job_id).to_document()
+            return JobDocument.of(self.store.get(job_id))
 
-    def result(self, job_id: int) -> ResultDocument | None:
-        return self.store.result(job_id)
+    def result(self, job_id: int) -> BaseModel | None:
+        with _refusals():
+            return self.store.result(job_id)
 
     def cancel(self, job_id: int) -> JobDocument:
         with _refusals("only queued or running jobs can be cancelled"):
-            return self.store.cancel(job_id).to_document()
+            return JobDocument.of(self.store.cancel(job_id))
 
     def retry(self, job_id: int) -> JobDocument:
         with _refusals("only failed or cancelled jobs can be retried"):
-            return self.store.retry(job_id).to_document()
+            return JobDocument.of(self.store.retry(job_id))
 
     def curves(
         self, *, model_kind: str | None, min_params: int | None, max_params: int | None
     ) -> list[CurveItem]:
-        found = self.store.results(
-            "capacity",
-            model_kind=model_kind,
-            min_params=min_params,
-            max_params=max_params,
-            limit=100_000,
-        )
-        return [stored.curve_item() for stored in found]
+        with _refusals():
+            found = self.store.results(
+                "capacity",
+                model_kind=model_kind,
+                min_params=min_params,
+                max_params=max_params,
+                limit=100_000,
+            )
+        return [CurveItem.of(stored) for stored in found]
 
     def job_url(self, job_id: int) -> str | None:
         return None
@@ -172,7 +177,7 @@ def _refusals(allowed: str = "") -> Iterator[None]:
     the operation takes."""
     try:
         yield
-    except JobNotFoundError as error:
+    except (JobNotFoundError, StaleDocumentError) as error:
         fail(str(error))
     except JobStateError as error:
         fail(f"{error}; {allowed}")
@@ -201,13 +206,12 @@ class ApiBackend(Backend):
         page = self.client.jobs(
             state=state, kind=kind, model_kind=model_kind, cursor=after, limit=limit
         )
-        items: list[JobDocument] = page["items"]
-        return items
+        return page.items
 
     def job(self, job_id: int) -> JobDocument:
         return self.client.job(job_id)
 
-    def result(self, job_id: int) -> ResultDocument | None:
+    def result(self, job_id: int) -> BaseModel | None:
         return self.client.result(job_id)
 
     def cancel(self, job_id: int) -> JobDocument:

@@ -16,11 +16,11 @@ from capacity_service.reproduce.experiments import (
     TARGETS_FILE,
     Experiment,
     collect,
-    followups_markdown,
     load_experiments,
-    report_markdown,
     run_experiments,
 )
+from capacity_service.reproduce.report import followups_markdown, report_markdown
+from capacity_service.specs import CapacityResult, SweepResult
 
 
 def add_parser(subparsers: Any) -> None:
@@ -120,23 +120,21 @@ def run_report(args: argparse.Namespace) -> int:
     rows = collect(folder, experiments)  # every result file, read once
     figures: dict[str, str] = {}
     points = [
-        {
-            "model_kind": row.experiment.spec["model"]["kind"],
-            "params": result["params"],
-            "capacity_bits": result["capacity_bits"],
-        }
+        plots.CapacityPoint(
+            row.experiment.spec["model"]["kind"], result.params, result.capacity_bits
+        )
         for row in rows
-        if row.experiment.kind == "capacity"
         for result in row.results
+        if isinstance(result, CapacityResult)
     ]
     if points:
         name = out.with_name(f"{out.stem}-capacity.png")
         plots.save(plots.capacity_vs_params(points), name)
         figures.update(dict.fromkeys(("fcdnn", "cnn", "rnn"), name.name))
     sweeps = [  # one seed's curves per sweep: all seeds would crowd the figure
-        row.results[0] | {"label": row.experiment.name}
+        (row.experiment.name, row.results[0])
         for row in rows
-        if row.experiment.kind == "quant_sweep" and row.results
+        if row.results and isinstance(row.results[0], SweepResult)
     ]
     if sweeps:
         name = out.with_name(f"{out.stem}-quantization.png")

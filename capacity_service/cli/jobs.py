@@ -13,10 +13,11 @@ import sys
 import time
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from capacity_service import jobkinds
-from capacity_service.cli.backend import Backend, JobDocument, ResultDocument, backend_from
+from capacity_service.api.schemas import JobDocument
+from capacity_service.cli.backend import Backend, backend_from
 from capacity_service.cli.common import (
     describe_validation_error,
     fail,
@@ -24,8 +25,7 @@ from capacity_service.cli.common import (
     print_table,
 )
 from capacity_service.cli.sources import add_source_arguments, settings_from, store_from
-
-FINISHED_STATES = ("succeeded", "failed", "cancelled")
+from capacity_service.specs import CapacityResult, SweepResult
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -145,11 +145,11 @@ def run_submit(args: argparse.Namespace) -> int:
             )
         except ValidationError as error:  # the database's check; the API answers 422
             fail(f"invalid {args.kind} spec ({args.spec}):\n{describe_validation_error(error)}")
-        url = backend.job_url(job["id"])
+        url = backend.job_url(job.id)
     if args.json:
-        print(json.dumps(job))
+        print(json.dumps(job.model_dump(mode="json")))
     else:
-        print(f"job {job['id']} {job['state']}")
+        print(f"job {job.id} {job.state}")
         if url is not None:
             print(f"  {url}")
     return 0
@@ -160,12 +160,12 @@ def run_jobs(args: argparse.Namespace) -> int:
         found = backend.jobs(state=args.state, kind=args.kind, model_kind=args.model_kind,
                              after=args.after, limit=args.limit)  # fmt: skip
     if args.json:
-        print(json.dumps(found))
+        print(json.dumps([job.model_dump(mode="json") for job in found]))
         return 0
     for job in found:
-        progress = job["progress"]
+        progress = job.progress
         done = f"{progress.get('trials_done', '-')} trials" if progress else ""
-        print(f"{job['id']:>6}  {job['kind']:<11} {job['model_kind']:<6} {job['state']:<10} {done}")
+        print(f"{job.id:>6}  {job.kind:<11} {job.model_kind:<6} {job.state:<10} {done}")
     return 0
 
 
@@ -173,49 +173,49 @@ def run_job(args: argparse.Namespace) -> int:
     with backend_from(args) as backend:
         job, result = _read(backend, args.id)
         shown = ""
-        while args.wait and job["state"] not in FINISHED_STATES:
-            line = f"job {job['id']} {job['state']} {json.dumps(job['progress'])}"
+        while args.wait and not job.finished:
+            line = f"job {job.id} {job.state} {json.dumps(job.progress)}"
             if line != shown:
                 print(line, file=sys.stderr, flush=True)
                 shown = line
             time.sleep(args.poll)
             job, result = _read(backend, args.id)
-    document = job | {"result": result}
     if args.json:
-        print(json.dumps(document))
+        shown_result = None if result is None else result.model_dump(mode="json")
+        print(json.dumps(job.model_dump(mode="json") | {"result": shown_result}))
         return 0
-    rows = [("job", str(job["id"])), ("kind", job["kind"]), ("state", job["state"]),
-            ("attempts", f"{job['attempts']}/{job['max_attempts']}"),
-            ("progress", json.dumps(job["progress"]))]  # fmt: skip
-    if job["error"]:
-        rows.append(("error", job["error"]))
-    if result is not None and "capacity_bits" in result:
-        rows.append(("capacity", f"{result['capacity_bits']:,.1f} bits, "
-                                 f"{result['bits_per_param']:.3f} bits/param"))  # fmt: skip
-        if result.get("quality"):  # results from before it have none
-            rows.append(("quality", result["quality"]["verdict"]))
-    if result is not None and "curves" in result:
-        boundaries = ", ".join(f"N={c['n']}: {c['precision_boundary']} bits"
-                               for c in result["curves"])  # fmt: skip
+    rows = [("job", str(job.id)), ("kind", job.kind), ("state", job.state),
+            ("attempts", f"{job.attempts}/{job.max_attempts}"),
+            ("progress", json.dumps(job.progress))]  # fmt: skip
+    if job.error:
+        rows.append(("error", job.error))
+    if isinstance(result, CapacityResult):
+        rows.append(("capacity", f"{result.capacity_bits:,.1f} bits, "
+                                 f"{result.bits_per_param:.3f} bits/param"))  # fmt: skip
+        if result.quality is not None:  # results from before it have none
+            rows.append(("quality", result.quality.verdict))
+    if isinstance(result, SweepResult):
+        boundaries = ", ".join(f"N={c.n}: {c.precision_boundary} bits"
+                               for c in result.curves)  # fmt: skip
         rows.append(("precision boundary", boundaries))
     print_table(rows)
-    return 0 if job["state"] != "failed" or not args.wait else 1
+    return 0 if job.state != "failed" or not args.wait else 1
 
 
-def _read(backend: Backend, job_id: int) -> tuple[JobDocument, ResultDocument | None]:
+def _read(backend: Backend, job_id: int) -> tuple[JobDocument, BaseModel | None]:
     job = backend.job(job_id)
     # only a succeeded job has a result: no request for one while --wait polls
-    return job, backend.result(job_id) if job["state"] == "succeeded" else None
+    return job, backend.result(job_id) if job.state == "succeeded" else None
 
 
 def run_cancel(args: argparse.Namespace) -> int:
     with backend_from(args) as backend:
         job = backend.cancel(args.id)
     if args.json:
-        print(json.dumps(job))
+        print(json.dumps(job.model_dump(mode="json")))
     else:
-        state = "cancel requested" if job["cancel_requested"] else job["state"]
-        print(f"job {job['id']} {state}")
+        state = "cancel requested" if job.cancel_requested else job.state
+        print(f"job {job.id} {state}")
     return 0
 
 
@@ -223,7 +223,7 @@ def run_retry(args: argparse.Namespace) -> int:
     with backend_from(args) as backend:
         job = backend.retry(args.id)
     if args.json:
-        print(json.dumps(job))
+        print(json.dumps(job.model_dump(mode="json")))
     else:
-        print(f"job {job['id']} queued again; its stored trials are kept")
+        print(f"job {job.id} queued again; its stored trials are kept")
     return 0

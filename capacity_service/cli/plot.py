@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from capacity_service.cli.backend import CurveItem, ResultDocument, backend_from
+from pydantic import BaseModel
+
+from capacity_service.api.schemas import CurveItem
+from capacity_service.cli.backend import backend_from
 from capacity_service.cli.common import fail
 from capacity_service.cli.sources import add_source_arguments
-from capacity_service.specs import MODEL_KINDS
+from capacity_service.specs import MODEL_KINDS, CapacityResult, SweepResult
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -40,15 +43,15 @@ def add_parsers(subparsers: Any) -> None:
     export.set_defaults(handler=run_export)
 
 
-def _result(args: argparse.Namespace) -> ResultDocument:
+def _result(args: argparse.Namespace) -> BaseModel:
     """The result of job `args.id`, or a UsageError saying why there is none."""
     with backend_from(args) as backend:
         job = backend.job(args.id)
         result = backend.result(args.id)
     if result is None:
         fail(
-            f"job {args.id} has no result: it is {job['state']}"
-            + (f" ({job['error']})" if job.get("error") else "")
+            f"job {args.id} has no result: it is {job.state}"
+            + (f" ({job.error})" if job.error else "")
         )
     return result
 
@@ -72,15 +75,18 @@ def run_plot(args: argparse.Namespace) -> int:
         items = _capacity_items(args)
         if not items:
             fail("no stored capacity results match; run capacity jobs first")
-        figure = plots.capacity_vs_params(items)
+        points = [plots.CapacityPoint(i.model_kind, i.params, i.capacity_bits) for i in items]
+        figure = plots.capacity_vs_params(points)
     else:
         result = _result(args)
-        if "curve" in result:
+        if isinstance(result, CapacityResult):
             figure = plots.capacity_curve(
-                result, title=f"job {args.id}: {result['bits_per_param']:.2f} bits/param"
+                result, title=f"job {args.id}: {result.bits_per_param:.2f} bits/param"
             )
-        else:
+        elif isinstance(result, SweepResult):
             figure = plots.quantization_curves([result])
+        else:
+            fail(f"job {args.id}'s {type(result).__name__} has no figure")
     plots.save(figure, out)
     print(f"wrote {out}")
     return 0

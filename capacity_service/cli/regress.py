@@ -108,8 +108,8 @@ def run_regress(args: argparse.Namespace) -> int:
         for name, metrics in measured.items():
             for metric, value in metrics.items():
                 print(f"{name:<28} {metric:<20} {value.value:.4g}  {value.values}")
-        for field, value in (run.provenance or {}).items():
-            print(f"{field:<28} {value}")
+        for field, shown in (run.provenance or {}).items():
+            print(f"{field:<28} {shown}")
         print(f"wrote the baseline {args.baseline} ({seconds:.0f} s)")
         return 0
 

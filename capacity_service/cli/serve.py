@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from capacity_service.cli.common import fail, print_table
 from capacity_service.cli.sources import add_source_arguments, settings_from, store_from
 from capacity_service.logs import uvicorn_log_config
+from capacity_service.store.records import iso
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -113,10 +114,10 @@ def run_keys_list(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        print(json.dumps([key.to_document() for key in keys]))
+        print(json.dumps([{"id": key.id, "name": key.name, "created_at": iso(key.created_at),
+                           "revoked_at": iso(key.revoked_at)} for key in keys]))  # fmt: skip
         return 0
-    document = [key.to_document() for key in keys]
-    print_table([(str(k["id"]), f"{k['name']}  created {k['created_at']}"
-                  + (f"  revoked {k['revoked_at']}" if k["revoked_at"] else ""))
-                 for k in document])  # fmt: skip
+    print_table([(str(k.id), f"{k.name}  created {iso(k.created_at)}"
+                  + (f"  revoked {iso(k.revoked_at)}" if k.revoked_at else ""))
+                 for k in keys])  # fmt: skip
     return 0

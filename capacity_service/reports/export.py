@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any
+
+from pydantic import BaseModel
+
+from capacity_service.specs import CapacityResult, SweepResult
 
 CAPACITY_COLUMNS = ("n", "accuracy", "mutual_information_bits", "best")
 SWEEP_COLUMNS = (
@@ -20,50 +23,34 @@ SWEEP_COLUMNS = (
 )
 
 
-def result_csv(result: dict[str, Any]) -> str:
-    """CSV of a capacity result (it has `curve`) or a sweep result (it has `curves`)."""
+def result_csv(result: BaseModel) -> str:
+    """CSV of a capacity result (its curve) or a sweep result (its curves)."""
     out = io.StringIO()
-    if "curve" in result:
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(CAPACITY_COLUMNS)
-        best_n = (result.get("best") or {}).get("n")
-        for point in result["curve"]:
-            writer.writerow(
-                [
-                    point["n"],
-                    point["accuracy"],
-                    point["mutual_information_bits"],
-                    int(point["n"] == best_n),
-                ]
-            )
-        return out.getvalue()
     writer = csv.writer(out, lineterminator="\n")
+    if isinstance(result, CapacityResult):
+        writer.writerow(CAPACITY_COLUMNS)
+        for point in result.curve:
+            writer.writerow([point.n, point.accuracy, point.mutual_information_bits,
+                             int(point.n == result.best.n)])  # fmt: skip
+        return out.getvalue()
+    if not isinstance(result, SweepResult):
+        raise ValueError(f"no CSV form for a {type(result).__name__}")
     writer.writerow(SWEEP_COLUMNS)
-    for curve in result["curves"]:
-        boundary = curve.get("precision_boundary")
-        accuracy, information = curve["float_accuracy"], curve["float_mutual_information_bits"]
-        writer.writerow(
-            [
-                curve["n"],
-                "float",
-                accuracy,
-                accuracy,
-                information,
-                information,
-                curve.get("float_epochs", ""),
-                boundary,
-            ]
-        )
-        for point in curve["points"]:
+    for curve in result.curves:
+        boundary = curve.precision_boundary
+        accuracy, information = curve.float_accuracy, curve.float_mutual_information_bits
+        writer.writerow([curve.n, "float", accuracy, accuracy, information, information,
+                         curve.float_epochs, boundary])  # fmt: skip
+        for quantized in curve.points:
             writer.writerow(
                 [
-                    curve["n"],
-                    point["bits"],
-                    point["accuracy_quantized"],
-                    point["accuracy_retrained"],
-                    point["mutual_information_quantized_bits"],
-                    point["mutual_information_bits"],
-                    point["retrain_epochs"],
+                    curve.n,
+                    quantized.bits,
+                    quantized.accuracy_quantized,
+                    quantized.accuracy_retrained,
+                    quantized.mutual_information_quantized_bits,
+                    quantized.mutual_information_bits,
+                    quantized.retrain_epochs,
                     boundary,
                 ]
             )

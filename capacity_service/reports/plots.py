@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
+
+from capacity_service.specs import CapacityResult, SweepResult
 
 FORMATS = (".png", ".svg", ".pdf")
 REFERENCES = (
@@ -24,32 +26,38 @@ REFERENCES = (
 MEMORIZED = 0.99
 
 
-def capacity_curve(result: dict[str, Any], title: str = "") -> Figure:
+class CapacityPoint(NamedTuple):
+    """One stored capacity, as capacity_vs_params plots it."""
+
+    model_kind: str
+    params: int
+    capacity_bits: float
+
+
+def capacity_curve(result: CapacityResult, title: str = "") -> Figure:
     """I and accuracy against N, the maximum marked, and the over-parameterized /
     maximum / under-parameterized regions shaded."""
-    curve = result["curve"]
-    best = result["best"]
-    ns = [p["n"] for p in curve]
+    curve = result.curve
+    best_n = result.best.n
+    ns = [p.n for p in curve]
     figure, bits_axis = plt.subplots(figsize=(7, 4.2))
     accuracy_axis = bits_axis.twinx()
-    bits_axis.plot(ns, [p["mutual_information_bits"] for p in curve], "o-", label="I (bits)")
-    accuracy_axis.plot(
-        ns, [p["accuracy"] for p in curve], "s:", color="tab:green", label="accuracy"
-    )
+    bits_axis.plot(ns, [p.mutual_information_bits for p in curve], "o-", label="I (bits)")
+    accuracy_axis.plot(ns, [p.accuracy for p in curve], "s:", color="tab:green", label="accuracy")
     bits_axis.plot(
-        [best["n"]],
-        [result["capacity_bits"]],
+        [best_n],
+        [result.capacity_bits],
         "*",
         markersize=16,
         color="tab:red",
-        label=f"capacity {result['capacity_bits']:,.0f} bits at N = {best['n']:,}",
+        label=f"capacity {result.capacity_bits:,.0f} bits at N = {best_n:,}",
     )
-    memorized = [p["n"] for p in curve if p["accuracy"] >= MEMORIZED]
+    memorized = [p.n for p in curve if p.accuracy >= MEMORIZED]
     all_fit = max(memorized, default=ns[0])
     edges = [
         (ns[0], all_fit, "tab:green", "over-parameterized"),
-        (all_fit, max(best["n"], all_fit), "tab:blue", "maximum"),
-        (max(best["n"], all_fit), ns[-1], "tab:red", "under-parameterized"),
+        (all_fit, max(best_n, all_fit), "tab:blue", "maximum"),
+        (max(best_n, all_fit), ns[-1], "tab:red", "under-parameterized"),
     ]
     for start, end, color, name in edges:
         if end > start:
@@ -71,23 +79,23 @@ def capacity_curve(result: dict[str, Any], title: str = "") -> Figure:
     more = accuracy_axis.get_legend_handles_labels()
     bits_axis.legend(lines[0] + more[0], lines[1] + more[1], loc="lower right", fontsize=8)
     figure.suptitle(
-        title or f"{result['params']:,} parameters: {result['bits_per_param']:.2f} bits/param",
+        title or f"{result.params:,} parameters: {result.bits_per_param:.2f} bits/param",
         fontsize=10,
     )
     figure.tight_layout()
     return figure
 
 
-def capacity_vs_params(items: Sequence[dict[str, Any]]) -> Figure:
+def capacity_vs_params(capacities: Sequence[CapacityPoint]) -> Figure:
     """Stored capacities against parameter counts by model kind, with the fitted bits
     per parameter of each kind and the reference slopes."""
     figure, axis = plt.subplots(figsize=(7, 4.6))
-    params = [item["params"] for item in items]
+    params = [point.params for point in capacities]
     span = [min(params) / 1.5, max(params) * 1.5]
-    for kind in sorted({item["model_kind"] for item in items}):
-        own = [item for item in items if item["model_kind"] == kind]
-        xs = [item["params"] for item in own]
-        ys = [item["capacity_bits"] for item in own]
+    for kind in sorted({point.model_kind for point in capacities}):
+        own = [point for point in capacities if point.model_kind == kind]
+        xs = [point.params for point in own]
+        ys = [point.capacity_bits for point in own]
         slope = sum(x * y for x, y in zip(xs, ys, strict=True)) / sum(x * x for x in xs)
         (points,) = axis.plot(xs, ys, "o", label=kind)
         axis.plot(
@@ -108,35 +116,36 @@ def capacity_vs_params(items: Sequence[dict[str, Any]]) -> Figure:
     return figure
 
 
-def quantization_curves(sweeps: Sequence[dict[str, Any]]) -> Figure:
+def quantization_curves(sweeps: Sequence[SweepResult | tuple[str, SweepResult]]) -> Figure:
     """Accuracy against precision, directly quantized (dashed) and retrained (solid),
-    per N (full / half capacity), the precision boundary starred."""
+    per N (full / half capacity), the precision boundary starred. A sweep is named by
+    its regime, or by the label given with it."""
     figure, axis = plt.subplots(figsize=(7, 4.2))
-    for sweep in sweeps:
-        name = sweep.get("label") or sweep.get("regime", "N")  # label: set by the caller
-        for curve in sweep["curves"]:
-            label = f"{name} N={curve['n']:,}"
-            bits = [p["bits"] for p in curve["points"]]
+    for given in sweeps:
+        name, sweep = given if isinstance(given, tuple) else (given.regime, given)
+        for curve in sweep.curves:
+            label = f"{name} N={curve.n:,}"
+            bits = [p.bits for p in curve.points]
             (line,) = axis.plot(
                 bits,
-                [p["accuracy_retrained"] for p in curve["points"]],
+                [p.accuracy_retrained for p in curve.points],
                 "o-",
                 label=f"{label} retrained",
             )
             axis.plot(
                 bits,
-                [p["accuracy_quantized"] for p in curve["points"]],
+                [p.accuracy_quantized for p in curve.points],
                 "x--",
                 color=line.get_color(),
                 label=f"{label} direct",
             )
-            axis.axhline(curve["float_accuracy"], color=line.get_color(), linewidth=0.6)
-            boundary = curve.get("precision_boundary")
-            at = next((p for p in curve["points"] if p["bits"] == boundary), None)
-            if at is not None:
+            axis.axhline(curve.float_accuracy, color=line.get_color(), linewidth=0.6)
+            boundary = curve.precision_boundary
+            at = next((p for p in curve.points if p.bits == boundary), None)
+            if boundary is not None and at is not None:
                 axis.plot(
                     [boundary],
-                    [at["accuracy_retrained"]],
+                    [at.accuracy_retrained],
                     "*",
                     markersize=15,
                     color=line.get_color(),

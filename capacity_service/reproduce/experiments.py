@@ -23,10 +23,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from capacity_service import __version__
 from capacity_service.jobkinds import validate_job_spec
 from capacity_service.reproduce.runs import Batch, Progress, Runner
+from capacity_service.specs import (
+    CapacityResult,
+    CapacitySpec,
+    Provenance,
+    SweepResult,
+    SweepSpec,
+)
 
 TARGETS_FILE = "targets.json"  # beside the experiments: see capacity_service.reproduce.targets
 DISCUSSION_FILE = "discussion.md"  # hand-written; the report ends with it
-FOLLOWUPS_FOLDER = "followups"  # single measurements and sweeps (`--json` output)
 
 METRIC_OF_FIGURE = {
     "fcdnn": "bits_per_param",
@@ -91,9 +97,31 @@ def result_path(folder: Path, name: str, seed: int) -> Path:
     return folder / "results" / f"{name}.seed{seed}.json"
 
 
-def load_result(folder: Path, name: str, seed: int) -> dict[str, Any] | None:
+class ResultRecord(BaseModel):
+    """One result file: an (experiment, seed) run, what ran it and what it gave."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: str
+    seed: int
+    kind: Literal["capacity", "quant_sweep"]
+    device: str
+    wall_seconds: float  # the job's own time: a job queued through the API waits first
+    trials: int  # trainings: search trials, or a sweep's float and retrained networks
+    code_version: str
+    # where it ran (the worker's, through the API); None from an older worker
+    provenance: Provenance | None = None
+    finished_at: str
+    # as run: with its seed, and a sweep's N and training (None in the oldest files)
+    spec: CapacitySpec | SweepSpec | None = None
+    result: CapacityResult | SweepResult
+
+
+def load_result(folder: Path, name: str, seed: int) -> ResultRecord | None:
     path = result_path(folder, name, seed)
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    return ResultRecord.model_validate_json(path.read_text())
 
 
 @dataclass
@@ -132,7 +160,7 @@ def run_experiments(
     coming = {(e.name, seed) for e, seed in todo if e.kind == "capacity"}
     blocked: dict[tuple[str, int], list[Experiment]] = {}  # capacity run -> its sweeps
     batch = Batch(runner, len(todo), progress)
-    started: dict[int, tuple[Experiment, int, dict[str, Any]]] = {}
+    started: dict[int, tuple[Experiment, int, CapacitySpec | SweepSpec]] = {}
 
     def submit(experiment: Experiment, seed: int) -> None:
         spec = experiment.spec | {"seed": seed}
@@ -144,12 +172,19 @@ def run_experiments(
                 else:
                     report.waiting.append(f"{experiment.name} seed {seed}")
                 return
-            best = source["result"]["best"]
-            spec["capacity_n"] = int(best["n"])
+            if not isinstance(source.result, CapacityResult):
+                raise ValueError(
+                    f"{experiment.name}: capacity_from {experiment.capacity_from!r} "
+                    "has no capacity result"
+                )
+            best = source.result.best
+            spec["capacity_n"] = best.n
             # The network is trained as the capacity search trained its best trial.
-            spec["train"] = {key: best[key] for key in BEST_TRAINING} | spec.get("train", {})
+            trained = {key: getattr(best, key) for key in BEST_TRAINING}
+            spec["train"] = trained | spec.get("train", {})
         label = f"{experiment.name} seed {seed}"
-        started[batch.submit(experiment.kind, spec, label)] = (experiment, seed, spec)
+        valid = validate_job_spec(experiment.kind, spec)
+        started[batch.submit(experiment.kind, valid, label)] = (experiment, seed, valid)
 
     for experiment, seed in todo:
         submit(experiment, seed)
@@ -178,43 +213,45 @@ def _write_record(
     folder: Path,
     experiment: Experiment,
     seed: int,
-    spec: dict[str, Any],
-    result: dict[str, Any],
+    spec: CapacitySpec | SweepSpec,
+    result: BaseModel,
     device: str,
 ) -> None:
-    record = {
-        "experiment": experiment.name,
-        "seed": seed,
-        "kind": experiment.kind,
-        "device": result.get("device", device),
-        # the job's own time: a job queued through the API waits before it runs
-        "wall_seconds": result["wall_seconds"],
-        "trials": len(result.get("trials", [])) or _sweep_trainings(result),
-        "code_version": __version__,
-        # where it ran (the worker's, through the API); None from an older worker
-        "provenance": result.get("provenance"),
-        "finished_at": datetime.now(UTC).isoformat(),
-        "spec": spec,  # as run: with the seed and, for a sweep, its N and training
-        "result": result,
-    }
+    if not isinstance(result, CapacityResult | SweepResult):
+        raise TypeError(f"{experiment.name}: a {experiment.kind} job gave {type(result)}")
+    record = ResultRecord(
+        experiment=experiment.name,
+        seed=seed,
+        kind=experiment.kind,
+        device=result.device or device,
+        wall_seconds=result.wall_seconds,
+        trials=_trainings(result),
+        code_version=__version__,
+        provenance=result.provenance,
+        finished_at=datetime.now(UTC).isoformat(),
+        spec=spec,
+        result=result,
+    )
     path = result_path(folder, experiment.name, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")  # a killed run leaves no half file
-    temporary.write_text(json.dumps(record, indent=1) + "\n")
+    temporary.write_text(json.dumps(record.model_dump(mode="json"), indent=1) + "\n")
     temporary.replace(path)
 
 
-def _sweep_trainings(result: dict[str, Any]) -> int:
-    return sum(1 + len(curve["points"]) for curve in result.get("curves", []))
+def _trainings(result: CapacityResult | SweepResult) -> int:
+    if isinstance(result, CapacityResult):
+        return len(result.trials)
+    return sum(1 + len(curve.points) for curve in result.curves)
 
 
-def metric(experiment: Experiment, result: dict[str, Any]) -> float | None:
+def metric(experiment: Experiment, result: CapacityResult | SweepResult) -> float | None:
     """The experiment's metric in one result (None: the sweep kept no precision)."""
     name = METRIC_OF_FIGURE[experiment.figure]
-    if name == "precision_boundary":
-        value = result["curves"][0]["precision_boundary"]
-        return None if value is None else float(value)
-    value = result.get(name)
+    if isinstance(result, SweepResult):
+        value = result.curves[0].precision_boundary if name == "precision_boundary" else None
+    else:
+        value = getattr(result, name, None)
     return None if value is None else float(value)
 
 
@@ -227,7 +264,7 @@ class Row:
     wall_seconds: float
     trials: int
     code_version: str
-    results: list[dict[str, Any]]  # the stored results, one per seed run
+    results: list[CapacityResult | SweepResult]  # the stored results, one per seed run
 
     @property
     def thesis(self) -> float | None:
@@ -246,146 +283,17 @@ def collect(folder: Path, experiments: list[Experiment]) -> list[Row]:
     rows = []
     for experiment in experiments:
         records = [r for s in experiment.seeds if (r := load_result(folder, experiment.name, s))]
-        values = [v for r in records if (v := metric(experiment, r["result"])) is not None]
+        values = [v for r in records if (v := metric(experiment, r.result)) is not None]
         rows.append(
             Row(
                 experiment,
                 values,
                 len(records),
-                ", ".join(sorted({r["device"] for r in records})) or "-",
-                sum(r["wall_seconds"] for r in records),
-                sum(r["trials"] for r in records),
-                ", ".join(sorted({r["code_version"] for r in records})) or "-",
-                [r["result"] for r in records],
+                ", ".join(sorted({r.device for r in records})) or "-",
+                sum(r.wall_seconds for r in records),
+                sum(r.trials for r in records),
+                ", ".join(sorted({r.code_version for r in records})) or "-",
+                [r.result for r in records],
             )
         )
     return rows
-
-
-TITLES = {
-    "fcdnn": ("FCDNN capacity (thesis Fig. 2.2b)", "bits/param"),
-    "cnn": ("CNN capacity, convolution layers only", "conv bits/param"),
-    "rnn": ("RNN capacity (LSTM-32: thesis 3.7 bits/param)", "bits/param"),
-    "quantization": ("Precision boundary of quantized networks (thesis Fig. 2.3)", "bits"),
-}
-
-
-def report_markdown(
-    rows: list[Row],
-    figures: dict[str, str],
-    targets: list[str] | None = None,
-    discussion: str = "",
-    followups: list[str] | None = None,
-    folder_hint: str = "experiments/thesis",
-) -> str:
-    """docs/results.md: the targets table, a table per thesis figure, what was not run,
-    the follow-up measurements, then the folder's hand-written discussion."""
-    lines = [
-        "# Reproducing the thesis's capacity and quantization results",
-        "",
-        "Generated by `capacity experiments report experiments/thesis` from the result "
-        "files in `experiments/thesis/results/`. Ours is the mean over seeds, the "
-        "spread their standard deviation; a measured capacity is a lower bound.",
-        "",
-    ]
-    if targets:
-        lines += ["## Targets", "", *targets, ""]
-    shown: set[str] = set()  # one image may serve several tables: show it once
-    for figure, (title, unit) in TITLES.items():
-        own = [row for row in rows if row.experiment.figure == figure]
-        if not own:
-            continue
-        lines += [f"## {title}", ""]
-        if figure in figures and figures[figure] not in shown:
-            lines += [f"![{title}]({figures[figure]})", ""]
-            shown.add(figures[figure])
-        lines += [
-            f"| experiment | ours ({unit}) | spread | thesis | difference | seeds | "
-            "device | wall time | trials | code |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for row in own:
-            mean, thesis = row.mean, row.thesis
-            difference = "-" if mean is None or thesis is None else f"{mean - thesis:+.2f}"
-            lines.append(
-                f"| {row.experiment.name} | {_num(mean)} | {_num(row.spread)} | {_num(thesis)} "
-                f"| {difference} | {row.seeds_done}/{len(row.experiment.seeds)} | {row.device} "
-                f"| {row.wall_seconds / 60:.1f} min | {row.trials} | {row.code_version} |"
-            )
-        lines.append("")
-    missing = [row for row in rows if row.seeds_done < len(row.experiment.seeds)]
-    if missing:
-        lines += ["## Not run", ""]
-        for row in missing:
-            why = (
-                "GPU-sized: runnable with `--only gpu`, too slow for this CPU"
-                if row.experiment.size == "gpu"
-                else "not run yet (see the discussion)"
-            )
-            lines.append(
-                f"- {row.experiment.name}: {row.seeds_done}/"
-                f"{len(row.experiment.seeds)} seeds; {why}"
-            )
-        lines.append("")
-    if followups:
-        lines += [
-            "## Follow-up measurements",
-            "",
-            f"Single points by `{folder_hint}/followups.sh`, stored in "
-            f"`{folder_hint}/{FOLLOWUPS_FOLDER}/` (seed 0, CPU).",
-            "",
-            *followups,
-        ]
-    if discussion:
-        lines += [discussion.strip(), ""]
-    return "\n".join(lines)
-
-
-def followups_markdown(folder: Path) -> list[str]:
-    """Tables of the folder's follow-up measurements (`capacity measure --json`) and
-    sweeps (`capacity sweep --json`), one row per file, named by the file."""
-    measures, sweeps = [], []
-    for path in sorted((folder / FOLLOWUPS_FOLDER).glob("*.json")):
-        result = json.loads(path.read_text())
-        if "curves" in result:
-            for curve in result["curves"]:
-                retrained = ", ".join(
-                    f"{p['bits']}: {p['accuracy_retrained']:.2%}" for p in curve["points"]
-                )
-                boundary = curve["precision_boundary"]
-                sweeps.append(
-                    f"| {path.stem} | {curve['n']} | {curve['float_accuracy']:.2%} "
-                    f"| {'-' if boundary is None else boundary} | {retrained} "
-                    f"| {result['wall_seconds'] / 60:.1f} min |"
-                )
-        else:
-            train = result["train"]
-            conv = result.get("conv_bits_per_param")
-            measures.append(
-                f"| {path.stem} | {result['n']} | {train['lr']:g} | {train['batch_size']} "
-                f"| {result['epochs']}/{train['epochs']} | {result['accuracy']:.2%} "
-                f"| {result['mutual_information_bits']:.0f} | {result['bits_per_param']:.2f} "
-                f"| {_num(conv)} | {result['wall_seconds'] / 60:.1f} min |"
-            )
-    lines = []
-    if measures:
-        lines += [
-            "| follow-up | N | lr | batch | epochs | accuracy | I (bits) | bits/param "
-            "| conv bits/param | wall time |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-            *measures,
-            "",
-        ]
-    if sweeps:
-        lines += [
-            "| follow-up sweep | N | float accuracy | boundary (bits) "
-            "| accuracy after retraining, by bits | wall time |",
-            "| --- | --- | --- | --- | --- | --- |",
-            *sweeps,
-            "",
-        ]
-    return lines
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"

@@ -17,9 +17,10 @@ from xml.etree import ElementTree
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from capacity_service.jobkinds import validate_job_spec
-from capacity_service.provenance import merged
+from capacity_service.provenance import ProvenanceFields, merged
 from capacity_service.provenance import table as provenance_table
 from capacity_service.reproduce.runs import Batch, Progress, Runner, RunsFailed
+from capacity_service.specs import CapacityResult, Provenance, SweepResult
 
 # metric -> (job kind it belongs to, +1 if higher is better, -1 if lower is better)
 METRICS: dict[str, tuple[str, int]] = {
@@ -83,7 +84,7 @@ class Baseline(_Strict):
     device: str
     created_at: str | None = None
     # where it was measured (capacity_service.provenance; None in older baselines)
-    provenance: dict[str, Any] | None = None
+    provenance: ProvenanceFields | None = None
     cases: dict[str, dict[str, Measured]]
 
 
@@ -122,27 +123,29 @@ def check_baseline(suite: Suite, baseline: Baseline) -> list[str]:
     return missing
 
 
-def metric_values(case: Case, result: dict[str, Any]) -> dict[str, float]:
-    """The metrics of one run of `case` from its result document."""
+def metric_values(case: Case, result: BaseModel) -> dict[str, float]:
+    """The metrics of one run of `case` from its result."""
     values: dict[str, float] = {}
     for metric in case.metrics:
-        if metric == "precision_boundary":
-            curve = result["curves"][0]
-            boundary = curve["precision_boundary"]
-            highest = max(point["bits"] for point in curve["points"])
+        if isinstance(result, SweepResult):  # precision_boundary, the one sweep metric
+            curve = result.curves[0]
+            highest = max(point.bits for point in curve.points)
+            boundary = curve.precision_boundary
             values[metric] = float(highest + 1 if boundary is None else boundary)
+        elif not isinstance(result, CapacityResult):
+            raise TypeError(f"{case.name}: a {case.kind} case gave {type(result).__name__}")
         elif metric in ("bracketed", "best_finished"):
-            quality = result.get("quality") or {}  # results from before it: not known
-            values[metric] = float(bool(quality.get(metric)))
+            quality = result.quality  # results from before it: not known
+            values[metric] = float(quality is not None and getattr(quality, metric))
         else:
-            values[metric] = float(result[metric])
+            values[metric] = float(getattr(result, metric))
     return values
 
 
 @dataclass(frozen=True)
 class SuiteRun:
     measured: dict[str, dict[str, Measured]]  # case -> metric -> mean over the seeds
-    provenance: dict[str, Any] | None  # where the results were computed (the workers)
+    provenance: ProvenanceFields | None  # where the results were computed (the workers)
 
 
 def run_suite(suite: Suite, runner: Runner, progress: Progress | None = None) -> SuiteRun:
@@ -152,12 +155,16 @@ def run_suite(suite: Suite, runner: Runner, progress: Progress | None = None) ->
     runs = [(case, seed) for case in suite.cases for seed in case.seeds]
     batch = Batch(runner, len(runs), progress)
     handles = [
-        batch.submit(case.kind, case.spec | {"seed": seed}, f"{case.name} seed {seed}")
+        batch.submit(
+            case.kind,
+            validate_job_spec(case.kind, case.spec | {"seed": seed}),
+            f"{case.name} seed {seed}",
+        )
         for case, seed in runs
     ]
     if progress is not None:
         progress(f"submitted {len(runs)} runs {runner.where}")
-    results: dict[int, dict[str, Any]] = {}
+    results: dict[int, BaseModel] = {}
     failed: list[str] = []
     while ended := batch.finished():
         for outcome in ended:
@@ -178,8 +185,8 @@ def run_suite(suite: Suite, runner: Runner, progress: Progress | None = None) ->
             metric: Measured(value=statistics.fmean(seen), values=seen)
             for metric, seen in values.items()
         }
-    documents = [results[handle].get("provenance") for handle in handles]
-    return SuiteRun(measured, merged(documents))
+    found = [getattr(results[handle], "provenance", None) for handle in handles]
+    return SuiteRun(measured, merged([p if isinstance(p, Provenance) else None for p in found]))
 
 
 def compare(

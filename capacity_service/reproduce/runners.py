@@ -8,9 +8,15 @@ import contextlib
 import sys
 import time
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
 
 from capacity_service.reproduce.runs import Finished
+from capacity_service.specs import TrialRecord
+
+if TYPE_CHECKING:
+    from capacity_service.api.schemas import JobDocument
 
 POLL_SECONDS = 1.0  # the API runner asks for its jobs' states at most once a second
 OUTAGE_SECONDS = 60.0  # how long it keeps asking while the API does not answer (a restart)
@@ -26,16 +32,16 @@ class LocalContext:
         self.device = device
         self.should_stop = None
 
-    def stored_trials(self) -> list[dict[str, Any]]:
+    def stored_trials(self) -> list[TrialRecord]:
         return []
 
-    def trial_finished(self, record: Any) -> None:
+    def trial_finished(self, record: TrialRecord) -> None:
         pass
 
     def progress(self, **fields: Any) -> None:
         pass
 
-    def result_of(self, job_id: int) -> dict[str, Any]:
+    def result_of(self, job_id: int) -> BaseModel:
         raise ValueError(f"a job run in this process cannot use job {job_id}'s result; "
                          "give capacity_n instead of capacity_job")  # fmt: skip
 
@@ -46,10 +52,10 @@ class LocalRunner:
     def __init__(self, device: str) -> None:
         self.device = device
         self.where = f"in this process ({device})"
-        self._jobs: dict[int, tuple[str, dict[str, Any], str]] = {}
+        self._jobs: dict[int, tuple[str, BaseModel, str]] = {}
         self._submitted = 0
 
-    def submit(self, kind: str, spec: dict[str, Any], label: str) -> int:
+    def submit(self, kind: str, spec: BaseModel, label: str) -> int:
         self._submitted += 1
         self._jobs[self._submitted] = (kind, spec, label)
         return self._submitted
@@ -61,9 +67,8 @@ class LocalRunner:
         handle = min(handles)
         kind_name, spec, label = self._jobs.pop(handle)
         print(f"running {label} {self.where}", file=sys.stderr, flush=True)
-        kind = jobkinds.get(kind_name)
-        result = kind.run(LocalContext(self.device), kind.spec.model_validate(spec))
-        return [Finished(handle, "succeeded", stamped(result).model_dump(mode="json"))]
+        result = jobkinds.get(kind_name).run(LocalContext(self.device), spec)
+        return [Finished(handle, "succeeded", stamped(result))]
 
     def cancel(self, handles: Collection[int]) -> None:
         for handle in handles:
@@ -82,8 +87,8 @@ class ApiRunner:
         self.where = f"through {url}"
         self._polled = float("-inf")
 
-    def submit(self, kind: str, spec: dict[str, Any], label: str) -> int:
-        return int(self.client.submit(kind, spec)["id"])
+    def submit(self, kind: str, spec: BaseModel, label: str) -> int:
+        return self.client.submit(kind, spec.model_dump(mode="json")).id
 
     def wait(self, handles: Collection[int]) -> list[Finished]:
         from capacity_service.client import ApiError
@@ -101,32 +106,32 @@ class ApiRunner:
                     raise
                 continue
             answered = self._polled
-            ended = [job for job in jobs if job["state"] in ("succeeded", "failed", "cancelled")]
+            ended = [job for job in jobs if job.finished]
             if ended:
                 return [self._finished(job) for job in ended]
 
-    def _jobs(self, wanted: set[int]) -> list[dict[str, Any]]:
-        found: dict[int, dict[str, Any]] = {}
+    def _jobs(self, wanted: set[int]) -> list[JobDocument]:
+        found: dict[int, JobDocument] = {}
         cursor: int | None = min(max(wanted) + 1, LARGEST_ID)  # the page from the newest down
         while cursor is not None and len(found) < len(wanted):
             page = self.client.jobs(cursor=cursor, limit=PAGE)
-            found |= {job["id"]: job for job in page["items"] if job["id"] in wanted}
-            cursor = page["next_cursor"]
+            found |= {job.id: job for job in page.items if job.id in wanted}
+            cursor = page.next_cursor
             if cursor is not None and cursor <= min(wanted):
                 cursor = None
         for missing in wanted - found.keys():  # not listed (should not happen): ask for it
             found[missing] = self.client.job(missing)
         return list(found.values())
 
-    def _finished(self, job: dict[str, Any]) -> Finished:
-        name = f"job {job['id']}"
-        if job["state"] != "succeeded":
-            reason = f"{name}: {job['error']}" if job.get("error") else name
-            return Finished(job["id"], job["state"], None, reason)
-        result = self.client.result(job["id"])
+    def _finished(self, job: JobDocument) -> Finished:
+        name = f"job {job.id}"
+        if job.state != "succeeded":
+            reason = f"{name}: {job.error}" if job.error else name
+            return Finished(job.id, job.state, None, reason)
+        result = self.client.result(job.id)
         if result is None:
-            return Finished(job["id"], "failed", None, f"{name} succeeded with no result")
-        return Finished(job["id"], "succeeded", result)
+            return Finished(job.id, "failed", None, f"{name} succeeded with no result")
+        return Finished(job.id, "succeeded", result)
 
     def cancel(self, handles: Collection[int]) -> None:
         from capacity_service.client import ApiError

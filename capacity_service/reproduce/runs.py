@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
+
+from pydantic import BaseModel
 
 Progress = Callable[[str], None]  # one line per event, e.g. printed to stderr
 
@@ -21,7 +23,7 @@ class Finished:
 
     handle: int
     state: str  # succeeded, failed or cancelled
-    result: dict[str, Any] | None
+    result: BaseModel | None  # the job kind's result model
     error: str | None = None  # what the job's failure said
 
     def describe(self) -> str:
@@ -31,8 +33,9 @@ class Finished:
 class Runner(Protocol):
     where: str  # for messages: "through URL", "in this process (cpu)"
 
-    def submit(self, kind: str, spec: dict[str, Any], label: str) -> int:
-        """Hand over one job (`label` names it in messages); its handle."""
+    def submit(self, kind: str, spec: BaseModel, label: str) -> int:
+        """Hand over one job, its spec validated (`label` names it in messages); its
+        handle."""
         ...
 
     def wait(self, handles: Collection[int]) -> list[Finished]:
@@ -64,7 +67,7 @@ class Batch:
         self.pending: set[int] = set()
         self.done = 0
 
-    def submit(self, kind: str, spec: dict[str, Any], label: str) -> int:
+    def submit(self, kind: str, spec: BaseModel, label: str) -> int:
         try:
             handle = self.runner.submit(kind, spec, label)
         except BaseException:

@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from capacity_service.reproduce.experiments import TARGETS_FILE, Row
+from capacity_service.specs import SweepResult
 
 PARTIAL = " (not every seed has run)"
 
@@ -103,11 +104,13 @@ def _memorizes(target: Target, rows: list[Row], partial: str) -> Verdict:
     for row in rows:
         name = row.experiment.name
         for result in row.results:
-            curve = result["curves"][0]
-            point = next((p for p in curve["points"] if p["bits"] == target.value), None)
+            if not isinstance(result, SweepResult):
+                raise ValueError(f"{name}: a {target.rule} target needs a sweep")
+            curve = result.curves[0]
+            point = next((p for p in curve.points if p.bits == target.value), None)
             if point is None:
                 raise ValueError(f"{name}: the sweep has no {target.value:g}-bit point")
-            accuracies.append(point["accuracy_retrained"])
+            accuracies.append(point.accuracy_retrained)
     if not accuracies:
         return Verdict("-", "not measured")
     worst = min(accuracies)

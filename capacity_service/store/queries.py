@@ -6,15 +6,24 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
+from pydantic import BaseModel
 from sqlalchemy import Engine, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from capacity_service.specs import TrialRecord
 from capacity_service.store.db import READ_ONLY, database_now_sql, make_engine
 from capacity_service.store.models import ApiKeyRow, JobRow, ResultRow, TrialRow, WorkerRow
-from capacity_service.store.records import ApiKey, Job, ResultSummary, StoredResult
+from capacity_service.store.records import (
+    ApiKey,
+    Job,
+    ResultSummary,
+    StoredResult,
+    read_result,
+    read_trial,
+)
 from capacity_service.store.vocabulary import (
     FINISHED,
     JobFinishedError,
@@ -30,6 +39,11 @@ WORKER_FORGET_SECONDS = 7 * 86_400.0  # a worker row unseen this long is deleted
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class Submission(NamedTuple):
+    job: Job
+    new: bool  # False: the idempotency key's earlier job, nothing queued
 
 
 class Store:
@@ -78,32 +92,11 @@ class Store:
         priority: int = 0,
         idempotency_key: str | None = None,
         max_attempts: int = 3,
-    ) -> Job:
-        """Queue a job (the spec must already be valid); the same idempotency key returns
-        the first job instead of queueing another."""
-        job, _ = self.enqueue(
-            kind,
-            spec,
-            model_kind,
-            priority=priority,
-            idempotency_key=idempotency_key,
-            max_attempts=max_attempts,
-        )
-        return job
-
-    def enqueue(
-        self,
-        kind: str,
-        spec: dict[str, Any],
-        model_kind: str,
-        *,
-        priority: int = 0,
-        idempotency_key: str | None = None,
-        max_attempts: int = 3,
-    ) -> tuple[Job, bool]:
-        """`submit`, also telling whether the job is new (False: the key's earlier job)."""
+    ) -> Submission:
+        """Queue a job (the spec must already be valid). The same idempotency key returns
+        the first job instead of queueing another, and says so (`new` is False)."""
         if idempotency_key is not None and (known := self._by_key(idempotency_key)):
-            return known, False
+            return Submission(known, new=False)
         values: dict[str, Any] = {
             "kind": kind,
             "state": JobState.QUEUED.value,
@@ -128,12 +121,12 @@ class Store:
             if idempotency_key is not None and isinstance(error.__cause__, IntegrityError):
                 known = self._by_key(idempotency_key)  # a concurrent submit won the race
                 if known is not None:
-                    return known, False
+                    return Submission(known, new=False)
             raise
         fields = {k: v for k, v in values.items() if k != "state"}
         job = Job(id=job_id, state=JobState.QUEUED, worker_id=None, error=None,
                   started_at=None, finished_at=None, **fields)  # fmt: skip
-        return job, True
+        return Submission(job, new=True)
 
     def _by_key(self, key: str) -> Job | None:
         with self.session(read_only=True) as session:
@@ -317,7 +310,7 @@ class Store:
                 session.merge(
                     ResultRow(
                         job_id=job_id,
-                        document=result.document,
+                        document=result.result.model_dump(mode="json"),
                         model_kind=row.model_kind,
                         params=result.params,
                         capacity_bits=result.capacity_bits,
@@ -361,12 +354,13 @@ class Store:
 
     # -- trials and results -------------------------------------------------------
 
-    def record_trial(self, job_id: int, index: int, record: dict[str, Any]) -> bool:
+    def record_trial(self, job_id: int, record: TrialRecord) -> bool:
         """Store a finished trial; False when (job, index) was already stored, so a
         retried write never duplicates it."""
+        document = record.model_dump(mode="json")
         try:
             with self.session() as session:
-                session.add(TrialRow(job_id=job_id, index=index, record=record,
+                session.add(TrialRow(job_id=job_id, index=record.index, record=document,
                                      created_at=_now()))  # fmt: skip
             return True
         except StoreError as error:
@@ -376,7 +370,7 @@ class Store:
 
     def trials(
         self, job_id: int, *, after_index: int = -1, limit: int | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[TrialRecord]:
         query = (
             select(TrialRow.record)
             .where(TrialRow.job_id == job_id, TrialRow.index > after_index)
@@ -385,12 +379,20 @@ class Store:
         if limit is not None:
             query = query.limit(limit)
         with self.session(read_only=True) as session:
-            return list(session.scalars(query))
+            documents = list(session.scalars(query))
+        return [read_trial(job_id, document) for document in documents]
 
-    def result(self, job_id: int) -> dict[str, Any] | None:
+    def result(self, job_id: int) -> BaseModel | None:
+        """The job's result as its kind's result model (None while it has none);
+        StaleDocumentError for a document of a shape this version cannot read."""
+        query = (
+            select(ResultRow.document, JobRow.kind)
+            .join(JobRow, JobRow.id == ResultRow.job_id)
+            .where(ResultRow.job_id == job_id)
+        )
         with self.session(read_only=True) as session:
-            row = session.get(ResultRow, job_id)
-            return None if row is None else row.document
+            found = session.execute(query).first()
+        return None if found is None else read_result(job_id, found.kind, found.document)
 
     def results(
         self,
@@ -419,7 +421,9 @@ class Store:
         if after_job_id is not None:
             query = query.where(ResultRow.job_id < after_job_id)
         with self.session(read_only=True) as session:
-            return [StoredResult.from_row(row, spec) for row, spec in session.execute(query)]
+            rows = list(session.execute(query))
+        return [StoredResult.from_row(row, spec, read_result(row.job_id, kind, row.document))
+                for row, spec in rows]  # fmt: skip
 
     # -- API keys -----------------------------------------------------------------
 

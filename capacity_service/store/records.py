@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
+from capacity_service import jobkinds
+from capacity_service.specs import TrialRecord
 from capacity_service.store.models import ApiKeyRow, JobRow, ResultRow
-from capacity_service.store.vocabulary import JobState
+from capacity_service.store.vocabulary import JobState, StaleDocumentError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,40 +58,14 @@ class Job:
             run_after=None if row.run_after is None else datetime.fromtimestamp(row.run_after, UTC),
         )
 
-    def to_document(self) -> dict[str, Any]:
-        """The job as JSON: what the CLI prints and the API serves."""
-        stamp = _iso
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "state": self.state.value,
-            "model_kind": self.model_kind,
-            "priority": self.priority,
-            "idempotency_key": self.idempotency_key,
-            "attempts": self.attempts,
-            "max_attempts": self.max_attempts,
-            "worker_id": self.worker_id,
-            "cancel_requested": self.cancel_requested,
-            "progress": self.progress,
-            "error": self.error,
-            "created_at": stamp(self.created_at),
-            "started_at": stamp(self.started_at),
-            "finished_at": stamp(self.finished_at),
-            "run_after": stamp(self.run_after),
-            "spec": self.spec,
-        }
 
-
-def _iso(moment: datetime | None) -> str | None:
+def iso(moment: datetime | None) -> str | None:
+    """A stamp as ISO 8601 in UTC (None stays None)."""
     if moment is None:
         return None
     if moment.tzinfo is None:  # SQLite keeps no zone; every stamp is written in UTC
         moment = moment.replace(tzinfo=UTC)
     return moment.isoformat()
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,14 +83,11 @@ class ApiKey:
     def revoked(self) -> bool:
         return self.revoked_at is not None
 
-    def to_document(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "created_at": _iso(self.created_at),
-                "revoked_at": _iso(self.revoked_at)}  # fmt: skip
-
 
 @dataclass(frozen=True, kw_only=True)
 class StoredResult:
-    """A finished job's result with the columns the dashboard filters on and the job's spec."""
+    """A finished job's result (its kind's result model) with the columns the dashboard
+    filters on and the job's spec."""
 
     job_id: int
     model_kind: str
@@ -120,11 +97,11 @@ class StoredResult:
     precision_boundary: int | None
     code_version: str
     created_at: datetime
-    spec: dict[str, Any]
-    document: dict[str, Any]
+    spec: dict[str, Any]  # as submitted: JSON the worker validates before it runs
+    result: BaseModel
 
     @classmethod
-    def from_row(cls, row: ResultRow, spec: dict[str, Any]) -> StoredResult:
+    def from_row(cls, row: ResultRow, spec: dict[str, Any], result: BaseModel) -> StoredResult:
         return cls(
             job_id=row.job_id,
             model_kind=row.model_kind,
@@ -135,53 +112,49 @@ class StoredResult:
             code_version=row.code_version,
             created_at=row.created_at,
             spec=spec,
-            document=row.document,
+            result=result,
         )
-
-    def curve_item(self) -> dict[str, Any]:
-        """A capacity result as the dashboard and `capacity plot` use it."""
-        best = self.document.get("best") or {}
-        return {
-            "job_id": self.job_id,
-            "model_kind": self.model_kind,
-            "model": self.spec.get("model", {}),
-            "params": self.params,
-            "capacity_bits": self.capacity_bits,
-            "bits_per_param": self.bits_per_param,
-            "conv_bits_per_param": self.document.get("conv_bits_per_param"),
-            "best_n": best.get("n"),
-            "quality": self.document.get("quality"),
-            "curve": self.document.get("curve", []),
-            "seed": self.document.get("seed"),
-            "device": self.document.get("device"),
-            "code_version": self.code_version,
-            "created_at": _iso(self.created_at),
-        }
-
-    def sweep_item(self) -> dict[str, Any]:
-        """A quantization sweep as the dashboard and `capacity plot` use it."""
-        return {
-            "job_id": self.job_id,
-            "model_kind": self.model_kind,
-            "model": self.spec.get("model", {}),
-            "params": self.params,
-            "quantized_params": self.document.get("quantized_params"),
-            "regime": self.document.get("regime"),
-            "tolerance": self.document.get("tolerance"),
-            "precision_boundary": self.precision_boundary,
-            "curves": self.document.get("curves", []),
-            "code_version": self.code_version,
-            "created_at": _iso(self.created_at),
-        }
 
 
 @dataclass(frozen=True, kw_only=True)
 class ResultSummary:
-    """A result's whole document and the columns the dashboard sorts and filters on."""
+    """A result to store, and the columns the dashboard sorts and filters on."""
 
-    document: dict[str, Any]
+    result: BaseModel
     params: int
     capacity_bits: float | None = None
     bits_per_param: float | None = None
     precision_boundary: int | None = None
     code_version: str
+
+
+# -- documents read back: validated, so that what leaves the store is typed --------------
+
+
+def read_result(job_id: int, kind: str, document: object) -> BaseModel:
+    """The stored result of job `job_id` as its kind's result model."""
+    try:
+        model = jobkinds.get(kind).result
+    except ValueError:
+        raise StaleDocumentError(
+            f"job {job_id}'s result is of kind {kind!r}, which this process does not know; "
+            "load the module that registers it (CAPACITY_PLUGINS)"
+        ) from None
+    return _validated(model, document, f"job {job_id}'s stored {kind} result")
+
+
+def read_trial(job_id: int, document: object) -> TrialRecord:
+    return _validated(TrialRecord, document, f"a stored trial of job {job_id}")
+
+
+def _validated(model: type[M], document: object, what: str) -> M:
+    try:
+        return model.model_validate(document)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(the document)"
+        raise StaleDocumentError(
+            f"{what} has a shape this version cannot read ({field}: {first['msg']}); another "
+            "version of capacity_service wrote it: read it with that version, or run the "
+            "job again"
+        ) from None

@@ -38,3 +38,8 @@ class JobStateError(StoreError):
 
 class JobFinishedError(JobStateError):
     """The job has already finished (it cannot be cancelled)."""
+
+
+class StaleDocumentError(Exception):
+    """A stored result or trial has a shape this version cannot read (written by an older
+    one, or by a job kind not loaded here); the message names the job and what to do."""

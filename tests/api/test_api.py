@@ -8,9 +8,11 @@ import httpx
 import pytest
 
 from capacity_service.api.auth import new_key
-from capacity_service.store.records import ResultSummary
+from capacity_service.specs import CurvePoint
+from capacity_service.store.records import Job, ResultSummary
 from capacity_service.store.vocabulary import JobState
 from tests.api.conftest import Server
+from tests.factories import capacity_result, sweep_result
 
 TINY = {
     "model": {"kind": "fcdnn", "width": 6, "n_in": 10},
@@ -34,9 +36,9 @@ def assert_problem(response: httpx.Response, status: int, *words: str) -> dict[s
     return problem
 
 
-def snapshot(server: Server) -> list[dict[str, Any]]:
+def snapshot(server: Server) -> list[Job]:
     """Everything stored about jobs: bad requests must leave it as it was."""
-    return [job.to_document() for job in server.store.list_jobs(limit=500)]
+    return server.store.list_jobs(limit=500)
 
 
 def test_health_and_readiness(server: Server) -> None:
@@ -273,16 +275,12 @@ def test_unknown_ids_routes_and_methods(server: Server) -> None:
         )
 
 
-def finish(
-    server: Server, kind: str, spec: dict[str, Any], document: dict[str, Any], **columns: Any
-) -> int:
+def finish(server: Server, kind: str, spec: dict[str, Any], result: Any, **columns: Any) -> int:
     """A job that a worker has finished (the worker itself is tested in test_end_to_end)."""
-    job = server.store.submit(kind, spec, spec["model"]["kind"], priority=1000)
+    job, _ = server.store.submit(kind, spec, spec["model"]["kind"], priority=1000)
     claimed = server.store.claim("test-worker", 60)
     assert claimed is not None and claimed.id == job.id
-    summary = ResultSummary(
-        document=document, params=document["params"], code_version="0.1.0", **columns
-    )
+    summary = ResultSummary(result=result, params=result.params, code_version="0.1.0", **columns)
     server.store.finish(job.id, "test-worker", JobState.SUCCEEDED, result=summary)
     return job.id
 
@@ -290,27 +288,10 @@ def finish(
 def test_curves_and_sweeps_filter_stored_results(server: Server) -> None:
     lstm = {"model": {"kind": "lstm", "hidden": 32, "n_in": 32, "steps": 5}}
     curve = [{"n": 20_000, "accuracy": 0.99, "mutual_information_bits": 18_400.0}]
-    document = {
-        "params": 8_386,
-        "capacity_bits": 31_000.0,
-        "bits_per_param": 3.7,
-        "conv_bits_per_param": None,
-        "best": {"n": 20_000},
-        "curve": curve,
-        "seed": 0,
-        "device": "cpu",
-    }
-    job_id = finish(server, "capacity", lstm, document, capacity_bits=31_000.0, bits_per_param=3.7)
-    sweep_document = {
-        "params": 8_386,
-        "quantized_params": 8_192,
-        "regime": "full",
-        "tolerance": 0.005,
-        "curves": [{"n": 20_000, "precision_boundary": 10}],
-    }
-    sweep_id = finish(
-        server, "quant_sweep", lstm | {"n": 20_000}, sweep_document, precision_boundary=10
-    )
+    result = capacity_result(8_386, 3.7, [CurvePoint.model_validate(p) for p in curve])
+    job_id = finish(server, "capacity", lstm, result, capacity_bits=31_000.0, bits_per_param=3.7)
+    swept = sweep_result(8_386, 20_000, precision_boundary=10, quantized_params=8_192)
+    sweep_id = finish(server, "quant_sweep", lstm | {"n": 20_000}, swept, precision_boundary=10)
     with server.client() as http:
         found = http.get("/v1/curves", params={"model_kind": "lstm"}).json()["items"]
         assert [item["job_id"] for item in found] == [job_id]
@@ -323,3 +304,16 @@ def test_curves_and_sweeps_filter_stored_results(server: Server) -> None:
         sweeps = http.get("/v1/sweeps", params={"min_params": 8_000}).json()["items"]
         assert [s["job_id"] for s in sweeps] == [sweep_id]
         assert sweeps[0]["precision_boundary"] == 10 and sweeps[0]["quantized_params"] == 8_192
+
+
+def test_a_stored_result_of_an_older_shape_is_a_problem_naming_the_job(server: Server) -> None:
+    from capacity_service.store.models import ResultRow
+
+    model = {"model": {"kind": "fcdnn", "width": 4}}
+    job_id = finish(server, "capacity", model, capacity_result(26, 2.0), capacity_bits=52.0)
+    with server.store.session() as session:  # as an older version might have written it
+        session.get_one(ResultRow, job_id).document = {"capacity": 52.0}
+    with server.client() as http:
+        problem = assert_problem(http.get(f"/v1/jobs/{job_id}/result"), 500, f"job {job_id}")
+        assert "run the job again" in problem["detail"]
+        assert http.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded"  # nothing lost

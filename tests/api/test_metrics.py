@@ -24,6 +24,7 @@ from capacity_service.store.migrate import upgrade
 from capacity_service.store.models import JobRow
 from capacity_service.store.queries import Store
 from tests.api.conftest import Server, start_server, stop
+from tests.factories import trial
 
 TINY = {
     "model": {"kind": "fcdnn", "width": 6, "n_in": 10},
@@ -83,7 +84,7 @@ def test_job_store_gauges_are_read_from_the_database(server: Server) -> None:
             session.get_one(JobRow, ids[2]).run_after = now + 86_400
         store.register_worker("metrics-test-worker", "host-a", "cpu")
         for index in range(3):
-            store.record_trial(ids[0], index, {"index": index})
+            store.record_trial(ids[0], trial(index))
 
         samples = scrape(client)
 

@@ -196,11 +196,12 @@ def test_running_jobs_refresh_live(browser_context: Any, tmp_path: Path) -> None
     from capacity_service.store.queries import Store
     from capacity_service.store.records import ResultSummary
     from capacity_service.store.vocabulary import JobState
+    from tests.factories import capacity_result
 
     url = f"sqlite:///{tmp_path / 'live.db'}"
     upgrade(url)
     store = Store(url)
-    job = store.submit("capacity", {"model": {"kind": "fcdnn", "width": 8}}, "fcdnn")
+    job, _ = store.submit("capacity", {"model": {"kind": "fcdnn", "width": 8}}, "fcdnn")
     process, base = start_server(url, tmp_path / "log")
     try:
         page = Page(browser_context, base)
@@ -213,19 +214,12 @@ def test_running_jobs_refresh_live(browser_context: Any, tmp_path: Path) -> None
             "() => document.querySelector('#jobs-table tbody tr').innerText.includes('7 trials')",
             timeout=10_000,
         )
-        document = {
-            "params": 90,
-            "capacity_bits": 12.5,
-            "bits_per_param": 0.14,
-            "best": {"n": 20},
-            "curve": [{"n": 20, "accuracy": 0.9, "mutual_information_bits": 12.5}],
-        }
         store.finish(
             job.id,
             "w",
             JobState.SUCCEEDED,
             result=ResultSummary(
-                document=document,
+                result=capacity_result(90, 0.14),
                 params=90,
                 capacity_bits=12.5,
                 bits_per_param=0.14,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from capacity_service.cli import main
+from capacity_service.specs import CapacityResult
 from capacity_service.store.queries import Store
 
 
@@ -28,11 +29,11 @@ def test_export_capacity_and_sweep_csv(
     store = Store(results_database)
     capacity = store.result(ids["capacity"][0])
     store.close()
-    assert capacity is not None
+    assert isinstance(capacity, CapacityResult)
     assert main(["export", str(ids["capacity"][0]), "--database-url", results_database]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert [int(r["n"]) for r in rows] == [p["n"] for p in capacity["curve"]]
-    assert [int(r["n"]) for r in rows if r["best"] == "1"] == [capacity["best"]["n"]]
+    assert [int(r["n"]) for r in rows] == [p.n for p in capacity.curve]
+    assert [int(r["n"]) for r in rows if r["best"] == "1"] == [capacity.best.n]
 
     assert main(["export", str(ids["quant_sweep"][0]), "--database-url", results_database]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))

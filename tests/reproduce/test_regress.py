@@ -227,16 +227,20 @@ def test_the_default_suite_and_baseline_agree() -> None:
 
 def test_a_case_can_require_its_searches_to_bracket_the_maximum() -> None:
     from capacity_service.reproduce.regress import Case, metric_values
+    from capacity_service.specs import SearchQuality
+    from tests.factories import capacity_result
 
     case = Case.model_validate({
         "name": "bracketed", "kind": "capacity", "spec": {"model": MODEL},
         "metrics": {"bracketed": {}, "best_finished": {}},
     })  # fmt: skip
-    quality = {"bracketed": True, "best_finished": False, "trials": 9, "budget_used": 0.5,
-               "prior_n": 40, "verdict": "lower bound: ..."}  # fmt: skip
-    assert metric_values(case, {"quality": quality}) == {"bracketed": 1.0, "best_finished": 0.0}
+    quality = SearchQuality(bracketed=True, best_finished=False, trials=9, budget_used=0.5,
+                            prior_n=40, verdict="lower bound: ...")  # fmt: skip
+    result = capacity_result(10, 1.0)
+    with_quality = result.model_copy(update={"quality": quality})
+    assert metric_values(case, with_quality) == {"bracketed": 1.0, "best_finished": 0.0}
     # a result stored before searches had a quality: not known to bracket anything
-    assert metric_values(case, {"capacity_bits": 1.0}) == {"bracketed": 0.0, "best_finished": 0.0}
+    assert metric_values(case, result) == {"bracketed": 0.0, "best_finished": 0.0}
 
 
 def test_the_workflow_installs_the_torch_make_installs() -> None:

@@ -8,8 +8,13 @@ from typing import Any
 
 import pytest
 
+from capacity_service.api.schemas import JobDocument, JobPage
 from capacity_service.reproduce.runners import ApiRunner
 from capacity_service.reproduce.runs import Batch, Finished
+from capacity_service.specs import CapacityResult, CapacitySpec, FCDNNSpec
+from tests.factories import capacity_result
+
+SPEC = CapacitySpec(model=FCDNNSpec(width=4))
 
 
 class FakeClient:
@@ -20,20 +25,29 @@ class FakeClient:
         self.pages = 0
         self.cancelled: list[int] = []
 
-    def jobs(self, cursor: int, limit: int) -> dict[str, Any]:
+    def jobs(self, cursor: int, limit: int) -> JobPage:
         self.pages += 1
         ids = sorted((i for i in self.states if i < cursor), reverse=True)[:limit]
-        items = [{"id": i, "state": self.states[i], "error": None} for i in ids]
-        return {"items": items, "next_cursor": ids[-1] if len(ids) == limit else None}
+        items = [job_document(i, self.states[i]) for i in ids]
+        return JobPage(items=items, next_cursor=ids[-1] if len(ids) == limit else None)
 
-    def job(self, job_id: int) -> dict[str, Any]:
+    def job(self, job_id: int) -> JobDocument:
         raise AssertionError("every job is on a page")
 
-    def result(self, job_id: int) -> dict[str, Any]:
-        return {"job": job_id}
+    def result(self, job_id: int) -> CapacityResult:
+        return capacity_result(job_id, 1.0)
 
     def cancel(self, job_id: int) -> None:
         self.cancelled.append(job_id)
+
+
+def job_document(job_id: int, state: str) -> JobDocument:
+    return JobDocument.model_validate({
+        "id": job_id, "kind": "capacity", "state": state, "model_kind": "fcdnn", "priority": 0,
+        "idempotency_key": None, "attempts": 1, "max_attempts": 3, "worker_id": None,
+        "cancel_requested": False, "progress": {}, "error": None, "created_at": "2026-01-01",
+        "started_at": None, "finished_at": None, "spec": {},
+    })  # fmt: skip
 
 
 def api_runner(client: FakeClient) -> ApiRunner:
@@ -47,7 +61,7 @@ def test_the_api_runner_reads_its_jobs_from_the_pages_between_them() -> None:
     client = FakeClient(1_200, finished={700})
     runner = api_runner(client)
     # one request per 500 jobs from the newest waited-for one down to the oldest
-    assert runner.wait([3, 700, 1_100]) == [Finished(700, "succeeded", {"job": 700})]
+    assert runner.wait([3, 700, 1_100]) == [Finished(700, "succeeded", capacity_result(700, 1.0))]
     assert client.pages == 3
     client.pages = 0
     client.states[1_100] = "failed"
@@ -64,7 +78,7 @@ class ListRunner:
         self.jobs: list[str] = []
         self.cancelled: list[int] = []
 
-    def submit(self, kind: str, spec: dict[str, Any], label: str) -> int:
+    def submit(self, kind: str, spec: Any, label: str) -> int:
         if label == "refused":
             raise ValueError("refused")
         self.jobs.append(label)
@@ -74,7 +88,7 @@ class ListRunner:
         handle = min(handles)
         if self.jobs[handle - 1] == "bad":
             return [Finished(handle, "failed", None, "it broke")]
-        return [Finished(handle, "succeeded", {})]
+        return [Finished(handle, "succeeded", capacity_result(10, 1.0))]
 
     def cancel(self, handles: Collection[int]) -> None:
         self.cancelled += sorted(handles)
@@ -84,7 +98,7 @@ def test_a_batch_prints_a_line_per_finished_job_and_keeps_going_past_a_failure()
     lines: list[str] = []
     batch = Batch(ListRunner(), 3, lines.append)
     for label in ("a", "bad", "c"):
-        batch.submit("capacity", {}, label)
+        batch.submit("capacity", SPEC, label)
     ended = [outcome.state for _ in range(3) for outcome in batch.finished()]
     assert ended == ["succeeded", "failed", "succeeded"] and batch.finished() == []
     assert lines == [
@@ -97,8 +111,8 @@ def test_a_batch_prints_a_line_per_finished_job_and_keeps_going_past_a_failure()
 def test_a_refused_submission_cancels_the_jobs_already_queued() -> None:
     runner = ListRunner()
     batch = Batch(runner, 3)
-    batch.submit("capacity", {}, "a")
-    batch.submit("capacity", {}, "b")
+    batch.submit("capacity", SPEC, "a")
+    batch.submit("capacity", SPEC, "b")
     with pytest.raises(ValueError, match="refused"):
-        batch.submit("capacity", {}, "refused")
+        batch.submit("capacity", SPEC, "refused")
     assert runner.cancelled == [1, 2] and not batch.pending

@@ -8,20 +8,22 @@ import pytest
 
 from capacity_service.api.auth import hash_key, new_key
 from capacity_service.store.queries import Store
-from capacity_service.store.records import ResultSummary
+from capacity_service.store.records import ResultSummary, iso
 from capacity_service.store.vocabulary import (
     JobFinishedError,
     JobNotFoundError,
     JobState,
     JobStateError,
     LeaseLostError,
+    StaleDocumentError,
 )
+from tests.factories import capacity_result, sweep_result, trial
 
 SPEC = {"model": {"kind": "fcdnn", "width": 8}}
 
 
 def submit(store: Store, **options: object) -> int:
-    return store.submit("capacity", SPEC, "fcdnn", **options).id  # type: ignore[arg-type]
+    return store.submit("capacity", SPEC, "fcdnn", **options).job.id  # type: ignore[arg-type]
 
 
 def test_submit_get_and_list(store: Store) -> None:
@@ -91,11 +93,11 @@ def test_cancel_queued_running_and_finished(store: Store) -> None:
 
 def test_trials_are_written_once_per_index(store: Store) -> None:
     job_id = submit(store)
-    assert store.record_trial(job_id, 0, {"n": 10})
-    assert store.record_trial(job_id, 1, {"n": 20})
-    assert not store.record_trial(job_id, 1, {"n": 99})  # a retried write
-    assert store.trials(job_id) == [{"n": 10}, {"n": 20}]
-    assert store.trials(job_id, after_index=0) == [{"n": 20}]
+    assert store.record_trial(job_id, trial(0, n=10))
+    assert store.record_trial(job_id, trial(1, n=20))
+    assert not store.record_trial(job_id, trial(1, n=99))  # a retried write
+    assert store.trials(job_id) == [trial(0, n=10), trial(1, n=20)]
+    assert store.trials(job_id, after_index=0) == [trial(1, n=20)]
 
 
 def test_release_and_finish_with_a_result(store: Store) -> None:
@@ -107,32 +109,52 @@ def test_release_and_finish_with_a_result(store: Store) -> None:
     store.claim("w2", 60)
     store.set_progress(job_id, "w2", {"stage": "bayes", "trials_done": 3})
     assert store.get(job_id).progress["stage"] == "bayes"
-    summary = ResultSummary(document={"capacity_bits": 12.5}, params=10, capacity_bits=12.5,
-                            bits_per_param=1.25, code_version="0.1.0")  # fmt: skip
+    result = capacity_result(params=10, bits_per_param=1.25)
+    summary = ResultSummary(result=result, params=10, capacity_bits=12.5, bits_per_param=1.25,
+                            code_version="0.1.0")  # fmt: skip
     store.finish(job_id, "w2", JobState.SUCCEEDED, result=summary)
     done = store.get(job_id)
     assert done.state == JobState.SUCCEEDED and done.finished_at is not None
-    assert store.result(job_id) == {"capacity_bits": 12.5}
+    assert store.result(job_id) == result  # read back as the kind's result model
     with pytest.raises(LeaseLostError):
         store.set_progress(job_id, "w2", {})
 
 
-def test_enqueue_tells_new_from_replayed(store: Store) -> None:
-    job, is_new = store.enqueue("capacity", SPEC, "fcdnn", idempotency_key="k")
-    again, again_new = store.enqueue("capacity", SPEC, "fcdnn", idempotency_key="k")
+def test_a_stored_document_of_an_older_shape_is_refused_by_name(store: Store) -> None:
+    from capacity_service.store.models import ResultRow, TrialRow
+
+    job_id = finish_with(store, "capacity", "fcdnn", 100, capacity_bits=200.0)
+    store.record_trial(job_id, trial(0))
+    with store.session() as session:  # as an older version might have written them
+        session.get_one(ResultRow, job_id).document = {"capacity": 200.0}
+        row = session.query(TrialRow).filter_by(job_id=job_id).one()
+        row.record = row.record | {"n": "many"}
+    with pytest.raises(StaleDocumentError, match=f"job {job_id}'s stored capacity result .*"
+                       "cannot read .*run the job again"):  # fmt: skip
+        store.result(job_id)
+    with pytest.raises(StaleDocumentError, match=f"a stored trial of job {job_id} .*n:"):
+        store.trials(job_id)
+    assert store.get(job_id).state == JobState.SUCCEEDED  # nothing else is touched
+
+
+def test_submit_tells_new_from_replayed(store: Store) -> None:
+    job, is_new = store.submit("capacity", SPEC, "fcdnn", idempotency_key="k")
+    again, again_new = store.submit("capacity", SPEC, "fcdnn", idempotency_key="k")
     assert is_new and not again_new and again.id == job.id
 
 
 def test_timestamps_are_utc_on_both_backends(store: Store) -> None:
-    document = store.get(submit(store)).to_document()
-    assert document["created_at"].endswith("+00:00")
+    job = store.get(submit(store))
+    assert iso(job.created_at).endswith("+00:00")  # type: ignore[union-attr]
 
 
 def finish_with(store: Store, kind: str, model_kind: str, params: int, **columns: object) -> int:
-    job = store.submit(kind, {"model": {"kind": model_kind}}, model_kind)
+    job, _ = store.submit(kind, {"model": {"kind": model_kind}}, model_kind)
     claimed = store.claim("w", 60)
     assert claimed is not None and claimed.id == job.id
-    summary = ResultSummary(document={"params": params}, params=params, code_version="0.1.0",
+    result = (capacity_result(params, 1.0) if kind == "capacity"
+              else sweep_result(params, 10, precision_boundary=6))  # fmt: skip
+    summary = ResultSummary(result=result, params=params, code_version="0.1.0",
                             **columns)  # type: ignore[arg-type]  # fmt: skip
     store.finish(job.id, "w", JobState.SUCCEEDED, result=summary)
     return job.id
@@ -200,7 +222,7 @@ def test_a_requeue_may_replace_the_spec_and_leave_the_attempt_uncounted(store: S
 def test_retry_queues_a_failed_or_cancelled_job_and_refuses_the_others(store: Store) -> None:
     failed, cancelled, running, queued = submit(store), submit(store), submit(store), submit(store)
     store.claim("w1", 60)  # takes `failed`
-    store.record_trial(failed, 0, {"n": 10})
+    store.record_trial(failed, trial(0, n=10))
     store.finish(failed, "w1", JobState.FAILED, error="boom")
     store.cancel(cancelled)
     store.claim("w2", 60)  # takes `running`, the oldest job still queued
@@ -208,7 +230,7 @@ def test_retry_queues_a_failed_or_cancelled_job_and_refuses_the_others(store: St
         retried = store.retry(job_id)
         assert retried.state == JobState.QUEUED and retried.attempts == 0
         assert retried.error is None and retried.finished_at is None
-    assert store.trials(failed) == [{"n": 10}]  # kept: the search resumes from them
+    assert store.trials(failed) == [trial(0, n=10)]  # kept: the search resumes from them
     with pytest.raises(JobStateError) as error:
         store.retry(running)
     assert error.value.state == JobState.RUNNING and "running" in str(error.value)

@@ -67,7 +67,7 @@ def test_out_of_memory_retries_with_half_the_stack(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = failing_first(monkeypatch, torch.OutOfMemoryError("CUDA out of memory"))
-    job = store.submit("capacity", capacity_spec(2, batch=6), "fcdnn")
+    job, _ = store.submit("capacity", capacity_spec(2, batch=6), "fcdnn")
     worker = worker_for(store)
     assert worker.run(once=True) == 1
     waiting = store.get(job.id)
@@ -84,7 +84,7 @@ def test_a_transient_failure_fails_the_job_once_attempts_run_out(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     failing_first(monkeypatch, StoreError("database error: gone"), StoreError("gone again"))
-    job = store.submit("capacity", capacity_spec(2), "fcdnn", max_attempts=2)
+    job, _ = store.submit("capacity", capacity_spec(2), "fcdnn", max_attempts=2)
     worker = worker_for(store)
     assert worker.run(once=True) == 1
     assert store.get(job.id).state == JobState.QUEUED
@@ -96,7 +96,7 @@ def test_a_transient_failure_fails_the_job_once_attempts_run_out(
 
 def test_a_permanent_failure_fails_at_once(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     failing_first(monkeypatch, KeyError("best"))
-    job = store.submit("capacity", capacity_spec(2), "fcdnn")
+    job, _ = store.submit("capacity", capacity_spec(2), "fcdnn")
     assert worker_for(store).run(once=True) == 1
     failed = store.get(job.id)
     assert failed.state == JobState.FAILED and failed.attempts == 1
@@ -107,7 +107,7 @@ def test_the_backoff_keeps_a_retried_job_from_other_workers(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     failing_first(monkeypatch, StoreError("database error: gone"))
-    job = store.submit("capacity", capacity_spec(2), "fcdnn")
+    job, _ = store.submit("capacity", capacity_spec(2), "fcdnn")
     assert worker_for(store, retry_base_seconds=3600).run(once=True) == 1
     assert store.get(job.id).run_after is not None
     assert worker_for(store).run(once=True) == 0  # nothing claimable before its run_after
@@ -119,8 +119,8 @@ def sweep_of(capacity_job: int) -> dict[str, Any]:
 
 
 def test_a_sweep_waits_for_its_capacity_job_without_spending_attempts(store: Store) -> None:
-    capacity = store.submit("capacity", capacity_spec(3), "fcdnn")
-    sweep = store.submit("quant_sweep", sweep_of(capacity.id), "fcdnn")
+    capacity, _ = store.submit("capacity", capacity_spec(3), "fcdnn")
+    sweep, _ = store.submit("quant_sweep", sweep_of(capacity.id), "fcdnn")
     assert store.claim("w0", 60) is not None  # another worker runs the capacity job
     worker = worker_for(store)
     assert worker.run(once=True) == 1  # takes the sweep, which must wait
@@ -136,10 +136,10 @@ def test_a_sweep_waits_for_its_capacity_job_without_spending_attempts(store: Sto
 
 
 def test_a_sweep_whose_capacity_job_failed_fails_with_the_reason(store: Store) -> None:
-    capacity = store.submit("capacity", capacity_spec(3), "fcdnn")
+    capacity, _ = store.submit("capacity", capacity_spec(3), "fcdnn")
     store.claim("w0", 60)
     store.finish(capacity.id, "w0", JobState.FAILED, error="ValueError: bad budget")
-    sweep = store.submit("quant_sweep", sweep_of(capacity.id), "fcdnn")
+    sweep, _ = store.submit("quant_sweep", sweep_of(capacity.id), "fcdnn")
     assert worker_for(store).run(once=True) == 1
     failed = store.get(sweep.id)
     assert failed.state == JobState.FAILED
@@ -152,7 +152,7 @@ def test_a_sweep_whose_capacity_job_failed_fails_with_the_reason(store: Store) -
 def test_a_retried_job_resumes_from_its_trials(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job = store.submit("capacity", capacity_spec(4), "fcdnn")
+    job, _ = store.submit("capacity", capacity_spec(4), "fcdnn")
     worker = worker_for(store)
     real = search_module.search_capacity
 
@@ -168,7 +168,7 @@ def test_a_retried_job_resumes_from_its_trials(
     assert worker.run(once=True) == 1
     assert store.get(job.id).state == JobState.FAILED
     first = store.trials(job.id)
-    assert [t["index"] for t in first] == [0, 1]
+    assert [t.index for t in first] == [0, 1]
     monkeypatch.setattr(search_module, "search_capacity", real)
     store.retry(job.id)
     assert worker.run(once=True) == 1
@@ -176,4 +176,5 @@ def test_a_retried_job_resumes_from_its_trials(
     assert done.state == JobState.SUCCEEDED and done.attempts == 1
     trials = store.trials(job.id)
     assert trials[:2] == first and len(trials) == 4  # the first two were not trained again
-    assert min(t["search_seconds"] for t in trials[2:]) >= max(t["search_seconds"] for t in first)
+    seconds = [t.search_seconds for t in trials]
+    assert None not in seconds and min(seconds[2:]) >= max(seconds[:2])  # type: ignore[type-var]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from capacity_service.settings import Settings
+from capacity_service.specs import CapacityResult, SweepResult
 from capacity_service.store.migrate import upgrade
 from capacity_service.store.queries import Store
 from capacity_service.store.vocabulary import JobState
@@ -67,7 +67,7 @@ def start_worker(url: str, *extra: str) -> subprocess.Popen[str]:
 
 
 def test_a_capacity_job_then_a_sweep_from_it(store: Store, sqlite_url: str) -> None:
-    capacity = store.submit("capacity", capacity_spec(6), "fcdnn")
+    capacity, _ = store.submit("capacity", capacity_spec(6), "fcdnn")
     sweep_spec = {"model": TINY_MODEL, "regime": "half", "capacity_job": capacity.id,
                   "bits": [8, 4], "train": {"epochs": 20}, "retrain": {"epochs": 2}}  # fmt: skip
     worker = Worker(store, fast_settings(sqlite_url), device="cpu")
@@ -76,24 +76,25 @@ def test_a_capacity_job_then_a_sweep_from_it(store: Store, sqlite_url: str) -> N
     assert done.state == JobState.SUCCEEDED and done.attempts == 1
     assert done.progress["trials_done"] == 6 and done.progress["stage"] == "bayes"
     trials = store.trials(capacity.id)
-    assert [t["index"] for t in trials] == list(range(6))
+    assert [t.index for t in trials] == list(range(6))
     result = store.result(capacity.id)
-    assert result is not None
-    assert result["capacity_bits"] == max(t["mutual_information_bits"] for t in trials)
-    sweep = store.submit("quant_sweep", sweep_spec, "fcdnn")
+    assert isinstance(result, CapacityResult)
+    assert result.capacity_bits == max(t.mutual_information_bits for t in trials)
+    sweep, _ = store.submit("quant_sweep", sweep_spec, "fcdnn")
     assert worker.run(once=True) == 1
     swept = store.result(sweep.id)
-    assert store.get(sweep.id).state == JobState.SUCCEEDED and swept is not None
-    assert swept["curves"][0]["n"] == result["best"]["n"] // 2
+    assert store.get(sweep.id).state == JobState.SUCCEEDED and isinstance(swept, SweepResult)
+    assert swept.curves[0].n == result.best.n // 2
     # each result says where it was computed: the worker's code, libraries and machine
-    assert result["provenance"]["torch"] and swept["provenance"]["threads"] >= 1
+    assert result.provenance and result.provenance.torch
+    assert swept.provenance and swept.provenance.threads >= 1
 
 
 def test_a_job_it_cannot_run_fails_with_the_reason_and_the_worker_goes_on(
     store: Store, sqlite_url: str
 ) -> None:
-    mystery = store.submit("mystery", {"model": TINY_MODEL}, "fcdnn")
-    fine = store.submit("capacity", capacity_spec(2), "fcdnn")
+    mystery, _ = store.submit("mystery", {"model": TINY_MODEL}, "fcdnn")
+    fine, _ = store.submit("capacity", capacity_spec(2), "fcdnn")
     worker = Worker(store, fast_settings(sqlite_url), device="cpu")
     assert worker.run(once=True) == 1
     failed = store.get(mystery.id)
@@ -103,7 +104,7 @@ def test_a_job_it_cannot_run_fails_with_the_reason_and_the_worker_goes_on(
 
 
 def test_cancel_is_honoured_between_trials(store: Store, sqlite_url: str) -> None:
-    job = store.submit("capacity", capacity_spec(200, epochs=200, batch=2), "fcdnn")
+    job, _ = store.submit("capacity", capacity_spec(200, epochs=200, batch=2), "fcdnn")
     process = start_worker(sqlite_url, "--once")
     try:
         wait_for(lambda: len(store.trials(job.id)) >= 1)
@@ -119,7 +120,7 @@ def test_cancel_stops_a_running_sweep_between_precisions(store: Store, sqlite_ur
     spec = {"model": {"kind": "fcdnn", "width": 16}, "n": 300, "bits": list(range(12, 0, -1)),
             "train": {"lr": 0.05, "batch_size": 16, "epochs": 300},
             "retrain": {"epochs": 300, "lr": 1e-6, "patience": 300}}  # fmt: skip
-    job = store.submit("quant_sweep", spec, "fcdnn")
+    job, _ = store.submit("quant_sweep", spec, "fcdnn")
     process = start_worker(sqlite_url, "--once")
     try:
         wait_for(lambda: store.get(job.id).progress.get("stage") == "sweep")
@@ -133,7 +134,7 @@ def test_cancel_stops_a_running_sweep_between_precisions(store: Store, sqlite_ur
 
 
 def test_sigterm_hands_the_job_back_at_once(store: Store, sqlite_url: str) -> None:
-    job = store.submit("capacity", capacity_spec(200, epochs=200, batch=2), "fcdnn")
+    job, _ = store.submit("capacity", capacity_spec(200, epochs=200, batch=2), "fcdnn")
     process = start_worker(sqlite_url)
     try:
         wait_for(lambda: len(store.trials(job.id)) >= 1)
@@ -147,14 +148,14 @@ def test_sigterm_hands_the_job_back_at_once(store: Store, sqlite_url: str) -> No
 
 def test_a_killed_worker_is_replaced_and_no_finished_trial_runs_again(database_url: str) -> None:
     store = Store(database_url)
-    job = store.submit("capacity", capacity_spec(12, epochs=60, batch=2), "fcdnn")
+    job, _ = store.submit("capacity", capacity_spec(12, epochs=60, batch=2), "fcdnn")
     first = start_worker(database_url)
     second = None
     try:
         wait_for(lambda: len(store.trials(job.id)) >= 4)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
-        before = {t["index"]: json.dumps(t, sort_keys=True) for t in store.trials(job.id)}
+        before = {t.index: t for t in store.trials(job.id)}
         # the job is still under the dead worker's lease: --once waits for it to expire
         second = start_worker(database_url, "--once", "--wait", "100")
         wait_for(lambda: store.get(job.id).state == JobState.SUCCEEDED, timeout=120)
@@ -162,7 +163,7 @@ def test_a_killed_worker_is_replaced_and_no_finished_trial_runs_again(database_u
         first.kill()
         if second is not None:
             second.kill()
-    after = {t["index"]: json.dumps(t, sort_keys=True) for t in store.trials(job.id)}
+    after = {t.index: t for t in store.trials(job.id)}
     # the budget counts the stored trials; a trial lost with the worker leaves its index
     # unused, and the new ones are numbered after every stored one
     assert len(after) == 12
@@ -189,11 +190,11 @@ def test_worker_wait_flag_is_checked(
 def test_once_with_wait_takes_a_job_whose_lease_expires_meanwhile(
     store: Store, sqlite_url: str
 ) -> None:
-    held = store.submit("capacity", capacity_spec(2), "fcdnn")
+    held, _ = store.submit("capacity", capacity_spec(2), "fcdnn")
     assert store.claim("alive", lease_seconds=3600) is not None
     worker = Worker(store, fast_settings(sqlite_url), device="cpu")
     assert worker.run(once=True) == 0  # no wait: nothing claimable now
-    job = store.submit("capacity", capacity_spec(2), "fcdnn")
+    job, _ = store.submit("capacity", capacity_spec(2), "fcdnn")
     assert store.claim("gone", lease_seconds=0.5) is not None  # a worker that died holding it
     assert worker.run(once=True, wait_seconds=100) == 1  # returns once that job has run
     assert store.get(job.id).state == JobState.SUCCEEDED and store.get(job.id).attempts == 2

@@ -50,7 +50,7 @@ def test_a_worker_serves_its_metrics_and_logs_json(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     upgrade(url)
     store = Store(url)
-    job = store.submit("capacity", SPEC, "fcdnn")
+    job, _ = store.submit("capacity", SPEC, "fcdnn")
     port = free_port()
     env = os.environ | {
         "CAPACITY_DATABASE_URL": url,

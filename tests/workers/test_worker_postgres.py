@@ -40,7 +40,7 @@ def stop(workers: list[subprocess.Popen[str]]) -> None:
 
 
 def test_four_workers_run_two_hundred_jobs_exactly_once(pg_store: Store, postgres_url: str) -> None:
-    jobs = [pg_store.submit("capacity", capacity_spec(1, epochs=3, batch=1), "fcdnn").id
+    jobs = [pg_store.submit("capacity", capacity_spec(1, epochs=3, batch=1), "fcdnn").job.id
             for _ in range(200)]  # fmt: skip
     workers = [start_worker(postgres_url) for _ in range(4)]
     try:
@@ -56,7 +56,7 @@ def test_four_workers_run_two_hundred_jobs_exactly_once(pg_store: Store, postgre
 
 @pytest.mark.skipif(shutil.which("pg_ctlcluster") is None, reason="needs a local cluster")
 def test_workers_reconnect_after_a_postgres_restart(pg_store: Store, postgres_url: str) -> None:
-    jobs = [pg_store.submit("capacity", capacity_spec(2, epochs=20, batch=1), "fcdnn").id
+    jobs = [pg_store.submit("capacity", capacity_spec(2, epochs=20, batch=1), "fcdnn").job.id
             for _ in range(10)]  # fmt: skip
     workers = [start_worker(postgres_url) for _ in range(2)]
     try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from sqlalchemy.engine import make_url
 
@@ -16,13 +14,13 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health, summary="The process is up")
-def healthz() -> dict[str, Any]:
-    return {"status": "ok"}
+def healthz() -> Health:
+    return Health(status="ok")
 
 
 @router.get("/readyz", response_model=Readiness, summary="Ready to serve: database and schema",
             responses=documented(503))  # fmt: skip
-def readyz(request: Request) -> dict[str, Any]:
+def readyz(request: Request) -> Readiness:
     url = settings_of(request).database_url
     backend = make_url(url).get_backend_name()
     store = store_of(request)
@@ -36,4 +34,4 @@ def readyz(request: Request) -> dict[str, Any]:
     if not current:
         raise ProblemError(503, "Not ready", f"the {backend} schema is not at the newest "
                            "migration; run `capacity db upgrade`", type=UNAVAILABLE)  # fmt: skip
-    return {"status": "ready", "database": backend, "schema_at_head": True}
+    return Readiness(status="ready", database=backend, schema_at_head=True)

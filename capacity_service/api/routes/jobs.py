@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -80,7 +80,7 @@ def submit_job(
     request: Request,
     response: Response,
     job: Annotated[JobRequest, Body()],
-) -> dict[str, Any]:
+) -> JobDocument:
     settings = settings_of(request)
     check_limits(job.spec, settings)
     store = store_of(request)
@@ -88,7 +88,7 @@ def submit_job(
     if source is not None:
         _check_capacity_source(request, source)
     spec = job.spec.model_dump(mode="json")
-    queued, is_new = store.enqueue(
+    queued, is_new = store.submit(
         job.kind,
         spec,
         jobkinds.model_kind(job.spec),
@@ -104,7 +104,7 @@ def submit_job(
     response.headers["Location"] = f"/v1/jobs/{queued.id}"
     if not is_new:
         response.status_code = 200
-    return queued.to_document()
+    return JobDocument.of(queued)
 
 
 def _check_capacity_source(request: Request, job_id: int) -> None:
@@ -135,13 +135,11 @@ def list_jobs(
     model_kind: ModelKindName | None = None,
     cursor: Cursor = None,
     limit: Limit = 50,
-) -> dict[str, Any]:
+) -> JobPage:
     jobs = store_of(request).list_jobs(state=state, kind=kind, model_kind=model_kind,
                                        after_id=cursor, limit=limit)  # fmt: skip
-    return {
-        "items": [job.to_document() for job in jobs],
-        "next_cursor": jobs[-1].id if len(jobs) == limit else None,
-    }
+    return JobPage(items=[JobDocument.of(job) for job in jobs],
+                   next_cursor=jobs[-1].id if len(jobs) == limit else None)  # fmt: skip
 
 
 @router.get(
@@ -152,8 +150,8 @@ def list_jobs(
     dependencies=READER,
     responses=documented(401, 403, 404, 422),
 )
-def get_job(request: Request, job_id: JobId) -> dict[str, Any]:
-    return _job(request, job_id).to_document()
+def get_job(request: Request, job_id: JobId) -> JobDocument:
+    return JobDocument.of(_job(request, job_id))
 
 
 @router.post(
@@ -164,7 +162,7 @@ def get_job(request: Request, job_id: JobId) -> dict[str, Any]:
     dependencies=WRITER,
     responses=documented(401, 403, 404, 409, 422),
 )
-def cancel_job(request: Request, job_id: JobId) -> dict[str, Any]:
+def cancel_job(request: Request, job_id: JobId) -> JobDocument:
     return _move(request, job_id, store_of(request).cancel, "Job already finished",
                  "only queued or running jobs can be cancelled")  # fmt: skip
 
@@ -177,7 +175,7 @@ def cancel_job(request: Request, job_id: JobId) -> dict[str, Any]:
     dependencies=WRITER,
     responses=documented(401, 403, 404, 409, 422),
 )
-def retry_job(request: Request, job_id: JobId) -> dict[str, Any]:
+def retry_job(request: Request, job_id: JobId) -> JobDocument:
     def hint(state: JobState) -> str:
         if state in (JobState.QUEUED, JobState.RUNNING):
             return " (cancel it first)"
@@ -194,11 +192,11 @@ def _move(
     title: str,
     allowed: str,
     hint: Callable[[JobState], str] = lambda _: "",
-) -> dict[str, Any]:
+) -> JobDocument:
     """A job moved to another state by the store (cancel, retry): 404 for no such job,
     409 naming its state when the move is not allowed from there."""
     try:
-        return move(job_id).to_document()
+        return JobDocument.of(move(job_id))
     except JobNotFoundError:
         _job(request, job_id)  # raises the 404 problem
         raise
@@ -222,12 +220,12 @@ def job_trials(
         int | None, Query(ge=0, le=LARGEST_ID, description="next_cursor of the page before")
     ] = None,
     limit: Limit = 100,
-) -> dict[str, Any]:
+) -> TrialPage:
     _job(request, job_id)
     after = -1 if cursor is None else cursor
     trials = store_of(request).trials(job_id, after_index=after, limit=limit)
-    last = trials[-1].get("index") if trials else None
-    return {"items": trials, "next_cursor": last if len(trials) == limit else None}
+    last = trials[-1].index if len(trials) == limit else None
+    return TrialPage(items=trials, next_cursor=last)
 
 
 @router.get(
@@ -260,4 +258,4 @@ def job_result(
     if format == "csv":
         attachment = {"Content-Disposition": f'attachment; filename="job-{job_id}.csv"'}
         return Response(result_csv(result), media_type="text/csv", headers=attachment)
-    return JSONResponse(result)
+    return JSONResponse(result.model_dump(mode="json"))

@@ -4,7 +4,7 @@ comparisons (filter by model kind and parameter count)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
@@ -14,9 +14,11 @@ from capacity_service.api.problems import INVALID_REQUEST, FieldProblem, Problem
 from capacity_service.api.schemas import (
     LARGEST_ID,
     Cursor,
+    CurveItem,
     CurvePage,
     Limit,
     ModelKindName,
+    SweepItem,
     SweepPage,
 )
 from capacity_service.store.records import StoredResult
@@ -70,10 +72,9 @@ ResultFilters = Annotated[ResultQuery, Depends(result_query)]
     dependencies=READER,
     responses=documented(401, 403, 422),
 )
-def curves(request: Request, query: ResultFilters) -> dict[str, Any]:
+def curves(request: Request, query: ResultFilters) -> CurvePage:
     found, next_cursor = query.run(request, "capacity")
-    items = [stored.curve_item() for stored in found]
-    return {"items": items, "next_cursor": next_cursor}
+    return CurvePage(items=[CurveItem.of(stored) for stored in found], next_cursor=next_cursor)
 
 
 @router.get(
@@ -84,7 +85,6 @@ def curves(request: Request, query: ResultFilters) -> dict[str, Any]:
     dependencies=READER,
     responses=documented(401, 403, 422),
 )
-def sweeps(request: Request, query: ResultFilters) -> dict[str, Any]:
+def sweeps(request: Request, query: ResultFilters) -> SweepPage:
     found, next_cursor = query.run(request, "quant_sweep")
-    items = [stored.sweep_item() for stored in found]
-    return {"items": items, "next_cursor": next_cursor}
+    return SweepPage(items=[SweepItem.of(stored) for stored in found], next_cursor=next_cursor)
