@@ -1,0 +1,344 @@
+"""The capacity search's supervisor: which trials start, which stop at a rung, what each gave."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from capacity_service.science.engine import TrialConfig
+from capacity_service.science.halving import SuccessiveHalving
+from capacity_service.science.metrics import mutual_information
+from capacity_service.science.search_space import (
+    BUCKET,
+    CANDIDATES,
+    CULL,
+    DESIGN_RATES,
+    ETA,
+    EXPLORE,
+    INITIAL,
+    PRIOR_FACTORS,
+    RUNGS,
+    SURROGATE_TRIALS,
+    WIDEN,
+    Point,
+    _decode,
+    _k,
+    _point_of,
+    first_rung,
+    prior_n,
+)
+from capacity_service.science.seeds import derive_seed
+from capacity_service.science.train import TrainOutcome
+from capacity_service.specs import CapacitySpec, TrainSpec, TrialRecord
+from capacity_service.stopping import StopCheck
+
+StageCallback = Callable[[str], None]
+
+
+class _Search:
+    """The engine's supervisor: which trials start in free rows, which stop at a rung,
+    and the record of each trial the moment it ends."""
+
+    def __init__(
+        self,
+        spec: CapacitySpec,
+        pool_n: int,
+        device: torch.device,
+        completed: Sequence[TrialRecord],
+        on_trial: Callable[[TrialRecord], None] | None,
+        on_stage: StageCallback | None,
+        should_stop: StopCheck | None,
+        spent: float,
+    ) -> None:
+        self.spec, self.search, self.pool_n, self.device = spec, spec.search, pool_n, device
+        self.on_trial, self.on_stage, self.should_stop = on_trial, on_stage, should_stop
+        # an interrupted search resumes where its clock stood, `spent` seconds in
+        self.started = time.perf_counter() - spent
+        self.deadline = self.started + self.search.budget_seconds
+        self.prior_n = prior_n(spec)
+        self.records: list[TrialRecord] = list(completed)
+        self.best_finished: TrialRecord | None = None  # the best its own schedule ended
+        self.best, self.best_n = 0.0, 0  # the largest I so far, and its N (0: none)
+        for record in completed:
+            self._count(record)
+        self.next_index = max((r.index for r in completed), default=-1) + 1
+        self.stage = ""
+        self.running: dict[int, tuple[int, str, Point]] = {}  # engine trial -> index, stage, point
+        self.engine_trials = 0
+        self.halving = SuccessiveHalving(first_rung(spec), ETA, RUNGS)
+        self.design = self._design(completed)
+        self.widened: set[int] = set()
+        self.space: Any = None  # scikit-optimize's, made at the first ask
+        self.random = np.random.RandomState(spec.seed)
+        self.latest: dict[int, float] = {}  # running trial -> its I at its last epoch end
+        self.asked: list[list[Any]] = []  # points asked of scikit-optimize, not yet tried
+
+    # --- the engine's questions -------------------------------------------------------
+
+    def admit(self, free_rows: int) -> list[TrialConfig]:
+        fresh: list[TrialConfig] = []
+        while len(fresh) < free_rows and self._may_start():
+            left = self.search.budget_trials - len(self.records) - len(self.running)
+            stage, points = self._next(min(free_rows - len(fresh), left))
+            if not points:
+                break
+            if stage != self.stage:
+                self.stage = stage
+                if self.on_stage is not None:
+                    self.on_stage(stage)
+            for point in points:
+                fresh.append(self._start(stage, point))
+        return fresh
+
+    def keep(self, trial: int, steps: int, accuracy: float) -> bool:
+        _, _, point = self.running[trial]
+        information = mutual_information(point.n, accuracy)
+        if point.n <= self.best:  # even 100% of N cannot beat the best: its row is better used
+            return False
+        self.latest[trial] = information
+        band = math.floor(math.log(point.n) / math.log(BUCKET))  # about the same N
+        if not self.halving.keep(trial, band, steps, information):
+            return False
+        if self.halving.rung(steps) >= 1 and not self._time_admits():
+            # no new trial will start: the time left goes to the leaders (a step's cost
+            # grows with the rows in the stack), so a trial far behind the best running
+            # one stops
+            return information >= CULL * max(self.latest.values())
+        return True
+
+    def ended(self, trial: int, outcome: TrainOutcome) -> None:
+        index, stage, point = self.running.pop(trial)
+        self.latest.pop(trial, None)
+        rung = self.halving.rung_reached(trial)
+        record = TrialRecord(
+            index=index,
+            stage=stage,
+            n=point.n,
+            lr=point.lr,
+            momentum=point.momentum,
+            lr_decay=point.lr_decay,
+            batch_size=point.batch_size,
+            seed=derive_seed(self.spec.seed, f"init-{index}"),  # as `_start` seeded it
+            accuracy=outcome.accuracy,
+            mutual_information_bits=(
+                0.0 if outcome.diverged else mutual_information(point.n, outcome.accuracy)
+            ),
+            epochs=outcome.epochs,
+            wall_seconds=outcome.wall_seconds,
+            device=str(self.device),
+            diverged=outcome.diverged,
+            ended=outcome.ended,
+            rung=rung if rung >= 0 else None,
+            search_seconds=round(time.perf_counter() - self.started, 3),
+        )
+        self.records.append(record)
+        self._count(record)
+        if self.on_trial is not None:  # stored the moment it ends
+            self.on_trial(record)
+
+    def _count(self, record: TrialRecord) -> None:
+        """Keep the best I so far (and its N), and the best trial its schedule ended."""
+        if record.mutual_information_bits > self.best:
+            self.best, self.best_n = record.mutual_information_bits, record.n
+        best = self.best_finished
+        if record.ended == "schedule" and (
+            best is None or record.mutual_information_bits > best.mutual_information_bits
+        ):
+            self.best_finished = record
+
+    # --- the plan ---------------------------------------------------------------------
+
+    def _may_start(self) -> bool:
+        if len(self.records) + len(self.running) >= self.search.budget_trials:
+            return False
+        if self.should_stop is not None and self.should_stop():
+            return False
+        return self._time_admits()
+
+    def _time_admits(self) -> bool:
+        """New trials start in the first EXPLORE of the time budget; later, only while a
+        trial as long as the best finished one still fits in the time left."""
+        now = time.perf_counter()
+        if now >= self.deadline:
+            return False
+        if now - self.started < EXPLORE * self.search.budget_seconds:
+            return True
+        best = self.best_finished
+        return best is not None and best.wall_seconds < self.deadline - now
+
+    def _design(self, completed: Sequence[TrialRecord]) -> list[Point]:
+        """The first fill: the prior N x 0.6-1.6, each at DESIGN_RATES learning rates (at
+        the largest batch size), nearest the prior first; at most half the trial budget
+        (the rest is for widening and the Bayesian stage); points of `completed` trials
+        are not tried again."""
+        low, high = self.spec.lr_bounds
+        rates = [low * (high / low) ** (i / (DESIGN_RATES - 1)) for i in range(DESIGN_RATES)]
+        rates.sort(key=lambda rate: abs(math.log(rate / math.sqrt(low * high))))  # middle first
+        center = self._center()
+        points = [
+            replace(center, n=max(2, min(self.pool_n, round(self.prior_n * f))), lr=lr)
+            for f in PRIOR_FACTORS for lr in rates
+        ]  # fmt: skip
+        done = {_point_of(r) for r in completed}
+        design = list(dict.fromkeys(points))[: max(1, self.search.budget_trials // 2)]
+        return [point for point in design if point not in done]
+
+    def _center(self) -> Point:
+        search = self.search
+        low, high = self.spec.lr_bounds
+        return Point(
+            n=self.prior_n,
+            lr=math.sqrt(low * high),
+            momentum=min(max(0.9, search.momentum[0]), search.momentum[1]),
+            lr_decay=sum(search.lr_decay) / 2,
+            batch_size=max(search.batch_sizes),
+        )
+
+    def _next(self, count: int) -> tuple[str, list[Point]]:
+        if self.design:
+            taken, self.design = self.design[:count], self.design[count:]
+            return "prior", taken
+        widened = self._widen()
+        if widened:
+            return "widen", widened
+        return "bayes", self._ask(count)
+
+    def _widen(self) -> list[Point]:
+        """While the best N is the smallest or the largest N tried (or running), the next
+        N beyond it, at the best trial's settings."""
+        if not self.records:
+            return []
+        best = max(self.records, key=lambda r: r.mutual_information_bits)
+        tried = {r.n for r in self.records} | {p.n for _, _, p in self.running.values()}
+        if best.n >= max(tried):
+            n = min(self.pool_n, round(best.n * WIDEN))
+        elif best.n <= min(tried):
+            n = max(2, round(best.n / WIDEN))
+        else:
+            return []
+        if n in tried or n in self.widened:
+            return []
+        self.widened.add(n)
+        return [replace(_point_of(best), n=n)]
+
+    def _ask(self, count: int) -> list[Point]:
+        """`count` points from scikit-optimize. Its model is refit (told every trial ended
+        since) only when the queue of asked points runs dry, and then asked for a batch
+        of at least K / 2: a Gaussian-process fit takes about a second at 100 trials on
+        this CPU, too slow to do each time a row comes free."""
+        if len(self.asked) < count:
+            self.asked += self._ask_batch(max(count, _k(self.search) // 2))
+        taken, self.asked = self.asked[:count], self.asked[count:]
+        points = [_decode(x, self.search.batch_sizes) for x in taken]
+        # an N below the best I found cannot beat it even at 100% (the best may have
+        # risen since these were asked): ask just above instead
+        floor = math.ceil(1.05 * self.best)
+        return [replace(p, n=min(self.pool_n, max(p.n, floor))) for p in points]
+
+    def _ask_batch(self, count: int) -> list[list[Any]]:
+        """`count` points from one fit of scikit-optimize's model on the trials known so
+        far (at most SURROGATE_TRIALS of them: the best half and the latest), each the
+        point of largest expected improvement in its share of CANDIDATES random points:
+        a spread batch for one fit, where skopt's constant-liar batch refits once per
+        point (measured about 1 s a fit at 100 trials on this CPU, 7 s for 8 points).
+        Before INITIAL trials are known, random points of the space."""
+        from skopt import Optimizer
+        from skopt.acquisition import gaussian_ei
+        from skopt.utils import cook_estimator
+
+        space = self._space()
+        # a trial stopped before the first rung (its N could not beat the best) says little
+        known = [r for r in self.records if r.ended != "rung" or r.rung is not None]
+        encoded = [(x, -r.mutual_information_bits) for r in known if (x := self._encode(r))]
+        if len(encoded) < INITIAL:
+            return list(space.rvs(n_samples=count, random_state=self.random))
+        ranked = sorted(encoded, key=lambda pair: pair[1])[: SURROGATE_TRIALS // 2]
+        latest = [pair for pair in encoded[-SURROGATE_TRIALS:] if pair not in ranked]
+        chosen = ranked + latest[-(SURROGATE_TRIALS - len(ranked)) :]
+        estimator = cook_estimator(
+            self.search.estimator, space=space, random_state=self.spec.seed,
+            # one kernel fit, no restarts: 0.1 s instead of 1 s at 100 trials
+            **({"n_restarts_optimizer": 0} if self.search.estimator == "GP" else {}),
+        )  # fmt: skip
+        optimizer = Optimizer(
+            space.dimensions,
+            base_estimator=estimator,
+            n_initial_points=1,
+            acq_optimizer="sampling",  # the batch is chosen below, not by skopt's search
+            acq_optimizer_kwargs={"n_points": 1},
+            random_state=self.spec.seed,
+        )
+        optimizer.tell([x for x, _ in chosen], [y for _, y in chosen])
+        candidates = space.rvs(n_samples=CANDIDATES, random_state=self.random)
+        improvement = gaussian_ei(
+            space.transform(candidates), optimizer.models[-1], y_opt=min(optimizer.yi)
+        )
+        group = max(1, CANDIDATES // count)
+        return [
+            candidates[start + int(np.argmax(improvement[start : start + group]))]
+            for start in range(0, group * count, group)
+        ]
+
+    def _space(self) -> Any:
+        """The Bayesian stage's space: log lr, decay, momentum, batch size (if several)
+        and N: `n_range`, or 0.8-1.5 x the best N so far (0.4-2.5 x the prior N before
+        any), where I peaks; beyond, widening finds the edge."""
+        from skopt.space import Categorical, Integer, Real, Space
+
+        search = self.search
+        if search.n_range is not None:
+            n_low, n_high = search.n_range
+        elif self.best_n:
+            n_low, n_high = round(0.8 * self.best_n), round(1.5 * self.best_n)
+        else:
+            n_low, n_high = round(0.4 * self.prior_n), round(2.5 * self.prior_n)
+        n_low = max(2, n_low, math.ceil(1.05 * self.best))  # below, N cannot beat the best
+        n_high = max(n_low + 1, min(self.pool_n, n_high))
+        self.dimensions = [
+            Real(*self.spec.lr_bounds, prior="log-uniform"),
+            Real(*search.lr_decay),
+            Real(*search.momentum),
+            Categorical(list(search.batch_sizes)) if len(search.batch_sizes) > 1 else None,
+            Integer(n_low, n_high),
+        ]
+        self.space = Space([d for d in self.dimensions if d is not None])
+        return self.space
+
+    def _encode(self, record: TrialRecord) -> list[Any] | None:
+        values = [record.lr, record.lr_decay, record.momentum, record.batch_size, record.n]
+        values = [v for v, d in zip(values, self.dimensions, strict=True) if d is not None]
+        inside = all(
+            value in dimension
+            for value, dimension in zip(values, self.space.dimensions, strict=True)
+        )
+        return values if inside else None
+
+    def _start(self, stage: str, point: Point) -> TrialConfig:
+        """The engine's config of a new trial, numbered by the search (never reused)."""
+        index, self.next_index = self.next_index, self.next_index + 1
+        search = self.search
+        # a small N is given proportionally more epochs, so its budget in steps is not cut
+        epochs = round(search.epochs * max(1.0, self.prior_n / point.n))
+        config = TrialConfig(
+            n=point.n,
+            train=TrainSpec(
+                lr=point.lr,
+                momentum=point.momentum,
+                lr_decay=point.lr_decay,
+                batch_size=point.batch_size,
+                epochs=epochs,
+                patience=search.patience,
+                max_decays=search.max_decays,
+            ),
+            init_seed=derive_seed(self.spec.seed, f"init-{index}"),
+            shuffle_seed=derive_seed(self.spec.seed, f"shuffle-{index}"),
+        )
+        self.running[self.engine_trials] = (index, stage, point)
+        self.engine_trials += 1
+        return config

@@ -1,0 +1,89 @@
+"""The capacity search's settings, its prior N and first rung, and the points it tries."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from capacity_service.science.metrics import DEFAULT_FC_BITS_PER_PARAM
+from capacity_service.science.models import count_parameters
+from capacity_service.specs import CapacitySpec, SearchSpec, TrialRecord, largest_search_n
+
+# Where the capacity of a kind usually lies, in bits per parameter (thesis 2.4; for a CNN,
+# of its convolution layers, its dense layers counted at DEFAULT_FC_BITS_PER_PARAM): the
+# search looks first around N = parameters x these.
+PRIOR_BITS = {"fcdnn": 2.3, "cnn": 3.0, "lstm": 3.7, "gru": 3.7, "rnn": 3.7}
+PRIOR_FACTORS = (1.0, 0.8, 1.25, 0.6, 1.6)  # the design's N, as multiples of the prior N
+DESIGN_RATES = 5  # learning rates at each N of the design, log-spaced over the range
+WIDEN = 1.5  # a best N at the edge of those tried: try N x 1.5 (or / 1.5) next
+RUNG_EPOCHS = 4  # the first rung: 4 epochs at the prior N and the largest batch, in steps
+ETA = 3  # successive halving: the best third of a rung goes on
+RUNGS = 4  # rungs at 4, 12, 36 and 108 such epochs; past the last a trial runs to its end
+BUCKET = 1.5  # trials compete at a rung with those whose N lies in the same 1.5x band
+EXPLORE = 0.3  # new trials start in the first 30% of the time budget (see _Search._time_admits)
+CANDIDATES = 2000  # random points scored by expected improvement per batch of asks
+SURROGATE_TRIALS = 120  # trials the model is fit on (the best half, then the latest)
+INITIAL = 10  # trials known before the model is fit (random points until then)
+CULL = 0.7  # once no trial starts any more, one past the first rung whose I is below 70%
+# of the best running trial's stops
+
+
+@dataclass(frozen=True)
+class Point:
+    """Where a trial sits in the search space."""
+
+    n: int
+    lr: float
+    momentum: float
+    lr_decay: float
+    batch_size: int
+
+
+def prior_n(spec: CapacitySpec) -> int:
+    """N at the kind's usual bits per parameter (capped by the data pool)."""
+    counted = count_parameters(spec.model)
+    bits = PRIOR_BITS[spec.model.kind]
+    if spec.model.kind == "cnn":
+        conv = counted.count_layers("conv")
+        estimate = bits * conv + DEFAULT_FC_BITS_PER_PARAM * (counted.total - conv)
+    else:
+        estimate = bits * counted.total
+    return max(2, min(largest_search_n(spec), round(estimate)))
+
+
+def first_rung(spec: CapacitySpec) -> int:
+    """Optimizer steps to the first rung: RUNG_EPOCHS epochs at the prior N and the
+    largest batch size (steps, not epochs, so a small N is not starved)."""
+    return RUNG_EPOCHS * math.ceil(prior_n(spec) / max(spec.search.batch_sizes))
+
+
+def _k(search: SearchSpec) -> int:
+    """K, the trials trained together (set by device before the search starts)."""
+    assert search.batch is not None
+    return search.batch
+
+
+def _point_of(record: TrialRecord) -> Point:
+    return Point(
+        n=record.n,
+        lr=record.lr,
+        momentum=record.momentum,
+        lr_decay=record.lr_decay,
+        batch_size=record.batch_size,
+    )
+
+
+def _decode(x: list[Any], batch_sizes: tuple[int, ...]) -> Point:
+    """A point asked by scikit-optimize, as plain Python values."""
+    values = list(x)
+    if len(batch_sizes) == 1:
+        values.insert(3, batch_sizes[0])
+    lr, lr_decay, momentum, batch_size, n = values
+    return Point(
+        n=int(n),
+        lr=float(lr),
+        momentum=float(momentum),
+        lr_decay=float(lr_decay),
+        batch_size=int(batch_size),
+    )

@@ -1,0 +1,29 @@
+"""How one training runs: SGD settings, and those of retraining after quantization."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from capacity_service.specs.base import Frozen, Int, Real
+
+
+class TrainSpec(Frozen):
+    """SGD with momentum; the learning rate decays by `lr_decay` when accuracy plateaus."""
+
+    lr: Real = Field(0.02, gt=0, description="initial learning rate")
+    momentum: Real = Field(0.9, ge=0, lt=1, description="SGD momentum, in [0, 1)")
+    batch_size: Int = Field(32, ge=1, description="minibatch size")
+    epochs: Int = Field(1500, ge=1, description="epoch budget")
+    lr_decay: Real = Field(0.3, gt=0, lt=1, description="factor applied on a plateau")
+    patience: Int = Field(50, ge=1, description="epochs without a better accuracy = plateau")
+    max_decays: Int = Field(4, ge=0, description="plateaus tolerated before training stops")
+
+
+class RetrainSpec(TrainSpec):
+    """Fine-tuning after quantization: a few epochs at a small learning rate (thesis 2.3.3).
+    0 epochs measures direct quantization only."""
+
+    lr: Real = Field(0.002, gt=0, description="initial learning rate of retraining")
+    epochs: Int = Field(20, ge=0, description="retraining epochs per precision (0: none)")
+    patience: Int = Field(5, ge=1, description="epochs without a better accuracy = plateau")
+    max_decays: Int = Field(2, ge=0, description="plateaus tolerated before retraining stops")
