@@ -1,11 +1,18 @@
-"""Engines for SQLite (WAL, busy timeout, immediate transactions) and PostgreSQL."""
+"""Engines for SQLite (WAL, busy timeout, immediate transactions) and PostgreSQL, and
+`Database`: the transactions every part of the store runs in."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from capacity_service.store.vocabulary import StoreError
 
 SQLITE_BUSY_MS = 30_000
 
@@ -52,3 +59,44 @@ def database_now_sql(engine: Engine) -> Any:
     if engine.dialect.name == "sqlite":
         return text("(julianday('now') - 2440587.5) * 86400.0")
     return text("extract(epoch from clock_timestamp())")
+
+
+class Database:
+    """One SQL database (SQLite or PostgreSQL): its engine and its transactions."""
+
+    def __init__(self, url: str, pool_size: int = 5) -> None:
+        self.engine: Engine = make_engine(url, pool_size)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        reader = self.engine.execution_options(**{READ_ONLY: True})
+        self._read_sessions = sessionmaker(reader, expire_on_commit=False)
+        self._db_now = database_now_sql(self.engine)
+
+    @contextmanager
+    def session(self, *, read_only: bool = False) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back on error. A read-only one
+        never waits for the write lock on SQLite."""
+        session = self._read_sessions() if read_only else self._sessions()
+        try:
+            yield session
+            session.commit()
+        except SQLAlchemyError as error:
+            session.rollback()
+            raise StoreError(f"database error: {error.__class__.__name__}: {error}") from error
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        """StoreError unless the database answers."""
+        with self.session(read_only=True) as session:
+            session.execute(text("SELECT 1"))
+
+    def clock(self, session: Session) -> float:
+        """The database's time in seconds since the epoch: leases and backoffs are timed
+        by it, so workers on machines whose clocks disagree still agree on them."""
+        return float(session.execute(select(self._db_now)).scalar_one())

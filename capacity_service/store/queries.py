@@ -1,25 +1,22 @@
-"""The job store: the one module that queries the database. It returns the frozen
-records of `records.py`, never ORM rows, and raises the errors of `vocabulary.py`."""
+"""The job store: jobs submitted, listed, cancelled and retried, their trials and
+results, and API keys; the workers' side is `leases.py`. It returns the frozen records
+of `records.py`, never ORM rows, and raises the errors of `vocabulary.py`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, delete, insert, select, text, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 
 from capacity_service.specs import TrialRecord
-from capacity_service.store.db import READ_ONLY, database_now_sql, make_engine
-from capacity_service.store.models import ApiKeyRow, JobRow, ResultRow, TrialRow, WorkerRow
+from capacity_service.store.leases import Leases
+from capacity_service.store.models import ApiKeyRow, JobRow, ResultRow, TrialRow
 from capacity_service.store.records import (
     ApiKey,
     Job,
-    ResultSummary,
     StoredResult,
     read_result,
     read_trial,
@@ -30,11 +27,8 @@ from capacity_service.store.vocabulary import (
     JobNotFoundError,
     JobState,
     JobStateError,
-    LeaseLostError,
     StoreError,
 )
-
-WORKER_FORGET_SECONDS = 7 * 86_400.0  # a worker row unseen this long is deleted
 
 
 def _now() -> datetime:
@@ -46,40 +40,9 @@ class Submission(NamedTuple):
     new: bool  # False: the idempotency key's earlier job, nothing queued
 
 
-class Store:
-    """Jobs, trials and results in one SQL database (SQLite or PostgreSQL)."""
-
-    def __init__(self, url: str, pool_size: int = 5) -> None:
-        self.engine: Engine = make_engine(url, pool_size)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        reader = self.engine.execution_options(**{READ_ONLY: True})
-        self._read_sessions = sessionmaker(reader, expire_on_commit=False)
-        self._db_now = database_now_sql(self.engine)
-
-    @contextmanager
-    def session(self, *, read_only: bool = False) -> Iterator[Session]:
-        """One transaction: committed on success, rolled back on error. A read-only one
-        never waits for the write lock on SQLite."""
-        session = self._read_sessions() if read_only else self._sessions()
-        try:
-            yield session
-            session.commit()
-        except SQLAlchemyError as error:
-            session.rollback()
-            raise StoreError(f"database error: {error.__class__.__name__}: {error}") from error
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    def ping(self) -> None:
-        """StoreError unless the database answers."""
-        with self.session(read_only=True) as session:
-            session.execute(text("SELECT 1"))
+class Store(Leases):
+    """Jobs, trials and results in one SQL database (SQLite or PostgreSQL): what a
+    submitter, the API and the dashboard do here, and what workers do (`Leases`)."""
 
     # -- jobs ---------------------------------------------------------------------
 
@@ -178,101 +141,6 @@ class Store:
             session.flush()
             return Job.from_row(row)
 
-    # -- the queue ----------------------------------------------------------------
-
-    def claim(self, worker_id: str, lease_seconds: float) -> Job | None:
-        """Take the next queued job (highest priority, then oldest) for `worker_id`.
-
-        First, running jobs whose lease has expired (by the database's clock) go back to
-        the queue, or fail once they have used all their attempts. The pick is one row
-        locked with SKIP LOCKED on PostgreSQL; on SQLite the transaction began IMMEDIATE,
-        so no other writer runs between the read and the update.
-        """
-        with self.session() as session:
-            now = float(session.execute(select(self._db_now)).scalar_one())
-            expired = (JobRow.state == JobState.RUNNING.value) & (JobRow.lease_expires_at < now)
-            session.execute(
-                update(JobRow)
-                .where(expired & (JobRow.attempts >= JobRow.max_attempts))
-                .values(
-                    state=JobState.FAILED.value,
-                    error="lease expired on every attempt (workers died or hung)",
-                    finished_at=_now(),
-                    worker_id=None,
-                )
-            )
-            session.execute(
-                update(JobRow)
-                .where(expired)
-                .values(state=JobState.QUEUED.value, worker_id=None, lease_expires_at=None)
-            )
-            self._seen(session, worker_id, now)
-            due = JobRow.run_after.is_(None) | (JobRow.run_after <= now)
-            pick = (
-                select(JobRow)
-                .where((JobRow.state == JobState.QUEUED.value) & due)
-                .order_by(JobRow.priority.desc(), JobRow.id)
-                .limit(1)
-            )
-            if self.engine.dialect.name == "postgresql":
-                pick = pick.with_for_update(skip_locked=True)
-            row = session.scalars(pick).first()
-            if row is None:
-                return None
-            row.state = JobState.RUNNING.value
-            row.worker_id = worker_id
-            row.attempts += 1
-            row.lease_expires_at = now + lease_seconds
-            row.run_after = None
-            row.started_at = row.started_at or _now()
-            session.flush()
-            return Job.from_row(row)
-
-    def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float) -> bool:
-        """Renew the lease; True when a cancel was requested. LeaseLostError when the job
-        is no longer this worker's."""
-        with self.session() as session:
-            now = float(session.execute(select(self._db_now)).scalar_one())
-            row = self._held(session, job_id, worker_id)
-            row.lease_expires_at = now + lease_seconds
-            self._seen(session, worker_id, now)
-            return row.cancel_requested
-
-    def release(self, job_id: int, worker_id: str) -> None:
-        """Give a running job back to the queue at once (a clean shutdown: the attempt
-        does not count)."""
-        with self.session() as session:
-            row = self._held(session, job_id, worker_id)
-            row.state, row.worker_id, row.lease_expires_at = JobState.QUEUED.value, None, None
-            row.attempts = max(0, row.attempts - 1)
-
-    def requeue(
-        self,
-        job_id: int,
-        worker_id: str,
-        *,
-        error: str,
-        delay_seconds: float,
-        count_attempt: bool = True,
-        spec: dict[str, Any] | None = None,
-    ) -> Job:
-        """Hand a running job back to the queue after a transient failure: no worker claims
-        it for `delay_seconds` (by the database's clock). `error` says why, while it waits;
-        an attempt that only waited for a dependency does not count (`count_attempt`);
-        `spec` replaces the stored spec (a retry with a smaller stack after running out of
-        memory)."""
-        with self.session() as session:
-            now = float(session.execute(select(self._db_now)).scalar_one())
-            row = self._held(session, job_id, worker_id)
-            row.state, row.worker_id, row.lease_expires_at = JobState.QUEUED.value, None, None
-            row.run_after, row.error = now + delay_seconds, error
-            if not count_attempt:
-                row.attempts = max(0, row.attempts - 1)
-            if spec is not None:
-                row.spec = spec
-            session.flush()
-            return Job.from_row(row)
-
     def retry(self, job_id: int) -> Job:
         """Put a failed or cancelled job back in the queue with its attempts reset; the
         trials it stored are kept (its search resumes from them)."""
@@ -287,70 +155,6 @@ class Store:
             row.worker_id, row.lease_expires_at = None, None
             session.flush()
             return Job.from_row(row)
-
-    def set_progress(self, job_id: int, worker_id: str, progress: dict[str, Any]) -> None:
-        with self.session() as session:
-            self._held(session, job_id, worker_id).progress = progress
-
-    def finish(
-        self,
-        job_id: int,
-        worker_id: str,
-        state: JobState,
-        *,
-        error: str | None = None,
-        result: ResultSummary | None = None,
-    ) -> None:
-        """End a running job as succeeded (with its result), failed or cancelled."""
-        with self.session() as session:
-            row = self._held(session, job_id, worker_id)
-            row.state, row.error, row.finished_at = state.value, error, _now()
-            row.lease_expires_at = None
-            if result is not None:
-                session.merge(
-                    ResultRow(
-                        job_id=job_id,
-                        document=result.result.model_dump(mode="json"),
-                        model_kind=row.model_kind,
-                        params=result.params,
-                        capacity_bits=result.capacity_bits,
-                        bits_per_param=result.bits_per_param,
-                        precision_boundary=result.precision_boundary,
-                        code_version=result.code_version,
-                        created_at=_now(),
-                    )
-                )
-
-    def fail_unclaimed(self, job_id: int, error: str) -> None:
-        """Fail a job outright (e.g. one whose kind this version cannot run)."""
-        with self.session() as session:
-            row = session.get(JobRow, job_id)
-            if row is not None:
-                row.state, row.error, row.finished_at = JobState.FAILED.value, error, _now()
-                row.worker_id, row.lease_expires_at = None, None
-
-    # -- workers ------------------------------------------------------------------
-
-    def register_worker(self, worker_id: str, hostname: str, device: str) -> None:
-        """Record a worker process; claims and heartbeats then keep its `last_seen`. Rows
-        of workers unseen for WORKER_FORGET_SECONDS go (each process has an id of its own,
-        so the table would only grow)."""
-        with self.session() as session:
-            now = float(session.execute(select(self._db_now)).scalar_one())
-            session.execute(
-                delete(WorkerRow).where(WorkerRow.last_seen < now - WORKER_FORGET_SECONDS)
-            )
-            session.merge(WorkerRow(id=worker_id, hostname=hostname, device=device[:64],
-                                    started_at=_now(), last_seen=now))  # fmt: skip
-
-    def _seen(self, session: Session, worker_id: str, now: float) -> None:
-        session.execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(last_seen=now))
-
-    def _held(self, session: Session, job_id: int, worker_id: str) -> JobRow:
-        row = session.get(JobRow, job_id, with_for_update=True)
-        if row is None or row.state != JobState.RUNNING or row.worker_id != worker_id:
-            raise LeaseLostError(f"job {job_id} is no longer held by worker {worker_id}")
-        return row
 
     # -- trials and results -------------------------------------------------------
 
