@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -30,6 +30,7 @@ from capacity_service.specs import (
     SweepResult,
     SweepSpec,
     TrialRecord,
+    largest_search_n,
 )
 from capacity_service.stopping import StopCheck
 
@@ -75,6 +76,20 @@ class Columns:
 
 
 @dataclass(frozen=True)
+class Demand:
+    """Something a job asks of a worker, checked against a configured maximum before the
+    job is stored: `field` names the part of the spec that asks it."""
+
+    field: str
+    limit: Literal["max_n", "max_trials", "max_seconds"]  # the setting that caps it
+    value: float
+
+
+def _no_demands(spec: Any) -> Sequence[Demand]:
+    return ()
+
+
+@dataclass(frozen=True)
 class JobKind:
     name: str
     spec: type[BaseModel]  # has a `model` field (its model_kind is `spec.model.kind`)
@@ -82,6 +97,8 @@ class JobKind:
     run: Callable[[JobContext, Any], BaseModel]  # raises science.stopping.Stopped
     columns: Callable[[Any], Columns]  # of a result
     description: str
+    # of a spec, beyond its model's parameters (which the API always checks)
+    demands: Callable[[Any], Sequence[Demand]] = _no_demands
 
 
 KINDS: dict[str, JobKind] = {}
@@ -171,6 +188,25 @@ def run_sweep(context: JobContext, spec: SweepSpec) -> SweepResult:
     return sweep(spec, on_point=on_point, should_stop=context.should_stop)
 
 
+def capacity_demands(spec: CapacitySpec) -> list[Demand]:
+    return [
+        # without n_range the search draws up to POOL_FACTOR samples per parameter
+        Demand("spec.search.n_range", "max_n", largest_search_n(spec)),
+        Demand("spec.search.budget_trials", "max_trials", spec.search.budget_trials),
+        Demand("spec.search.budget_seconds", "max_seconds", spec.search.budget_seconds),
+    ]
+
+
+def sweep_demands(spec: SweepSpec) -> list[Demand]:
+    demands = []
+    if spec.capacity_n is not None or spec.n is not None:
+        field = "spec.capacity_n" if spec.regime else "spec.n"
+        demands.append(Demand(field, "max_n", max(spec.sample_counts())))
+    curves = len(spec.sample_counts()) if spec.regime is None else 1
+    trainings = curves * (1 + len(spec.bits))  # one float training, one retrain per bits
+    return [*demands, Demand("spec.n", "max_trials", trainings)]
+
+
 def capacity_columns(result: CapacityResult) -> Columns:
     return Columns(params=result.params, capacity_bits=result.capacity_bits,
                    bits_per_param=result.bits_per_param)  # fmt: skip
@@ -188,6 +224,7 @@ register(
         run=run_capacity,
         columns=capacity_columns,
         description="the memorization capacity of a model: the largest I over N and training",
+        demands=capacity_demands,
     )
 )
 register(
@@ -198,6 +235,7 @@ register(
         run=run_sweep,
         columns=sweep_columns,
         description="accuracy after quantization and retraining at falling precisions",
+        demands=sweep_demands,
     )
 )
 

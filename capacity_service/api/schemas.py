@@ -23,8 +23,8 @@ from capacity_service.specs import (
     TrialRecord,
 )
 from capacity_service.store.records import Job, StoredResult, iso
+from capacity_service.store.vocabulary import FINISHED, JobState
 
-JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ModelKindName = Literal["fcdnn", "cnn", "lstm", "gru", "rnn"]
 # ids are 32-bit integers in PostgreSQL; anything larger cannot name a row
 LARGEST_ID = 2**31 - 1
@@ -86,7 +86,7 @@ class JobDocument(BaseModel):
 
     id: int
     kind: JobKindName
-    state: JobStateName
+    state: JobState
     model_kind: str
     priority: int
     idempotency_key: str | None
@@ -109,7 +109,7 @@ class JobDocument(BaseModel):
         return cls(
             id=job.id,
             kind=job.kind,
-            state=job.state.value,
+            state=job.state,
             model_kind=job.model_kind,
             priority=job.priority,
             idempotency_key=job.idempotency_key,
@@ -128,7 +128,7 @@ class JobDocument(BaseModel):
 
     @property
     def finished(self) -> bool:
-        return self.state in ("succeeded", "failed", "cancelled")
+        return self.state in FINISHED
 
 
 class JobPage(BaseModel):

@@ -26,6 +26,7 @@ from capacity_service.cli.common import (
 )
 from capacity_service.cli.sources import add_source_arguments, settings_from, store_from
 from capacity_service.specs import CapacityResult, SweepResult
+from capacity_service.store.vocabulary import JobState
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -65,8 +66,7 @@ def add_parsers(subparsers: Any) -> None:
 
     jobs = subparsers.add_parser("jobs", help="list jobs, newest first")
     add_source_arguments(jobs, api=True)
-    jobs.add_argument("--state", choices=("queued", "running", "succeeded", "failed",
-                                          "cancelled"))  # fmt: skip
+    jobs.add_argument("--state", choices=[state.value for state in JobState])
     jobs.add_argument("--kind", choices=jobkinds.names())
     jobs.add_argument("--model-kind")
     jobs.add_argument("--limit", type=int, default=50)
@@ -199,13 +199,13 @@ def run_job(args: argparse.Namespace) -> int:
                                for c in result.curves)  # fmt: skip
         rows.append(("precision boundary", boundaries))
     print_table(rows)
-    return 0 if job.state != "failed" or not args.wait else 1
+    return 0 if job.state != JobState.FAILED or not args.wait else 1
 
 
 def _read(backend: Backend, job_id: int) -> tuple[JobDocument, BaseModel | None]:
     job = backend.job(job_id)
     # only a succeeded job has a result: no request for one while --wait polls
-    return job, backend.result(job_id) if job.state == "succeeded" else None
+    return job, backend.result(job_id) if job.state == JobState.SUCCEEDED else None
 
 
 def run_cancel(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from capacity_service.reproduce.runs import Finished
 from capacity_service.specs import TrialRecord
+from capacity_service.store.vocabulary import JobState
 
 if TYPE_CHECKING:
     from capacity_service.api.schemas import JobDocument
@@ -68,7 +69,7 @@ class LocalRunner:
         kind_name, spec, label = self._jobs.pop(handle)
         print(f"running {label} {self.where}", file=sys.stderr, flush=True)
         result = jobkinds.get(kind_name).run(LocalContext(self.device), spec)
-        return [Finished(handle, "succeeded", stamped(result))]
+        return [Finished(handle, JobState.SUCCEEDED, stamped(result))]
 
     def cancel(self, handles: Collection[int]) -> None:
         for handle in handles:
@@ -125,13 +126,13 @@ class ApiRunner:
 
     def _finished(self, job: JobDocument) -> Finished:
         name = f"job {job.id}"
-        if job.state != "succeeded":
+        if job.state != JobState.SUCCEEDED:
             reason = f"{name}: {job.error}" if job.error else name
             return Finished(job.id, job.state, None, reason)
         result = self.client.result(job.id)
         if result is None:
-            return Finished(job.id, "failed", None, f"{name} succeeded with no result")
-        return Finished(job.id, "succeeded", result)
+            return Finished(job.id, JobState.FAILED, None, f"{name} succeeded with no result")
+        return Finished(job.id, JobState.SUCCEEDED, result)
 
     def cancel(self, handles: Collection[int]) -> None:
         from capacity_service.client import ApiError

@@ -14,6 +14,8 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
+from capacity_service.store.vocabulary import JobState
+
 Progress = Callable[[str], None]  # one line per event, e.g. printed to stderr
 
 
@@ -22,7 +24,7 @@ class Finished:
     """How one submitted job ended: its result document, or why there is none."""
 
     handle: int
-    state: str  # succeeded, failed or cancelled
+    state: JobState  # succeeded, failed or cancelled
     result: BaseModel | None  # the job kind's result model
     error: str | None = None  # what the job's failure said
 

@@ -28,7 +28,6 @@ from capacity_service.api.schemas import (
     JobPage,
     JobRequest,
     JobResult,
-    JobStateName,
     Limit,
     ModelKindName,
     TrialPage,
@@ -82,7 +81,7 @@ def submit_job(
     job: Annotated[JobRequest, Body()],
 ) -> JobDocument:
     settings = settings_of(request)
-    check_limits(job.spec, settings)
+    check_limits(job.kind, job.spec, settings)
     store = store_of(request)
     source = getattr(job.spec, "capacity_job", None)  # a sweep may name its capacity job
     if source is not None:
@@ -130,7 +129,7 @@ def _check_capacity_source(request: Request, job_id: int) -> None:
 )
 def list_jobs(
     request: Request,
-    state: JobStateName | None = None,
+    state: JobState | None = None,
     kind: JobKindName | None = None,
     model_kind: ModelKindName | None = None,
     cursor: Cursor = None,
