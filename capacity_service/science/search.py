@@ -24,7 +24,7 @@ from capacity_service.science.measure import conv_bits, measure
 from capacity_service.science.metrics import bits_per_parameter
 from capacity_service.science.models import count_parameters
 from capacity_service.science.search_plan import StageCallback, _Search
-from capacity_service.science.search_space import _k, first_rung, prior_n
+from capacity_service.science.search_space import first_rung, prior_n, stack_rows
 from capacity_service.science.seeds import derive_seed
 from capacity_service.science.train import ProgressCallback
 from capacity_service.specs import (
@@ -165,12 +165,12 @@ def search_capacity(
     search = spec.search
     counted = count_parameters(spec.model)
     pool_n = largest_search_n(spec)
-    check_fits(spec.model, _k(search), max(search.batch_sizes), pool_n, device)
+    check_fits(spec.model, stack_rows(search), max(search.batch_sizes), pool_n, device)
     pool = make_dataset(spec.model, max(pool_n, 2), derive_seed(spec.seed, "data"), device)
     _check_budget(spec, pool, first_rung(spec))
     plan = _Search(spec, pool.n, device, completed, on_trial, on_stage, should_stop, spent)
     run = train_trials(
-        spec.model, pool, [], should_stop, plan.deadline, plan.ended, plan, rows=_k(search)
+        spec.model, pool, [], should_stop, plan.deadline, plan.ended, plan, rows=stack_rows(search)
     )
     if should_stop is not None and should_stop():
         raise Stopped(f"stopped after {len(plan.records)} trials")  # each one already handed on
@@ -211,7 +211,8 @@ def _check_budget(spec: CapacitySpec, pool: Dataset, first_rung: int) -> None:
     n = min(pool.n, prior_n(spec))
     train = TrainSpec(lr=spec.lr_bounds[0], batch_size=max(search.batch_sizes), epochs=1)
     configs = [
-        TrialConfig(n=n, train=train, init_seed=k, shuffle_seed=k) for k in range(_k(search))
+        TrialConfig(n=n, train=train, init_seed=k, shuffle_seed=k)
+        for k in range(stack_rows(search))
     ]
     stacked = stack_models(spec.model, configs, pool)
     batch = max(search.batch_sizes)

@@ -27,11 +27,11 @@ from capacity_service.science.search_space import (
     SURROGATE_TRIALS,
     WIDEN,
     Point,
-    _decode,
-    _k,
-    _point_of,
+    decode,
     first_rung,
+    point_of,
     prior_n,
+    stack_rows,
 )
 from capacity_service.science.seeds import derive_seed
 from capacity_service.science.train import TrainOutcome
@@ -185,7 +185,7 @@ class _Search:
             replace(center, n=max(2, min(self.pool_n, round(self.prior_n * f))), lr=lr)
             for f in PRIOR_FACTORS for lr in rates
         ]  # fmt: skip
-        done = {_point_of(r) for r in completed}
+        done = {point_of(r) for r in completed}
         design = list(dict.fromkeys(points))[: max(1, self.search.budget_trials // 2)]
         return [point for point in design if point not in done]
 
@@ -225,7 +225,7 @@ class _Search:
         if n in tried or n in self.widened:
             return []
         self.widened.add(n)
-        return [replace(_point_of(best), n=n)]
+        return [replace(point_of(best), n=n)]
 
     def _ask(self, count: int) -> list[Point]:
         """`count` points from scikit-optimize. Its model is refit (told every trial ended
@@ -233,9 +233,9 @@ class _Search:
         of at least K / 2: a Gaussian-process fit takes about a second at 100 trials on
         this CPU, too slow to do each time a row comes free."""
         if len(self.asked) < count:
-            self.asked += self._ask_batch(max(count, _k(self.search) // 2))
+            self.asked += self._ask_batch(max(count, stack_rows(self.search) // 2))
         taken, self.asked = self.asked[:count], self.asked[count:]
-        points = [_decode(x, self.search.batch_sizes) for x in taken]
+        points = [decode(x, self.search.batch_sizes) for x in taken]
         # an N below the best I found cannot beat it even at 100% (the best may have
         # risen since these were asked): ask just above instead
         floor = math.ceil(1.05 * self.best)

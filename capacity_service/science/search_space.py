@@ -58,13 +58,13 @@ def first_rung(spec: CapacitySpec) -> int:
     return RUNG_EPOCHS * math.ceil(prior_n(spec) / max(spec.search.batch_sizes))
 
 
-def _k(search: SearchSpec) -> int:
+def stack_rows(search: SearchSpec) -> int:
     """K, the trials trained together (set by device before the search starts)."""
     assert search.batch is not None
     return search.batch
 
 
-def _point_of(record: TrialRecord) -> Point:
+def point_of(record: TrialRecord) -> Point:
     return Point(
         n=record.n,
         lr=record.lr,
@@ -74,7 +74,7 @@ def _point_of(record: TrialRecord) -> Point:
     )
 
 
-def _decode(x: list[Any], batch_sizes: tuple[int, ...]) -> Point:
+def decode(x: list[Any], batch_sizes: tuple[int, ...]) -> Point:
     """A point asked by scikit-optimize, as plain Python values."""
     values = list(x)
     if len(batch_sizes) == 1:
