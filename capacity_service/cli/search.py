@@ -67,7 +67,11 @@ def add_parser(subparsers: Any) -> None:
         "--batch", type=int, help="K: trials trained together (8 on a CPU, 256 on a GPU)"
     )
     search.add_argument("--epochs", type=int, help="epoch budget of each trial (1500)")
-    search.add_argument("--patience", type=int, help="plateau patience of each trial (50)")
+    search.add_argument(
+        "--patience",
+        type=int,
+        help="plateau patience of each trial (by kind: FCDNN 100, others 50)",
+    )
     search.add_argument(
         "--lr-range", type=_pair(float), help="LOW,HIGH (by kind: FCDNN 0.002,0.2; LSTM 0.01,0.3)"
     )

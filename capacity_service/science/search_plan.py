@@ -23,6 +23,8 @@ from capacity_service.science.search_space import (
     EXPLORE,
     INITIAL,
     PRIOR_FACTORS,
+    REFINE,
+    REFINE_FACTORS,
     RUNGS,
     SURROGATE_TRIALS,
     WIDEN,
@@ -207,7 +209,20 @@ class _Search:
         widened = self._widen()
         if widened:
             return "widen", widened
-        return "bayes", self._ask(count)
+        refined = self._refine()
+        return ("refine", refined) if refined else ("bayes", self._ask(count))
+
+    def _refine(self) -> list[Point]:
+        """After the design, a share of the asks (REFINE, by kind) repeats the best
+        finished trial's settings with a new initialization, at its N or a little above
+        (REFINE_FACTORS): at the edge of memorization one initialization learns every
+        sample where another misses a few, so the best I is a maximum over such repeats."""
+        best = self.best_finished
+        share = REFINE.get(self.spec.model.kind, 0.0)
+        if best is None or share == 0.0 or self.random.rand() >= share:
+            return []
+        factor = float(self.random.choice(REFINE_FACTORS))
+        return [replace(point_of(best), n=min(self.pool_n, round(best.n * factor)))]
 
     def _widen(self) -> list[Point]:
         """While the best N is the smallest or the largest N tried (or running), the next
@@ -333,7 +348,7 @@ class _Search:
                 lr_decay=point.lr_decay,
                 batch_size=point.batch_size,
                 epochs=epochs,
-                patience=search.patience,
+                patience=self.spec.trial_patience,
                 max_decays=search.max_decays,
             ),
             init_seed=derive_seed(self.spec.seed, f"init-{index}"),

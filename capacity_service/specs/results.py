@@ -127,8 +127,8 @@ class TrialRecord(Frozen):
     """One finished training of the capacity search: what was tried and what it gave."""
 
     index: int
-    # "prior", "widen", "bayes" (older searches: "bracket", "grid", "bayes")
-    stage: Literal["prior", "widen", "bayes", "bracket", "grid"]
+    # "prior", "widen", "refine", "bayes" (older searches: "bracket", "grid", "bayes")
+    stage: Literal["prior", "widen", "refine", "bayes", "bracket", "grid"]
     n: int
     lr: float
     momentum: float

@@ -27,7 +27,16 @@ def test_stages_and_a_consistent_result() -> None:
     stages = [t.stage for t in result.trials]
     # the design takes at most half the trial budget; widening and Bayes take the rest
     assert stages[:7] == ["prior"] * 7 and "bayes" in stages
-    assert set(stages[7:]) <= {"widen", "bayes"}
+    assert set(stages[7:]) <= {"widen", "refine", "bayes"}
+    # a refine trial repeats a finished trial's settings at its N or 3-6% above
+    for trial in (t for t in result.trials if t.stage == "refine"):
+        earlier = [t for t in result.trials[: trial.index] if t.ended == "schedule"]
+        assert any(
+            (t.lr, t.momentum, t.lr_decay, t.batch_size) == (trial.lr, trial.momentum,
+                                                          trial.lr_decay, trial.batch_size)
+            and t.n <= trial.n <= round(1.06 * t.n)
+            for t in earlier
+        )  # fmt: skip
     assert len(result.trials) == 14
     assert [t.index for t in result.trials] == list(range(14))
     assert result.capacity_bits == max(t.mutual_information_bits for t in result.trials)
