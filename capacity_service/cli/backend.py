@@ -13,6 +13,7 @@ import argparse
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel
@@ -32,6 +33,17 @@ if TYPE_CHECKING:
     from capacity_service.client import ApiClient
 
 
+@dataclass(frozen=True)
+class JobListing:
+    """Which jobs to list: the filters, and a page of `limit` after job id `after`."""
+
+    state: str | None = None
+    kind: str | None = None
+    model_kind: str | None = None
+    after: int | None = None
+    limit: int = 50
+
+
 class Backend(ABC):
     """Jobs, their results and the capacity curves, wherever they are kept. Closed on
     leaving a `with` block."""
@@ -44,16 +56,8 @@ class Backend(ABC):
         here and found invalid raises pydantic's ValidationError (the API answers 422)."""
 
     @abstractmethod
-    def jobs(
-        self,
-        *,
-        state: str | None,
-        kind: str | None,
-        model_kind: str | None,
-        after: int | None,
-        limit: int,
-    ) -> list[JobDocument]:
-        """One page of jobs, newest first; `after` continues after that job id."""
+    def jobs(self, listing: JobListing) -> list[JobDocument]:
+        """One page of jobs, newest first."""
 
     @abstractmethod
     def job(self, job_id: int) -> JobDocument:
@@ -121,18 +125,10 @@ class DatabaseBackend(Backend):
         )
         return JobDocument.of(job)
 
-    def jobs(
-        self,
-        *,
-        state: str | None,
-        kind: str | None,
-        model_kind: str | None,
-        after: int | None,
-        limit: int,
-    ) -> list[JobDocument]:
-        found = self.store.list_jobs(
-            state=state, kind=kind, model_kind=model_kind, after_id=after, limit=limit
-        )
+    def jobs(self, listing: JobListing) -> list[JobDocument]:
+        found = self.store.list_jobs(state=listing.state, kind=listing.kind,
+                                     model_kind=listing.model_kind, after_id=listing.after,
+                                     limit=listing.limit)  # fmt: skip
         return [JobDocument.of(job) for job in found]
 
     def job(self, job_id: int) -> JobDocument:
@@ -194,18 +190,10 @@ class ApiBackend(Backend):
     ) -> JobDocument:
         return self.client.submit(kind, spec, priority=priority, idempotency_key=idempotency_key)
 
-    def jobs(
-        self,
-        *,
-        state: str | None,
-        kind: str | None,
-        model_kind: str | None,
-        after: int | None,
-        limit: int,
-    ) -> list[JobDocument]:
-        page = self.client.jobs(
-            state=state, kind=kind, model_kind=model_kind, cursor=after, limit=limit
-        )
+    def jobs(self, listing: JobListing) -> list[JobDocument]:
+        page = self.client.jobs(state=listing.state, kind=listing.kind,
+                                model_kind=listing.model_kind, cursor=listing.after,
+                                limit=listing.limit)  # fmt: skip
         return page.items
 
     def job(self, job_id: int) -> JobDocument:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from capacity_service import jobkinds
 from capacity_service.api.schemas import JobDocument
-from capacity_service.cli.backend import Backend, backend_from
+from capacity_service.cli.backend import Backend, JobListing, backend_from
 from capacity_service.cli.common import (
     describe_validation_error,
     fail,
@@ -157,8 +157,8 @@ def run_submit(args: argparse.Namespace) -> int:
 
 def run_jobs(args: argparse.Namespace) -> int:
     with backend_from(args) as backend:
-        found = backend.jobs(state=args.state, kind=args.kind, model_kind=args.model_kind,
-                             after=args.after, limit=args.limit)  # fmt: skip
+        listing = JobListing(args.state, args.kind, args.model_kind, args.after, args.limit)
+        found = backend.jobs(listing)
     if args.json:
         print(json.dumps([job.model_dump(mode="json") for job in found]))
         return 0
