@@ -85,7 +85,9 @@ class JobDocument(BaseModel):
     """A job as stored: what `capacity job ID --json` prints too."""
 
     id: int
-    kind: JobKindName
+    # any stored kind: a job of a kind this process has not loaded (a plugin the workers
+    # load) is still listed
+    kind: str = Field(description="the job kind (see jobkinds)")
     state: JobState
     model_kind: str
     priority: int

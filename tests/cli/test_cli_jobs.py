@@ -78,3 +78,19 @@ def test_an_invalid_spec_is_refused_and_nothing_is_queued(
     assert run(capsys, "db", "upgrade", *database)[0] == 0
     _, listed, _ = run(capsys, "jobs", *database, "--json")
     assert json.loads(listed) == []
+
+
+def test_a_job_of_a_kind_not_loaded_here_is_still_listed(
+    tmp_path: Path, database: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from capacity_service.store.migrate import upgrade
+    from capacity_service.store.queries import Store
+
+    upgrade(database[1])
+    store = Store(database[1])  # as a worker with a plugin's kind would have left it
+    job, _ = store.submit("plugin_kind", {"model": {"kind": "fcdnn"}}, "fcdnn")
+    store.close()
+    code, listed, _ = run(capsys, "jobs", *database, "--json")
+    assert code == 0 and [j["kind"] for j in json.loads(listed)] == ["plugin_kind"]
+    code, shown, _ = run(capsys, "job", str(job.id), *database)
+    assert code == 0 and "plugin_kind" in shown
