@@ -3,19 +3,13 @@ use, and usable from scripts and CI."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from capacity_service.api.schemas import (
-    CurveItem,
-    JobDocument,
-    JobPage,
-    JobResult,
-    SweepItem,
-    TrialPage,
-)
+if TYPE_CHECKING:  # loaded when a request needs them: importing ApiError stays quick
+    from capacity_service.api.schemas import CurveItem, JobDocument, JobPage, SweepItem, TrialPage
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -53,6 +47,8 @@ class ApiClient:
         priority: int = 0,
         idempotency_key: str | None = None,
     ) -> JobDocument:
+        from capacity_service.api.schemas import JobDocument
+
         body: dict[str, Any] = {"kind": kind, "spec": spec, "priority": priority}
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
@@ -60,25 +56,37 @@ class ApiClient:
 
     def jobs(self, **filters: Any) -> JobPage:
         """One page; filters state, kind, model_kind, cursor, limit."""
+        from capacity_service.api.schemas import JobPage
+
         params = {k: v for k, v in filters.items() if v is not None}
         return _read(JobPage, self._call("GET", "/v1/jobs", params=params))
 
     def job(self, job_id: int) -> JobDocument:
+        from capacity_service.api.schemas import JobDocument
+
         return _read(JobDocument, self._call("GET", f"/v1/jobs/{job_id}"))
 
     def cancel(self, job_id: int) -> JobDocument:
+        from capacity_service.api.schemas import JobDocument
+
         return _read(JobDocument, self._call("POST", f"/v1/jobs/{job_id}/cancel"))
 
     def retry(self, job_id: int) -> JobDocument:
+        from capacity_service.api.schemas import JobDocument
+
         return _read(JobDocument, self._call("POST", f"/v1/jobs/{job_id}/retry"))
 
     def trials(self, job_id: int, cursor: int | None = None, limit: int = 100) -> TrialPage:
+        from capacity_service.api.schemas import TrialPage
+
         params = {"limit": limit} | ({"cursor": cursor} if cursor is not None else {})
         return _read(TrialPage, self._call("GET", f"/v1/jobs/{job_id}/trials", params=params))
 
     def result(self, job_id: int) -> BaseModel | None:
         """The result as its kind's result model, or None while the job has none (queued,
         running, failed)."""
+        from capacity_service.api.schemas import JobResult
+
         try:
             document = self._call("GET", f"/v1/jobs/{job_id}/result")
         except ApiError as error:
@@ -95,9 +103,13 @@ class ApiClient:
 
     def curves(self, **filters: Any) -> list[CurveItem]:
         """Every stored capacity result matching the filters (all pages)."""
+        from capacity_service.api.schemas import CurveItem
+
         return [_read(CurveItem, item) for item in self._pages("/v1/curves", filters)]
 
     def sweeps(self, **filters: Any) -> list[SweepItem]:
+        from capacity_service.api.schemas import SweepItem
+
         return [_read(SweepItem, item) for item in self._pages("/v1/sweeps", filters)]
 
     def _pages(self, path: str, filters: dict[str, Any]) -> list[Any]:

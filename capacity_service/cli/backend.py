@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Self
 from pydantic import BaseModel
 
 from capacity_service import jobkinds
-from capacity_service.api.schemas import CurveItem, JobDocument
 from capacity_service.cli.common import fail
 from capacity_service.cli.sources import settings_from
 from capacity_service.settings import Settings
@@ -30,7 +29,9 @@ from capacity_service.store.vocabulary import (
 )
 
 if TYPE_CHECKING:
+    from capacity_service.api.schemas import CurveItem, JobDocument
     from capacity_service.client import ApiClient
+    from capacity_service.store.records import Job, StoredResult
 
 
 @dataclass(frozen=True)
@@ -123,17 +124,17 @@ class DatabaseBackend(Backend):
             idempotency_key=idempotency_key,
             max_attempts=self.settings.max_attempts,
         )
-        return JobDocument.of(job)
+        return _document(job)
 
     def jobs(self, listing: JobListing) -> list[JobDocument]:
         found = self.store.list_jobs(state=listing.state, kind=listing.kind,
                                      model_kind=listing.model_kind, after_id=listing.after,
                                      limit=listing.limit)  # fmt: skip
-        return [JobDocument.of(job) for job in found]
+        return [_document(job) for job in found]
 
     def job(self, job_id: int) -> JobDocument:
         with _refusals():
-            return JobDocument.of(self.store.get(job_id))
+            return _document(self.store.get(job_id))
 
     def result(self, job_id: int) -> BaseModel | None:
         with _refusals():
@@ -141,11 +142,11 @@ class DatabaseBackend(Backend):
 
     def cancel(self, job_id: int) -> JobDocument:
         with _refusals("only queued or running jobs can be cancelled"):
-            return JobDocument.of(self.store.cancel(job_id))
+            return _document(self.store.cancel(job_id))
 
     def retry(self, job_id: int) -> JobDocument:
         with _refusals("only failed or cancelled jobs can be retried"):
-            return JobDocument.of(self.store.retry(job_id))
+            return _document(self.store.retry(job_id))
 
     def curves(
         self, *, model_kind: str | None, min_params: int | None, max_params: int | None
@@ -158,13 +159,25 @@ class DatabaseBackend(Backend):
                 max_params=max_params,
                 limit=100_000,
             )
-        return [CurveItem.of(stored) for stored in found]
+        return [_curve_item(stored) for stored in found]
 
     def job_url(self, job_id: int) -> str | None:
         return None
 
     def close(self) -> None:
         self.store.close()
+
+
+def _document(job: Job) -> JobDocument:
+    from capacity_service.api.schemas import JobDocument  # loaded when used: a quick start
+
+    return JobDocument.of(job)
+
+
+def _curve_item(stored: StoredResult) -> CurveItem:
+    from capacity_service.api.schemas import CurveItem
+
+    return CurveItem.of(stored)
 
 
 @contextmanager

@@ -11,12 +11,11 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
 from capacity_service import jobkinds
-from capacity_service.api.schemas import JobDocument
 from capacity_service.cli.backend import Backend, JobListing, backend_from
 from capacity_service.cli.common import (
     describe_validation_error,
@@ -27,6 +26,9 @@ from capacity_service.cli.common import (
 from capacity_service.cli.sources import add_source_arguments, settings_from, store_from
 from capacity_service.specs import CapacityResult, SweepResult
 from capacity_service.store.vocabulary import JobState
+
+if TYPE_CHECKING:
+    from capacity_service.api.schemas import JobDocument
 
 
 def add_parsers(subparsers: Any) -> None:

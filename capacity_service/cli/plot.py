@@ -6,15 +6,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from capacity_service.api.schemas import CurveItem
 from capacity_service.cli.backend import backend_from
 from capacity_service.cli.common import fail
 from capacity_service.cli.sources import add_source_arguments
 from capacity_service.specs import MODEL_KINDS, CapacityResult, SweepResult
+
+if TYPE_CHECKING:
+    from capacity_service.api.schemas import CurveItem
 
 
 def add_parsers(subparsers: Any) -> None:

@@ -51,7 +51,7 @@ def add_parsers(subparsers: Any) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from capacity_service.api import create_app
+    from capacity_service.api.app import create_app
     from capacity_service.store.migrate import upgrade
 
     settings = settings_from(args, host=args.host, port=args.port)
