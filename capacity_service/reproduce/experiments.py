@@ -139,6 +139,7 @@ def run_experiments(
     folder: Path,
     experiments: Iterable[Experiment],
     runner: Runner,
+    device: str,
     progress: Progress | None = None,
 ) -> RunReport:
     """Run every (experiment, seed) that has no result file yet, writing each file as its
@@ -201,7 +202,7 @@ def run_experiments(
                     report.waiting.append(f"{sweep.name} seed {seed}")
                     batch.total -= 1
                 continue
-            _write_record(folder, experiment, seed, spec, outcome.result)
+            _write_record(folder, experiment, seed, spec, outcome.result, device)
             report.ran.append(label)
             for sweep in blocked.pop((experiment.name, seed), []):
                 submit(sweep, seed)
@@ -214,6 +215,7 @@ def _write_record(
     seed: int,
     spec: CapacitySpec | SweepSpec,
     result: BaseModel,
+    device: str,
 ) -> None:
     if not isinstance(result, CapacityResult | SweepResult):
         raise TypeError(f"{experiment.name}: a {experiment.kind} job gave {type(result)}")
@@ -221,7 +223,7 @@ def _write_record(
         experiment=experiment.name,
         seed=seed,
         kind=experiment.kind,
-        device=result.device,
+        device=result.device or device,
         wall_seconds=result.wall_seconds,
         trials=_trainings(result),
         code_version=__version__,

@@ -43,7 +43,7 @@ from capacity_service.stopping import StopCheck
 StageCallback = Callable[[str], None]
 
 
-class SearchPlan:
+class _Search:
     """The engine's supervisor: which trials start in free rows, which stop at a rung,
     and the record of each trial the moment it ends."""
 

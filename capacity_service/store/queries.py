@@ -4,6 +4,7 @@ of `records.py`, never ORM rows, and raises the errors of `vocabulary.py`."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel
@@ -11,7 +12,6 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from capacity_service.specs import TrialRecord
-from capacity_service.store.db import utc_now
 from capacity_service.store.leases import Leases
 from capacity_service.store.models import ApiKeyRow, JobRow, ResultRow, TrialRow
 from capacity_service.store.records import (
@@ -29,6 +29,10 @@ from capacity_service.store.vocabulary import (
     JobStateError,
     StoreError,
 )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 class Submission(NamedTuple):
@@ -67,7 +71,7 @@ class Store(Leases):
             "max_attempts": max_attempts,
             "cancel_requested": False,
             "progress": {},
-            "created_at": utc_now(),
+            "created_at": _now(),
         }
         try:
             with self.session() as session:
@@ -131,7 +135,7 @@ class Store(Leases):
             if row.state in FINISHED:
                 raise JobFinishedError(f"job {job_id} has already {row.state}", JobState(row.state))
             if row.state == JobState.QUEUED:
-                row.state, row.finished_at = JobState.CANCELLED.value, utc_now()
+                row.state, row.finished_at = JobState.CANCELLED.value, _now()
             else:
                 row.cancel_requested = True
             session.flush()
@@ -161,7 +165,7 @@ class Store(Leases):
         try:
             with self.session() as session:
                 session.add(TrialRow(job_id=job_id, index=record.index, record=document,
-                                     created_at=utc_now()))  # fmt: skip
+                                     created_at=_now()))  # fmt: skip
             return True
         except StoreError as error:
             if isinstance(error.__cause__, IntegrityError):
@@ -229,7 +233,7 @@ class Store(Leases):
 
     def add_api_key(self, name: str, key_hash: str) -> ApiKey:
         """Store a new key by its hash (the secret itself is never stored; see api/auth.py)."""
-        row = ApiKeyRow(name=name, key_hash=key_hash, created_at=utc_now())
+        row = ApiKeyRow(name=name, key_hash=key_hash, created_at=_now())
         with self.session() as session:
             session.add(row)
             session.flush()
@@ -242,7 +246,7 @@ class Store(Leases):
                 select(ApiKeyRow).where(ApiKeyRow.name == name, ApiKeyRow.revoked_at.is_(None))
             ).all()
             for row in rows:
-                row.revoked_at = utc_now()
+                row.revoked_at = _now()
             session.flush()
             return [ApiKey.from_row(row) for row in rows]
 
