@@ -91,7 +91,6 @@ def run_run(args: argparse.Namespace) -> int:
         Path(args.folder),
         chosen,
         runner,
-        args.device,
         lambda line: print(line, file=sys.stderr, flush=True),
     )
     print(

@@ -139,7 +139,6 @@ def run_experiments(
     folder: Path,
     experiments: Iterable[Experiment],
     runner: Runner,
-    device: str,
     progress: Progress | None = None,
 ) -> RunReport:
     """Run every (experiment, seed) that has no result file yet, writing each file as its
@@ -202,7 +201,7 @@ def run_experiments(
                     report.waiting.append(f"{sweep.name} seed {seed}")
                     batch.total -= 1
                 continue
-            _write_record(folder, experiment, seed, spec, outcome.result, device)
+            _write_record(folder, experiment, seed, spec, outcome.result)
             report.ran.append(label)
             for sweep in blocked.pop((experiment.name, seed), []):
                 submit(sweep, seed)
@@ -215,7 +214,6 @@ def _write_record(
     seed: int,
     spec: CapacitySpec | SweepSpec,
     result: BaseModel,
-    device: str,
 ) -> None:
     if not isinstance(result, CapacityResult | SweepResult):
         raise TypeError(f"{experiment.name}: a {experiment.kind} job gave {type(result)}")
@@ -223,7 +221,7 @@ def _write_record(
         experiment=experiment.name,
         seed=seed,
         kind=experiment.kind,
-        device=result.device or device,
+        device=result.device,
         wall_seconds=result.wall_seconds,
         trials=_trainings(result),
         code_version=__version__,

@@ -23,7 +23,7 @@ from capacity_service.science.engine.stacked import Batch
 from capacity_service.science.measure import conv_bits, measure
 from capacity_service.science.metrics import bits_per_parameter
 from capacity_service.science.models import count_parameters
-from capacity_service.science.search_plan import StageCallback, _Search
+from capacity_service.science.search_plan import SearchPlan, StageCallback
 from capacity_service.science.search_space import first_rung, prior_n, stack_rows
 from capacity_service.science.seeds import derive_seed
 from capacity_service.science.train import ProgressCallback
@@ -168,7 +168,7 @@ def search_capacity(
     check_fits(spec.model, stack_rows(search), max(search.batch_sizes), pool_n, device)
     pool = make_dataset(spec.model, max(pool_n, 2), derive_seed(spec.seed, "data"), device)
     _check_budget(spec, pool, first_rung(spec))
-    plan = _Search(spec, pool.n, device, completed, on_trial, on_stage, should_stop, spent)
+    plan = SearchPlan(spec, pool.n, device, completed, on_trial, on_stage, should_stop, spent)
     run = train_trials(
         spec.model, pool, [], should_stop, plan.deadline, plan.ended, plan, rows=stack_rows(search)
     )

@@ -43,7 +43,7 @@ from capacity_service.stopping import StopCheck
 StageCallback = Callable[[str], None]
 
 
-class _Search:
+class SearchPlan:
     """The engine's supervisor: which trials start in free rows, which stop at a rung,
     and the record of each trial the moment it ends."""
 

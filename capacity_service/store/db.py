@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, select, text
@@ -52,6 +53,12 @@ def _sqlite_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN")
     else:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def utc_now() -> datetime:
+    """This machine's time, for the stamps a row keeps (created, started, finished); the
+    leases are timed by the database's clock instead (`Database.clock`)."""
+    return datetime.now(UTC)
 
 
 def database_now_sql(engine: Engine) -> Any:

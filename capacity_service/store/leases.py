@@ -3,13 +3,12 @@ back or end it, report progress; and the workers table that claims and heartbeat
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.orm import Session
 
-from capacity_service.store.db import Database
+from capacity_service.store.db import Database, utc_now
 from capacity_service.store.models import JobRow, ResultRow, WorkerRow
 from capacity_service.store.records import Job, ResultSummary
 from capacity_service.store.vocabulary import JobState, LeaseLostError
@@ -17,8 +16,11 @@ from capacity_service.store.vocabulary import JobState, LeaseLostError
 WORKER_FORGET_SECONDS = 7 * 86_400.0  # a worker row unseen this long is deleted
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+def claimable(now: float) -> ColumnElement[bool]:
+    """A queued job no retry backoff holds back at `now` (the database's clock): what
+    `claim` picks from, and what the queue-depth metric counts."""
+    due = JobRow.run_after.is_(None) | (JobRow.run_after <= now)
+    return (JobRow.state == JobState.QUEUED.value) & due
 
 
 class Leases(Database):
@@ -41,7 +43,7 @@ class Leases(Database):
                 .values(
                     state=JobState.FAILED.value,
                     error="lease expired on every attempt (workers died or hung)",
-                    finished_at=_now(),
+                    finished_at=utc_now(),
                     worker_id=None,
                 )
             )
@@ -51,10 +53,9 @@ class Leases(Database):
                 .values(state=JobState.QUEUED.value, worker_id=None, lease_expires_at=None)
             )
             self._seen(session, worker_id, now)
-            due = JobRow.run_after.is_(None) | (JobRow.run_after <= now)
             pick = (
                 select(JobRow)
-                .where((JobRow.state == JobState.QUEUED.value) & due)
+                .where(claimable(now))
                 .order_by(JobRow.priority.desc(), JobRow.id)
                 .limit(1)
             )
@@ -68,7 +69,7 @@ class Leases(Database):
             row.attempts += 1
             row.lease_expires_at = now + lease_seconds
             row.run_after = None
-            row.started_at = row.started_at or _now()
+            row.started_at = row.started_at or utc_now()
             session.flush()
             return Job.from_row(row)
 
@@ -133,7 +134,7 @@ class Leases(Database):
         """End a running job as succeeded (with its result), failed or cancelled."""
         with self.session() as session:
             row = self._held(session, job_id, worker_id)
-            row.state, row.error, row.finished_at = state.value, error, _now()
+            row.state, row.error, row.finished_at = state.value, error, utc_now()
             row.lease_expires_at = None
             if result is not None:
                 session.merge(
@@ -146,7 +147,7 @@ class Leases(Database):
                         bits_per_param=result.bits_per_param,
                         precision_boundary=result.precision_boundary,
                         code_version=result.code_version,
-                        created_at=_now(),
+                        created_at=utc_now(),
                     )
                 )
 
@@ -155,7 +156,7 @@ class Leases(Database):
         with self.session() as session:
             row = session.get(JobRow, job_id)
             if row is not None:
-                row.state, row.error, row.finished_at = JobState.FAILED.value, error, _now()
+                row.state, row.error, row.finished_at = JobState.FAILED.value, error, utc_now()
                 row.worker_id, row.lease_expires_at = None, None
 
     # -- workers ------------------------------------------------------------------
@@ -170,7 +171,7 @@ class Leases(Database):
                 delete(WorkerRow).where(WorkerRow.last_seen < now - WORKER_FORGET_SECONDS)
             )
             session.merge(WorkerRow(id=worker_id, hostname=hostname, device=device[:64],
-                                    started_at=_now(), last_seen=now))  # fmt: skip
+                                    started_at=utc_now(), last_seen=now))  # fmt: skip
 
     def _seen(self, session: Session, worker_id: str, now: float) -> None:
         session.execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(last_seen=now))

@@ -4,7 +4,6 @@ of `records.py`, never ORM rows, and raises the errors of `vocabulary.py`."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel
@@ -12,6 +11,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from capacity_service.specs import TrialRecord
+from capacity_service.store.db import utc_now
 from capacity_service.store.leases import Leases
 from capacity_service.store.models import ApiKeyRow, JobRow, ResultRow, TrialRow
 from capacity_service.store.records import (
@@ -29,10 +29,6 @@ from capacity_service.store.vocabulary import (
     JobStateError,
     StoreError,
 )
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Submission(NamedTuple):
@@ -71,7 +67,7 @@ class Store(Leases):
             "max_attempts": max_attempts,
             "cancel_requested": False,
             "progress": {},
-            "created_at": _now(),
+            "created_at": utc_now(),
         }
         try:
             with self.session() as session:
@@ -135,7 +131,7 @@ class Store(Leases):
             if row.state in FINISHED:
                 raise JobFinishedError(f"job {job_id} has already {row.state}", JobState(row.state))
             if row.state == JobState.QUEUED:
-                row.state, row.finished_at = JobState.CANCELLED.value, _now()
+                row.state, row.finished_at = JobState.CANCELLED.value, utc_now()
             else:
                 row.cancel_requested = True
             session.flush()
@@ -165,7 +161,7 @@ class Store(Leases):
         try:
             with self.session() as session:
                 session.add(TrialRow(job_id=job_id, index=record.index, record=document,
-                                     created_at=_now()))  # fmt: skip
+                                     created_at=utc_now()))  # fmt: skip
             return True
         except StoreError as error:
             if isinstance(error.__cause__, IntegrityError):
@@ -233,7 +229,7 @@ class Store(Leases):
 
     def add_api_key(self, name: str, key_hash: str) -> ApiKey:
         """Store a new key by its hash (the secret itself is never stored; see api/auth.py)."""
-        row = ApiKeyRow(name=name, key_hash=key_hash, created_at=_now())
+        row = ApiKeyRow(name=name, key_hash=key_hash, created_at=utc_now())
         with self.session() as session:
             session.add(row)
             session.flush()
@@ -246,7 +242,7 @@ class Store(Leases):
                 select(ApiKeyRow).where(ApiKeyRow.name == name, ApiKeyRow.revoked_at.is_(None))
             ).all()
             for row in rows:
-                row.revoked_at = _now()
+                row.revoked_at = utc_now()
             session.flush()
             return [ApiKey.from_row(row) for row in rows]
 

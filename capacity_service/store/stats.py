@@ -2,8 +2,8 @@
 queue (claimable now, and its oldest job's age), the workers seen lately, trials stored.
 
 Every number is read from the database at call time, so any API process reports the
-same; ages are measured on the database's clock. Each function is one read-only
-transaction; `snapshot` reads them all in one.
+same; ages are measured on the database's clock. `snapshot` reads them all in one
+read-only transaction.
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from capacity_service.store.db import database_now_sql
+from capacity_service.store.leases import claimable
 from capacity_service.store.models import JobRow, TrialRow, WorkerRow
 from capacity_service.store.queries import Store
-from capacity_service.store.vocabulary import JobState
 
 # workers last seen longer ago than this are left out (every worker process has an id of
 # its own, so the table only grows: this keeps the metric's label sets bounded)
@@ -52,17 +51,13 @@ def snapshot(store: Store) -> StoreStats:
     """Jobs by state and kind, the queue, the workers seen lately and the trials stored,
     read in one read-only transaction."""
     with store.session(read_only=True) as session:
-        now = _now(store, session)
+        now = store.clock(session)
         return StoreStats(
             jobs=_job_counts(session),
             queue=_queue(session, now),
             workers=_workers(session, now, WORKERS_SEEN_WITHIN_SECONDS),
             trials_stored=_trials(session),
         )
-
-
-def _now(store: Store, session: Session) -> float:
-    return float(session.execute(select(database_now_sql(store.engine))).scalar_one())
 
 
 def _job_counts(session: Session) -> dict[tuple[str, str], int]:
@@ -72,14 +67,9 @@ def _job_counts(session: Session) -> dict[tuple[str, str], int]:
     return {(str(state), str(kind)): int(count) for state, kind, count in rows}
 
 
-def _claimable(now: float) -> ColumnElement[bool]:
-    due = JobRow.run_after.is_(None) | (JobRow.run_after <= now)
-    return (JobRow.state == JobState.QUEUED.value) & due
-
-
 def _queue(session: Session, now: float) -> QueueStats:
     depth, oldest = session.execute(
-        select(func.count(), func.min(JobRow.created_at)).where(_claimable(now))
+        select(func.count(), func.min(JobRow.created_at)).where(claimable(now))
     ).one()
     age = 0.0 if oldest is None else max(0.0, now - _epoch(oldest))
     return QueueStats(depth=int(depth), oldest_age_seconds=age)
