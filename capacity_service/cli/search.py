@@ -73,7 +73,7 @@ def add_parser(subparsers: Any) -> None:
         help="plateau patience of each trial (by kind: FCDNN 100, others 50)",
     )
     search.add_argument(
-        "--lr-range", type=_pair(float), help="LOW,HIGH (by kind: FCDNN 0.002,0.2; LSTM 0.01,0.3)"
+        "--lr-range", type=_pair(float), help="LOW,HIGH (by kind: FCDNN 0.002,0.2; LSTM 0.04,1.2)"
     )
     search.add_argument(
         "--n-range",

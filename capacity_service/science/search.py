@@ -165,7 +165,7 @@ def search_capacity(
     search = spec.search
     counted = count_parameters(spec.model)
     pool_n = largest_search_n(spec)
-    check_fits(spec.model, stack_rows(search), max(search.batch_sizes), pool_n, device)
+    check_fits(spec.model, stack_rows(search), max(spec.batch_sizes), pool_n, device)
     pool = make_dataset(spec.model, max(pool_n, 2), derive_seed(spec.seed, "data"), device)
     _check_budget(spec, pool, first_rung(spec))
     plan = SearchPlan(spec, pool.n, device, completed, on_trial, on_stage, should_stop, spent)
@@ -209,13 +209,13 @@ def _check_budget(spec: CapacitySpec, pool: Dataset, first_rung: int) -> None:
     the field and the smallest budget that does (timed here, on this device)."""
     search = spec.search
     n = min(pool.n, prior_n(spec))
-    train = TrainSpec(lr=spec.lr_bounds[0], batch_size=max(search.batch_sizes), epochs=1)
+    train = TrainSpec(lr=spec.lr_bounds[0], batch_size=max(spec.batch_sizes), epochs=1)
     configs = [
         TrialConfig(n=n, train=train, init_seed=k, shuffle_seed=k)
         for k in range(stack_rows(search))
     ]
     stacked = stack_models(spec.model, configs, pool)
-    batch = max(search.batch_sizes)
+    batch = max(spec.batch_sizes)
     x = pool.x[:batch].unsqueeze(0).expand(len(configs), *pool.x[:batch].shape).contiguous()
     y = pool.y[:batch].unsqueeze(0).expand(len(configs), -1).contiguous()
     sample = Batch(x, y, torch.full(y.shape, 1.0 / len(y[0]), device=x.device))

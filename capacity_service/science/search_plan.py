@@ -43,6 +43,15 @@ from capacity_service.stopping import StopCheck
 StageCallback = Callable[[str], None]
 
 
+def known_beyond_chance(n: int, accuracy: float) -> float:
+    """N(2p - 1): the samples a trial gets right beyond the N/2 that guessing gets, how
+    the end of a search compares running trials of different N. I itself is flat near
+    p = 1/2, so by I a large-N trial early in its curve looks worthless beside a small-N
+    one that learns fast and can never hold as much (LSTM-32: N = 31,028 at 78% is 7.5k
+    bits, N = 18,617 at 92% is 11.1k; by this measure 17.4k and 15.8k)."""
+    return n * (2.0 * accuracy - 1.0)
+
+
 class SearchPlan:
     """The engine's supervisor: which trials start in free rows, which stop at a rung,
     and the record of each trial the moment it ends."""
@@ -78,7 +87,9 @@ class SearchPlan:
         self.widened: set[int] = set()
         self.space: Any = None  # scikit-optimize's, made at the first ask
         self.random = np.random.RandomState(spec.seed)
-        self.latest: dict[int, float] = {}  # running trial -> its I at its last epoch end
+        self.known: dict[int, float] = {}  # running trial -> samples known beyond chance
+        self.last_seen: dict[int, tuple[float, int]] = {}  # running trial -> (time, steps)
+        self.row_step_seconds = 0.0  # a step's cost per row in the stack (0: not yet seen)
         self.asked: list[list[Any]] = []  # points asked of scikit-optimize, not yet tried
 
     # --- the engine's questions -------------------------------------------------------
@@ -100,10 +111,11 @@ class SearchPlan:
 
     def keep(self, trial: int, steps: int, accuracy: float) -> bool:
         _, _, point = self.running[trial]
+        self._time_step(trial, steps)
         information = mutual_information(point.n, accuracy)
         if point.n <= self.best:  # even 100% of N cannot beat the best: its row is better used
             return False
-        self.latest[trial] = information
+        self.known[trial] = known_beyond_chance(point.n, accuracy)
         band = math.floor(math.log(point.n) / math.log(BUCKET))  # about the same N
         if not self.halving.keep(trial, band, steps, information):
             return False
@@ -111,12 +123,13 @@ class SearchPlan:
             # no new trial will start: the time left goes to the leaders (a step's cost
             # grows with the rows in the stack), so a trial far behind the best running
             # one stops
-            return information >= CULL * max(self.latest.values())
+            return self.known[trial] >= CULL * max(self.known.values())
         return True
 
     def ended(self, trial: int, outcome: TrainOutcome) -> None:
         index, stage, point = self.running.pop(trial)
-        self.latest.pop(trial, None)
+        self.known.pop(trial, None)
+        self.last_seen.pop(trial, None)
         rung = self.halving.rung_reached(trial)
         record = TrialRecord(
             index=index,
@@ -165,14 +178,32 @@ class SearchPlan:
 
     def _time_admits(self) -> bool:
         """New trials start in the first EXPLORE of the time budget; later, only while a
-        trial as long as the best finished one still fits in the time left."""
+        trial as long as the best finished one (in steps) still fits in the time left, at
+        the step cost the stack would have with one more row."""
         now = time.perf_counter()
         if now >= self.deadline:
             return False
         if now - self.started < EXPLORE * self.search.budget_seconds:
             return True
         best = self.best_finished
-        return best is not None and best.wall_seconds < self.deadline - now
+        if best is None or not self.row_step_seconds:
+            return False
+        steps = best.epochs * math.ceil(best.n / best.batch_size)
+        needed = steps * self.row_step_seconds * (len(self.running) + 1)
+        return needed < self.deadline - now
+
+    def _time_step(self, trial: int, steps: int) -> None:
+        """Keep `row_step_seconds` current from a trial's steps between its epoch ends
+        (each step of the stack trains every row once). A trial's own wall time says
+        less: it ran beside as many rows as the stack held then, and near the end of a
+        search the stack holds few (LSTM-32: the best trial took 839 s beside up to 8
+        rows; one more beside 1 row would have needed about a third of that, and the
+        search ended with 361 s left and no trial running)."""
+        now = time.perf_counter()
+        seen = self.last_seen.get(trial)
+        self.last_seen[trial] = (now, steps)
+        if seen is not None and steps > seen[1]:
+            self.row_step_seconds = (now - seen[0]) / (steps - seen[1]) / len(self.running)
 
     def _design(self, completed: Sequence[TrialRecord]) -> list[Point]:
         """The first fill: the prior N x 0.6-1.6, each at DESIGN_RATES learning rates (at
@@ -199,7 +230,7 @@ class SearchPlan:
             lr=math.sqrt(low * high),
             momentum=min(max(0.9, search.momentum[0]), search.momentum[1]),
             lr_decay=sum(search.lr_decay) / 2,
-            batch_size=max(search.batch_sizes),
+            batch_size=max(self.spec.batch_sizes),
         )
 
     def _next(self, count: int) -> tuple[str, list[Point]]:
@@ -250,7 +281,7 @@ class SearchPlan:
         if len(self.asked) < count:
             self.asked += self._ask_batch(max(count, stack_rows(self.search) // 2))
         taken, self.asked = self.asked[:count], self.asked[count:]
-        points = [decode(x, self.search.batch_sizes) for x in taken]
+        points = [decode(x, self.spec.batch_sizes) for x in taken]
         # an N below the best I found cannot beat it even at 100% (the best may have
         # risen since these were asked): ask just above instead
         floor = math.ceil(1.05 * self.best)
@@ -319,7 +350,7 @@ class SearchPlan:
             Real(*self.spec.lr_bounds, prior="log-uniform"),
             Real(*search.lr_decay),
             Real(*search.momentum),
-            Categorical(list(search.batch_sizes)) if len(search.batch_sizes) > 1 else None,
+            Categorical(list(self.spec.batch_sizes)) if len(self.spec.batch_sizes) > 1 else None,
             Integer(n_low, n_high),
         ]
         self.space = Space([d for d in self.dimensions if d is not None])

@@ -31,8 +31,8 @@ INITIAL = 10  # trials known before the model is fit (random points until then)
 # rows repeating it
 REFINE = {"fcdnn": 0.5}
 REFINE_FACTORS = (1.0, 1.03, 1.06)  # at its N, or this much above
-CULL = 0.7  # once no trial starts any more, one past the first rung whose I is below 70%
-# of the best running trial's stops
+CULL = 0.7  # once no trial starts any more, one past the first rung that knows fewer than
+# 70% of the best running trial's samples beyond chance stops (search_plan.known_beyond_chance)
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def prior_n(spec: CapacitySpec) -> int:
 def first_rung(spec: CapacitySpec) -> int:
     """Optimizer steps to the first rung: RUNG_EPOCHS epochs at the prior N and the
     largest batch size (steps, not epochs, so a small N is not starved)."""
-    return RUNG_EPOCHS * math.ceil(prior_n(spec) / max(spec.search.batch_sizes))
+    return RUNG_EPOCHS * math.ceil(prior_n(spec) / max(spec.batch_sizes))
 
 
 def stack_rows(search: SearchSpec) -> int:

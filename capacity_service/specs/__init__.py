@@ -10,6 +10,7 @@ computed by arithmetic, `results` the results; every public name is importable f
 
 from capacity_service.specs.base import DEVICE_PATTERN, Device, Frozen, Int, Real
 from capacity_service.specs.jobs import (
+    DEFAULT_BATCH_SIZES,
     DEFAULT_LR,
     DEFAULT_PATIENCE,
     DEFAULT_PRECISIONS,
@@ -54,6 +55,7 @@ from capacity_service.specs.sizes import (
 from capacity_service.specs.training import RetrainSpec, TrainSpec
 
 __all__ = [
+    "DEFAULT_BATCH_SIZES",
     "DEFAULT_LR",
     "DEFAULT_PATIENCE",
     "DEFAULT_PRECISIONS",

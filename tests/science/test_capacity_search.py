@@ -9,6 +9,8 @@ from capacity_service.science.engine import TrialConfig, train_trials
 from capacity_service.science.metrics import mutual_information
 from capacity_service.science.models import count_parameters
 from capacity_service.science.search import assess, prior_n, search_capacity
+from capacity_service.science.search_plan import known_beyond_chance
+from capacity_service.science.search_space import first_rung
 from capacity_service.science.seeds import derive_seed
 from capacity_service.specs import CapacitySpec, TrainSpec, TrialRecord
 from capacity_service.stopping import Stopped
@@ -168,3 +170,26 @@ def test_the_prior_n_of_a_cnn_counts_its_conv_layers_at_3_bits() -> None:
     counted = count_parameters(spec.model)
     conv = counted.count_layers("conv")
     assert prior_n(spec) == round(3.0 * conv + 2.3 * (counted.total - conv))
+
+
+def test_batch_sizes_and_rates_default_by_kind_and_a_spec_s_own_are_kept() -> None:
+    lstm = CapacitySpec.model_validate({"model": {"kind": "lstm", "hidden": 32}})
+    assert lstm.batch_sizes == (256, 512) and lstm.lr_bounds == (0.04, 1.2)
+    # the first rung is 4 epochs at the prior N and the largest batch, in steps
+    assert first_rung(lstm) == 4 * -(-round(3.7 * 8_386) // 512)
+    fcdnn = CapacitySpec.model_validate({"model": TINY})
+    assert fcdnn.batch_sizes == (64, 128)
+    own = CapacitySpec.model_validate(
+        {"model": {"kind": "lstm", "hidden": 32}, "search": {"batch_sizes": [128, 64, 128]}}
+    )
+    assert own.batch_sizes == (64, 128)
+
+
+def test_known_beyond_chance_by_hand() -> None:
+    # N(2p - 1): 31,028 samples at 78% are 17,375.68 beyond the N/2 a guess gets
+    assert known_beyond_chance(31_028, 0.78) == pytest.approx(17_375.68)
+    assert known_beyond_chance(1_000, 0.5) == 0.0
+    assert known_beyond_chance(1_000, 1.0) == 1_000.0
+    # ... where I ranks the small, fast-learning trial first
+    assert mutual_information(18_617, 0.92) > mutual_information(31_028, 0.78)
+    assert known_beyond_chance(18_617, 0.92) < known_beyond_chance(31_028, 0.78)
