@@ -186,8 +186,10 @@ class SearchPlan:
         if now - self.started < EXPLORE * self.search.budget_seconds:
             return True
         best = self.best_finished
-        if best is None or not self.row_step_seconds:
+        if best is None:
             return False
+        if not self.row_step_seconds:  # no step timed yet (a resumed search): its own time
+            return best.wall_seconds < self.deadline - now
         steps = best.epochs * math.ceil(best.n / best.batch_size)
         needed = steps * self.row_step_seconds * (len(self.running) + 1)
         return needed < self.deadline - now
