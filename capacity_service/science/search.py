@@ -208,14 +208,13 @@ def _check_budget(spec: CapacitySpec, pool: Dataset, first_rung: int) -> None:
     """Refuse a time budget too small for one full stack to reach the first rung, naming
     the field and the smallest budget that does (timed here, on this device)."""
     search = spec.search
-    n = min(pool.n, prior_n(spec))
-    train = TrainSpec(lr=spec.lr_bounds[0], batch_size=max(spec.batch_sizes), epochs=1)
+    n, batch = min(pool.n, prior_n(spec)), max(spec.batch_sizes)
+    train = TrainSpec(lr=spec.lr_bounds[0], batch_size=batch, epochs=1)
     configs = [
         TrialConfig(n=n, train=train, init_seed=k, shuffle_seed=k)
         for k in range(stack_rows(search))
     ]
     stacked = stack_models(spec.model, configs, pool)
-    batch = max(spec.batch_sizes)
     x = pool.x[:batch].unsqueeze(0).expand(len(configs), *pool.x[:batch].shape).contiguous()
     y = pool.y[:batch].unsqueeze(0).expand(len(configs), -1).contiguous()
     sample = Batch(x, y, torch.full(y.shape, 1.0 / len(y[0]), device=x.device))
