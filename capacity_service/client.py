@@ -42,14 +42,14 @@ class ApiClient:
     def submit(
         self,
         kind: str,
-        spec: dict[str, Any],
+        spec: dict[str, object],
         *,
         priority: int = 0,
         idempotency_key: str | None = None,
     ) -> JobDocument:
         from capacity_service.api.schemas import JobDocument
 
-        body: dict[str, Any] = {"kind": kind, "spec": spec, "priority": priority}
+        body: dict[str, object] = {"kind": kind, "spec": spec, "priority": priority}
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
         return _read(JobDocument, self._call("POST", "/v1/jobs", json=body))

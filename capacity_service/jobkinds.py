@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from capacity_service.specs import (
     CapacityResult,
     CapacitySpec,
+    ProgressValue,
     SweepPoint,
     SweepResult,
     SweepSpec,
@@ -56,7 +57,7 @@ class JobContext(Protocol):
         """Store a finished trial the moment it ends."""
         ...
 
-    def progress(self, **fields: Any) -> None:
+    def progress(self, **fields: ProgressValue) -> None:
         """Advisory progress (stage, trials done, ...); the next call replaces it."""
         ...
 
@@ -123,7 +124,7 @@ def get(name: str) -> JobKind:
         raise ValueError(f"unknown job kind {name!r}; use one of {', '.join(KINDS)}") from None
 
 
-def validate_job_spec(kind: str, spec: dict[str, Any]) -> Any:
+def validate_job_spec(kind: str, spec: dict[str, object]) -> Any:
     """The spec of a job of `kind`; ValueError for an unknown kind, ValidationError for
     a bad spec."""
     return get(kind).spec.model_validate(spec)

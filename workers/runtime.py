@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from capacity_service import __version__, jobkinds
 from capacity_service.provenance import stamped
 from capacity_service.settings import Settings
-from capacity_service.specs import CapacitySpec, TrialRecord
+from capacity_service.specs import CapacitySpec, ProgressValue, TrialRecord
 from capacity_service.stopping import StopCheck, Stopped
 from capacity_service.store.queries import Store
 from capacity_service.store.records import Job, ResultSummary
@@ -225,7 +225,7 @@ class Worker:
         except LeaseLostError:
             log.warning("job %s: lease lost before it could be ended as %s", job.id, state)
 
-    def _progress(self, job: Job, **progress: Any) -> None:
+    def _progress(self, job: Job, **progress: ProgressValue) -> None:
         try:
             self.store.set_progress(job.id, self.worker_id, progress)
         except StoreError as error:  # progress is advisory: the next update replaces it
@@ -271,7 +271,7 @@ class WorkerContext:
             log.warning("job %s trial %s was already stored", self.job.id, record.index)
         worker_metrics.trial_finished(self.job.model_kind, record.wall_seconds)
 
-    def progress(self, **fields: Any) -> None:
+    def progress(self, **fields: ProgressValue) -> None:
         self.worker._progress(self.job, **fields)
 
     def result_of(self, job_id: int) -> BaseModel:

@@ -6,20 +6,24 @@ module is imported."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, Union
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, create_model
 
 from capacity_service import jobkinds
 from capacity_service.specs import (
     CapacityResult,
+    CapacitySpec,
     CurvePoint,
     Int,
     ModelSpec,
+    Progress,
     SearchQuality,
     SweepCurve,
     SweepResult,
+    SweepSpec,
     TrialRecord,
 )
 from capacity_service.store.records import Job, StoredResult, iso
@@ -81,6 +85,14 @@ else:
     ResultModel = _one_of([k.result for k in jobkinds.KINDS.values()])
 
 
+def _stamp(moment: object) -> object:
+    return iso(moment) if isinstance(moment, datetime) else moment
+
+
+# a moment the store keeps as a datetime, in JSON as ISO 8601 in UTC
+Stamp = Annotated[str, BeforeValidator(_stamp)]
+
+
 class JobDocument(BaseModel):
     """A job as stored: what `capacity job ID --json` prints too."""
 
@@ -89,44 +101,26 @@ class JobDocument(BaseModel):
     # load) is still listed
     kind: str = Field(description="the job kind (see jobkinds)")
     state: JobState
-    model_kind: str
-    priority: int
-    idempotency_key: str | None
-    attempts: int
-    max_attempts: int
-    worker_id: str | None
-    cancel_requested: bool
-    progress: dict[str, Any] = Field(description="stage, trials_done, best_bits while running")
-    error: str | None
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    run_after: str | None = Field(
+    model_kind: str = Field(description="the kind of network: fcdnn, cnn, lstm, gru or rnn")
+    priority: int = Field(description="a higher priority is claimed first")
+    idempotency_key: str | None = Field(description="submitting again with it returns this job")
+    attempts: int = Field(description="claims by a worker (waits for a dependency not counted)")
+    max_attempts: int = Field(description="a lost lease or transient failure is retried until then")
+    worker_id: str | None = Field(description="the worker that holds it (null when none does)")
+    cancel_requested: bool = Field(description="the worker stops it at its next epoch end")
+    progress: Progress = Field(description="stage, trials_done, best_bits while running")
+    error: str | None = Field(description="why it failed, or why a retry waits")
+    created_at: Stamp
+    started_at: Stamp | None
+    finished_at: Stamp | None
+    run_after: Stamp | None = Field(
         None, description="a job retried after a transient failure waits until then"
     )
-    spec: dict[str, Any] = Field(description="as submitted (the kind's spec)")
+    spec: dict[str, object] = Field(description="as submitted (the kind's spec)")
 
     @classmethod
     def of(cls, job: Job) -> JobDocument:
-        return cls(
-            id=job.id,
-            kind=job.kind,
-            state=job.state,
-            model_kind=job.model_kind,
-            priority=job.priority,
-            idempotency_key=job.idempotency_key,
-            attempts=job.attempts,
-            max_attempts=job.max_attempts,
-            worker_id=job.worker_id,
-            cancel_requested=job.cancel_requested,
-            progress=job.progress,
-            error=job.error,
-            created_at=iso(job.created_at) or "",
-            started_at=iso(job.started_at),
-            finished_at=iso(job.finished_at),
-            run_after=iso(job.run_after),
-            spec=job.spec,
-        )
+        return cls.model_validate(job, from_attributes=True)
 
     @property
     def finished(self) -> bool:
@@ -149,13 +143,30 @@ class JobResult(RootModel[ResultModel]):
     points per precision)."""
 
 
-class CurveItem(BaseModel):
-    """One stored capacity result, as the dashboard plots it."""
+class StoredItem(BaseModel):
+    """What a listing says of every stored result: its job, the model it ran, and when."""
 
     job_id: int
     model_kind: str
     model: ModelSpec
     params: int
+    code_version: str
+    created_at: str | None
+
+    @classmethod
+    def _of(cls, stored: StoredResult, **fields: object) -> Self:
+        spec = stored.spec
+        if not isinstance(spec, CapacitySpec | SweepSpec):
+            raise TypeError(f"job {stored.job_id} ran no capacity or sweep spec")
+        common = {"job_id": stored.job_id, "model_kind": stored.model_kind, "model": spec.model,
+                  "params": stored.params, "code_version": stored.code_version,
+                  "created_at": iso(stored.created_at)}  # fmt: skip
+        return cls.model_validate(common | fields)
+
+
+class CurveItem(StoredItem):
+    """One stored capacity result, as the dashboard plots it."""
+
     capacity_bits: float
     bits_per_param: float
     conv_bits_per_param: float | None
@@ -167,29 +178,22 @@ class CurveItem(BaseModel):
     curve: list[CurvePoint] = Field(description="n, accuracy, mutual_information_bits")
     seed: int
     device: str
-    code_version: str
-    created_at: str | None
 
     @classmethod
     def of(cls, stored: StoredResult) -> CurveItem:
         result = stored.result
         if not isinstance(result, CapacityResult):
             raise TypeError(f"job {stored.job_id} has no capacity result")
-        return cls(
-            job_id=stored.job_id,
-            model_kind=stored.model_kind,
-            model=stored.spec["model"],
-            params=stored.params,
+        return cls._of(
+            stored,
             capacity_bits=result.capacity_bits,
             bits_per_param=result.bits_per_param,
             conv_bits_per_param=result.conv_bits_per_param,
             best_n=result.best.n,
             quality=result.quality,
-            curve=list(result.curve),
+            curve=result.curve,
             seed=result.seed,
             device=result.device,
-            code_version=stored.code_version,
-            created_at=iso(stored.created_at),
         )
 
 
@@ -198,39 +202,23 @@ class CurvePage(BaseModel):
     next_cursor: int | None
 
 
-class SweepItem(BaseModel):
+class SweepItem(StoredItem):
     """One stored quantization sweep."""
 
-    job_id: int
-    model_kind: str
-    model: ModelSpec
-    params: int
     quantized_params: int
     regime: str
     tolerance: float
     precision_boundary: int | None
     curves: list[SweepCurve] = Field(description="per N: float accuracy and the points")
-    code_version: str
-    created_at: str | None
 
     @classmethod
     def of(cls, stored: StoredResult) -> SweepItem:
         result = stored.result
         if not isinstance(result, SweepResult):
             raise TypeError(f"job {stored.job_id} has no sweep result")
-        return cls(
-            job_id=stored.job_id,
-            model_kind=stored.model_kind,
-            model=stored.spec["model"],
-            params=stored.params,
-            quantized_params=result.quantized_params,
-            regime=result.regime,
-            tolerance=result.tolerance,
-            precision_boundary=stored.precision_boundary,
-            curves=list(result.curves),
-            code_version=stored.code_version,
-            created_at=iso(stored.created_at),
-        )
+        return cls._of(stored, quantized_params=result.quantized_params, regime=result.regime,
+                       tolerance=result.tolerance, precision_boundary=stored.precision_boundary,
+                       curves=result.curves)  # fmt: skip
 
 
 class SweepPage(BaseModel):

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 from pydantic import BaseModel
 
@@ -51,7 +51,7 @@ class Backend(ABC):
 
     @abstractmethod
     def submit(
-        self, kind: str, spec: dict[str, Any], *, priority: int, idempotency_key: str | None
+        self, kind: str, spec: dict[str, object], *, priority: int, idempotency_key: str | None
     ) -> JobDocument:
         """Queue a job; the same idempotency key returns the first job. A spec checked
         here and found invalid raises pydantic's ValidationError (the API answers 422)."""
@@ -109,7 +109,7 @@ class DatabaseBackend(Backend):
         self.store = Store(settings.database_url)  # connects on first use only
 
     def submit(
-        self, kind: str, spec: dict[str, Any], *, priority: int, idempotency_key: str | None
+        self, kind: str, spec: dict[str, object], *, priority: int, idempotency_key: str | None
     ) -> JobDocument:
         from capacity_service.store.migrate import upgrade
 
@@ -199,7 +199,7 @@ class ApiBackend(Backend):
         self.client = client
 
     def submit(
-        self, kind: str, spec: dict[str, Any], *, priority: int, idempotency_key: str | None
+        self, kind: str, spec: dict[str, object], *, priority: int, idempotency_key: str | None
     ) -> JobDocument:
         return self.client.submit(kind, spec, priority=priority, idempotency_key=idempotency_key)
 

@@ -28,7 +28,7 @@ def fail(message: str) -> NoReturn:
     raise UsageError(message)
 
 
-def load_json_file(path: str, what: str = "spec file") -> dict[str, Any]:
+def load_json_file(path: str, what: str = "spec file") -> dict[str, object]:
     """The JSON object in `path` (`-` reads standard input)."""
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
@@ -43,7 +43,7 @@ def load_json_file(path: str, what: str = "spec file") -> dict[str, Any]:
     return document
 
 
-def validate(model: type[M], document: dict[str, Any], source: str) -> M:
+def validate(model: type[M], document: dict[str, object], source: str) -> M:
     """`document` as a `model`, or a UsageError naming every invalid field."""
     try:
         return model.model_validate(document)
@@ -68,7 +68,7 @@ def describe_validation_error(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def set_path(document: dict[str, Any], dotted: str, value: Any) -> None:
+def set_path(document: dict[str, object], dotted: str, value: Any) -> None:
     """document["a"]["b"] = value for dotted = "a.b", creating objects on the way."""
     *parents, leaf = dotted.split(".")
     node = document
@@ -128,9 +128,9 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
-def spec_document(args: argparse.Namespace, extra_flags: dict[str, str]) -> dict[str, Any]:
+def spec_document(args: argparse.Namespace, extra_flags: dict[str, str]) -> dict[str, object]:
     """The spec file's JSON (or {}) with every given flag written over it."""
-    document: dict[str, Any] = load_json_file(args.spec) if args.spec else {}
+    document: dict[str, object] = load_json_file(args.spec) if args.spec else {}
     if args.model is not None:
         current = document.get("model")
         if not isinstance(current, dict) or current.get("kind") != args.model:

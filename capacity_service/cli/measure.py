@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def search_document(found: NSearchResult) -> dict[str, Any]:
+def search_document(found: NSearchResult) -> dict[str, object]:
     """The best trial's fields at the top level, plus the curve and every trial."""
     document = found.best.model_dump(mode="json")
     document["curve"] = [point.model_dump(mode="json") for point in found.curve]

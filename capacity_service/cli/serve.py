@@ -50,6 +50,7 @@ def add_parsers(subparsers: Any) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     from capacity_service.api.app import create_app
     from capacity_service.store.migrate import upgrade
@@ -64,17 +65,18 @@ def run_serve(args: argparse.Namespace) -> int:
         fail("--workers: give 1 or more server processes")
     # CAPACITY_LOG_FORMAT=json: uvicorn's loggers and the app's write JSON lines too
     log_config = uvicorn_log_config(settings.log_format, logging.getLogger().level)
-    logs: dict[str, Any] = {} if log_config is None else {"log_config": log_config}
+    if log_config is None:
+        log_config = LOGGING_CONFIG  # uvicorn's own text format
     if args.workers == 1:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                    log_level=args.log_level, **logs)  # fmt: skip
+                    log_level=args.log_level, log_config=log_config)  # fmt: skip
         return 0
     # several processes import the app themselves: hand them the settings through the
     # environment they read it from
     os.environ["CAPACITY_DATABASE_URL"] = settings.database_url
     uvicorn.run("capacity_service.api.app:create_app", factory=True, workers=args.workers,
                 host=settings.host, port=settings.port, log_level=args.log_level,
-                **logs)  # fmt: skip
+                log_config=log_config)  # fmt: skip
     return 0
 
 

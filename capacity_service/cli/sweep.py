@@ -134,11 +134,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def sweep_document(result: SweepResult) -> dict[str, Any]:
+# the first curve's fields a reader of one-N sweeps finds at the top level
+_FIRST_CURVE_FIELDS = {"n", "float_accuracy", "float_mutual_information_bits", "points",
+                       "precision_boundary"}  # fmt: skip
+
+
+def sweep_document(result: SweepResult) -> dict[str, object]:
     """The whole result, with the first (or only) curve's fields also at the top level."""
-    document = result.model_dump(mode="json")
-    first = document["curves"][0]
-    for key in ("n", "float_accuracy", "float_mutual_information_bits", "points"):
-        document[key] = first[key]
-    document["precision_boundary"] = first["precision_boundary"]
-    return document
+    first = result.curves[0].model_dump(mode="json", include=_FIRST_CURVE_FIELDS)
+    return result.model_dump(mode="json") | first

@@ -8,12 +8,12 @@ import contextlib
 import sys
 import time
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
 from capacity_service.reproduce.runs import Finished
-from capacity_service.specs import TrialRecord
+from capacity_service.specs import ProgressValue, TrialRecord
 from capacity_service.store.vocabulary import JobState
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class LocalContext:
     def trial_finished(self, record: TrialRecord) -> None:
         pass
 
-    def progress(self, **fields: Any) -> None:
+    def progress(self, **fields: ProgressValue) -> None:
         pass
 
     def result_of(self, job_id: int) -> BaseModel:

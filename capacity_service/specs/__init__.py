@@ -8,7 +8,15 @@ without importing the science stack. Unknown keys are rejected everywhere.
 computed by arithmetic, `results` the results; every public name is importable from here.
 """
 
-from capacity_service.specs.base import DEVICE_PATTERN, Device, Frozen, Int, Real
+from capacity_service.specs.base import (
+    DEVICE_PATTERN,
+    Device,
+    Frozen,
+    Int,
+    Progress,
+    ProgressValue,
+    Real,
+)
 from capacity_service.specs.jobs import (
     DEFAULT_BATCH_SIZES,
     DEFAULT_LR,
@@ -80,6 +88,8 @@ __all__ = [
     "NSearchResult",
     "ParameterCount",
     "ParameterGroup",
+    "Progress",
+    "ProgressValue",
     "Provenance",
     "RNNSpec",
     "Real",

@@ -22,6 +22,11 @@ Device = Annotated[str, AfterValidator(_known_device)]
 Int = Annotated[int, Strict()]
 Real = Annotated[float, Strict()]  # an integer is a real number too
 
+# A running job's advisory progress (stage, trials_done, best_bits, ...): flat JSON that
+# each job kind fills with its own fields and the store keeps as it was given.
+ProgressValue = str | int | float | bool | None
+Progress = dict[str, ProgressValue]
+
 
 class Frozen(BaseModel):
     """Base of every spec and result: immutable, unknown keys are an error, and so are

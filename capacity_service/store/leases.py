@@ -3,11 +3,10 @@ back or end it, report progress; and the workers table that claims and heartbeat
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.orm import Session
 
+from capacity_service.specs import Progress
 from capacity_service.store.db import Database, utc_now
 from capacity_service.store.models import JobRow, ResultRow, WorkerRow
 from capacity_service.store.records import Job, ResultSummary
@@ -99,7 +98,7 @@ class Leases(Database):
         error: str,
         delay_seconds: float,
         count_attempt: bool = True,
-        spec: dict[str, Any] | None = None,
+        spec: dict[str, object] | None = None,
     ) -> Job:
         """Hand a running job back to the queue after a transient failure: no worker claims
         it for `delay_seconds` (by the database's clock). `error` says why, while it waits;
@@ -118,7 +117,7 @@ class Leases(Database):
             session.flush()
             return Job.from_row(row)
 
-    def set_progress(self, job_id: int, worker_id: str, progress: dict[str, Any]) -> None:
+    def set_progress(self, job_id: int, worker_id: str, progress: Progress) -> None:
         with self.session() as session:
             self._held(session, job_id, worker_id).progress = progress
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from capacity_service.specs import Progress
 
 
 class Base(DeclarativeBase):
@@ -19,7 +20,7 @@ class JobRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16))
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec: Mapped[dict[str, object]] = mapped_column(JSON)
     model_kind: Mapped[str] = mapped_column(String(16))
     priority: Mapped[int] = mapped_column(Integer, default=0)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
@@ -32,7 +33,7 @@ class JobRow(Base):
     # a job handed back after a transient failure is not claimed before this (same clock)
     run_after: Mapped[float | None]
     cancel_requested: Mapped[bool] = mapped_column(default=False)
-    progress: Mapped[dict[str, Any]] = mapped_column(JSON)
+    progress: Mapped[Progress] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -47,7 +48,7 @@ class TrialRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     index: Mapped[int] = mapped_column(Integer)
-    record: Mapped[dict[str, Any]] = mapped_column(JSON)
+    record: Mapped[dict[str, object]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (UniqueConstraint("job_id", "index", name="uq_trials_job_index"),)
@@ -57,7 +58,7 @@ class ResultRow(Base):
     __tablename__ = "results"
 
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
-    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    document: Mapped[dict[str, object]] = mapped_column(JSON)
     model_kind: Mapped[str] = mapped_column(String(16), index=True)
     params: Mapped[int] = mapped_column(Integer)
     capacity_bits: Mapped[float | None]

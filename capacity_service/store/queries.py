@@ -4,7 +4,8 @@ of `records.py`, never ORM rows, and raises the errors of `vocabulary.py`."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from dataclasses import replace
+from typing import NamedTuple
 
 from pydantic import BaseModel
 from sqlalchemy import insert, select
@@ -19,6 +20,7 @@ from capacity_service.store.records import (
     Job,
     StoredResult,
     read_result,
+    read_spec,
     read_trial,
 )
 from capacity_service.store.vocabulary import (
@@ -29,6 +31,12 @@ from capacity_service.store.vocabulary import (
     JobStateError,
     StoreError,
 )
+
+# what a submission writes besides its state: the columns the database or a worker
+# fills later are left out
+_SUBMITTED_COLUMNS = ("kind", "spec", "model_kind", "priority", "idempotency_key",
+                      "attempts", "max_attempts", "cancel_requested", "progress",
+                      "created_at")  # fmt: skip
 
 
 class Submission(NamedTuple):
@@ -45,7 +53,7 @@ class Store(Leases):
     def submit(
         self,
         kind: str,
-        spec: dict[str, Any],
+        spec: dict[str, object],
         model_kind: str,
         *,
         priority: int = 0,
@@ -56,19 +64,13 @@ class Store(Leases):
         the first job instead of queueing another, and says so (`new` is False)."""
         if idempotency_key is not None and (known := self._by_key(idempotency_key)):
             return Submission(known, new=False)
-        values: dict[str, Any] = {
-            "kind": kind,
-            "state": JobState.QUEUED.value,
-            "spec": spec,
-            "model_kind": model_kind,
-            "priority": priority,
-            "idempotency_key": idempotency_key,
-            "attempts": 0,
-            "max_attempts": max_attempts,
-            "cancel_requested": False,
-            "progress": {},
-            "created_at": utc_now(),
-        }
+        job = Job(id=0, kind=kind, state=JobState.QUEUED, spec=spec, model_kind=model_kind,
+                  priority=priority, idempotency_key=idempotency_key, attempts=0,
+                  max_attempts=max_attempts, worker_id=None, cancel_requested=False,
+                  progress={}, error=None, created_at=utc_now(), started_at=None,
+                  finished_at=None)  # fmt: skip
+        values = {column: getattr(job, column) for column in _SUBMITTED_COLUMNS}
+        values["state"] = job.state.value  # the plain string: a driver may write an enum's name
         try:
             with self.session() as session:
                 # one INSERT ... RETURNING, without the ORM's unit of work: submissions
@@ -82,10 +84,7 @@ class Store(Leases):
                 if known is not None:
                     return Submission(known, new=False)
             raise
-        fields = {k: v for k, v in values.items() if k != "state"}
-        job = Job(id=job_id, state=JobState.QUEUED, worker_id=None, error=None,
-                  started_at=None, finished_at=None, **fields)  # fmt: skip
-        return Submission(job, new=True)
+        return Submission(replace(job, id=job_id), new=True)
 
     def _by_key(self, key: str) -> Job | None:
         with self.session(read_only=True) as session:
@@ -222,8 +221,12 @@ class Store(Leases):
             query = query.where(ResultRow.job_id < after_job_id)
         with self.session(read_only=True) as session:
             rows = list(session.execute(query))
-        return [StoredResult.from_row(row, spec, read_result(row.job_id, kind, row.document))
-                for row, spec in rows]  # fmt: skip
+        return [
+            StoredResult.from_row(
+                row, read_spec(row.job_id, kind, spec), read_result(row.job_id, kind, row.document)
+            )
+            for row, spec in rows
+        ]
 
     # -- API keys -----------------------------------------------------------------
 

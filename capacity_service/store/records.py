@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from capacity_service import jobkinds
-from capacity_service.specs import TrialRecord
+from capacity_service.specs import Progress, TrialRecord
 from capacity_service.store.models import ApiKeyRow, JobRow, ResultRow
 from capacity_service.store.vocabulary import JobState, StaleDocumentError
 
@@ -21,7 +21,7 @@ class Job:
     id: int
     kind: str
     state: JobState
-    spec: dict[str, Any]
+    spec: dict[str, object]  # as submitted: JSON the worker validates before it runs
     model_kind: str
     priority: int
     idempotency_key: str | None
@@ -29,7 +29,7 @@ class Job:
     max_attempts: int
     worker_id: str | None
     cancel_requested: bool
-    progress: dict[str, Any]
+    progress: Progress
     error: str | None
     created_at: datetime
     started_at: datetime | None
@@ -97,11 +97,11 @@ class StoredResult:
     precision_boundary: int | None
     code_version: str
     created_at: datetime
-    spec: dict[str, Any]  # as submitted: JSON the worker validates before it runs
+    spec: BaseModel  # the kind's spec model
     result: BaseModel
 
     @classmethod
-    def from_row(cls, row: ResultRow, spec: dict[str, Any], result: BaseModel) -> StoredResult:
+    def from_row(cls, row: ResultRow, spec: BaseModel, result: BaseModel) -> StoredResult:
         return cls(
             job_id=row.job_id,
             model_kind=row.model_kind,
@@ -133,14 +133,24 @@ class ResultSummary:
 
 def read_result(job_id: int, kind: str, document: object) -> BaseModel:
     """The stored result of job `job_id` as its kind's result model."""
+    model = _known_kind(job_id, kind).result
+    return _validated(model, document, f"job {job_id}'s stored {kind} result")
+
+
+def read_spec(job_id: int, kind: str, document: object) -> BaseModel:
+    """The spec job `job_id` ran (it was validated when it ran) as its kind's spec model."""
+    model = _known_kind(job_id, kind).spec
+    return _validated(model, document, f"job {job_id}'s stored {kind} spec")
+
+
+def _known_kind(job_id: int, kind: str) -> jobkinds.JobKind:
     try:
-        model = jobkinds.get(kind).result
+        return jobkinds.get(kind)
     except ValueError:
         raise StaleDocumentError(
-            f"job {job_id}'s result is of kind {kind!r}, which this process does not know; "
+            f"job {job_id} is of kind {kind!r}, which this process does not know; "
             "load the module that registers it (CAPACITY_PLUGINS)"
         ) from None
-    return _validated(model, document, f"job {job_id}'s stored {kind} result")
 
 
 def read_trial(job_id: int, document: object) -> TrialRecord:

@@ -60,6 +60,12 @@ def write(path: Path, document: Any) -> str:
     return str(path)
 
 
+def regress(suite: str, baseline: Path, out: Path) -> int:
+    """`capacity regress` of `suite` against `baseline` on the CPU, reporting into `out`."""
+    return main(["regress", suite, "--baseline", str(baseline), "--out-dir", str(out),
+                 "--device", "cpu"])  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("regress")
@@ -81,21 +87,7 @@ def test_a_run_against_its_own_baseline_passes(
     assert stored["provenance"]["torch"] == metadata.version("torch")  # where it was measured
     suite = write(tmp_path / "suite.json", tiny_suite())
     out = tmp_path / "report"
-    assert (
-        main(
-            [
-                "regress",
-                suite,
-                "--baseline",
-                str(baseline),
-                "--out-dir",
-                str(out),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert regress(suite, baseline, out) == 0
     printed = capsys.readouterr().out
     assert "0 regression(s) in 3 checks" in printed
     summary = (out / "summary.md").read_text()
@@ -114,21 +106,7 @@ def test_a_weakened_run_is_flagged(
 ) -> None:
     suite = write(tmp_path / "suite.json", tiny_suite(epochs=1))  # one epoch: learns little
     out = tmp_path / "report"
-    assert (
-        main(
-            [
-                "regress",
-                suite,
-                "--baseline",
-                str(baseline),
-                "--out-dir",
-                str(out),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 1
-    )
+    assert regress(suite, baseline, out) == 1
     printed = capsys.readouterr().out
     failing = [line for line in printed.splitlines() if "REGRESSION" in line]
     assert any("fcdnn-capacity" in line and "bits_per_param" in line for line in failing)
@@ -138,53 +116,24 @@ def test_a_weakened_run_is_flagged(
     assert report.find("testcase[@name='bits_per_param']/failure") is not None
 
 
+def one_case_suite(model: dict[str, Any], metric: str) -> dict[str, Any]:
+    case = {
+        "name": "a",
+        "kind": "capacity",
+        "spec": {"model": model},
+        "metrics": {metric: {"abs": 1}},
+    }
+    return {"name": "x", "cases": [case]}
+
+
 @pytest.mark.parametrize(
     ("suite", "words"),
     [
         (None, ["suite.json", "cannot read the suite"]),
         ("{not json", ["suite.json", "not valid JSON"]),
-        (
-            {
-                "name": "x",
-                "cases": [
-                    {
-                        "name": "a",
-                        "kind": "capacity",
-                        "spec": {"model": MODEL},
-                        "metrics": {"speed": {"abs": 1}},
-                    }
-                ],
-            },
-            ["unknown metric 'speed'"],
-        ),
-        (
-            {
-                "name": "x",
-                "cases": [
-                    {
-                        "name": "a",
-                        "kind": "capacity",
-                        "spec": {"model": MODEL},
-                        "metrics": {"precision_boundary": {"abs": 1}},
-                    }
-                ],
-            },
-            ["belongs to quant_sweep"],
-        ),
-        (
-            {
-                "name": "x",
-                "cases": [
-                    {
-                        "name": "a",
-                        "kind": "capacity",
-                        "spec": {"model": {"kind": "fcdnn", "width": -1}},
-                        "metrics": {"bits_per_param": {"abs": 1}},
-                    }
-                ],
-            },
-            ["width"],
-        ),
+        (one_case_suite(MODEL, "speed"), ["unknown metric 'speed'"]),
+        (one_case_suite(MODEL, "precision_boundary"), ["belongs to quant_sweep"]),
+        (one_case_suite({"kind": "fcdnn", "width": -1}, "bits_per_param"), ["width"]),
         ({"name": "x", "cases": []}, ["cases"]),
     ],
 )

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from capacity_service.api.auth import hash_key, new_key
+from capacity_service.specs import CapacitySpec
 from capacity_service.store.queries import Store
 from capacity_service.store.records import ResultSummary, iso
 from capacity_service.store.vocabulary import (
@@ -137,6 +138,18 @@ def test_a_stored_document_of_an_older_shape_is_refused_by_name(store: Store) ->
     assert store.get(job_id).state == JobState.SUCCEEDED  # nothing else is touched
 
 
+def test_a_listed_result_whose_spec_no_longer_validates_is_refused_by_name(store: Store) -> None:
+    from capacity_service.store.models import JobRow
+
+    job_id = finish_with(store, "capacity", "fcdnn", 100, capacity_bits=200.0)
+    with store.session() as session:  # a spec field this version no longer knows
+        row = session.get_one(JobRow, job_id)
+        row.spec = row.spec | {"budget": 60}
+    with pytest.raises(StaleDocumentError, match=f"job {job_id}'s stored capacity spec .*budget"):
+        store.results("capacity")
+    assert store.get(job_id).spec["budget"] == 60  # the job itself still reads as stored
+
+
 def test_submit_tells_new_from_replayed(store: Store) -> None:
     job, is_new = store.submit("capacity", SPEC, "fcdnn", idempotency_key="k")
     again, again_new = store.submit("capacity", SPEC, "fcdnn", idempotency_key="k")
@@ -149,7 +162,8 @@ def test_timestamps_are_utc_on_both_backends(store: Store) -> None:
 
 
 def finish_with(store: Store, kind: str, model_kind: str, params: int, **columns: object) -> int:
-    job, _ = store.submit(kind, {"model": {"kind": model_kind}}, model_kind)
+    spec = {"model": {"kind": model_kind}} | ({"n": 64} if kind == "quant_sweep" else {})
+    job, _ = store.submit(kind, spec, model_kind)
     claimed = store.claim("w", 60)
     assert claimed is not None and claimed.id == job.id
     result = (capacity_result(params, 1.0) if kind == "capacity"
@@ -171,7 +185,8 @@ def test_results_filter_by_kind_model_and_parameters(store: Store) -> None:
     assert [r.job_id for r in store.results("capacity", min_params=1_000)] == [lstm]
     assert [r.job_id for r in store.results("capacity", after_job_id=lstm)] == [small]
     first = store.results("capacity", limit=1)[0]
-    assert first.spec == {"model": {"kind": "lstm"}} and first.bits_per_param == 3.6
+    assert isinstance(first.spec, CapacitySpec) and first.spec.model.kind == "lstm"
+    assert first.bits_per_param == 3.6
     assert store.results("quant_sweep")[0].precision_boundary == 6
 
 
