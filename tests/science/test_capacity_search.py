@@ -175,10 +175,11 @@ def test_the_prior_n_of_a_cnn_counts_its_conv_layers_at_3_bits() -> None:
 def test_batch_sizes_and_rates_default_by_kind_and_a_spec_s_own_are_kept() -> None:
     lstm = CapacitySpec.model_validate({"model": {"kind": "lstm", "hidden": 32}})
     assert lstm.batch_sizes == (256, 512) and lstm.lr_bounds == (0.04, 1.2)
-    # the first rung is 4 epochs at the prior N and the largest batch, in steps
-    assert first_rung(lstm) == 4 * -(-round(3.7 * 8_386) // 512)
+    # the first rung is 24 epochs (an LSTM's) at the prior N and the largest batch, in steps
+    assert first_rung(lstm) == 24 * -(-round(3.7 * 8_386) // 512)
     fcdnn = CapacitySpec.model_validate({"model": TINY})
     assert fcdnn.batch_sizes == (64, 128)
+    assert first_rung(fcdnn) == 4 * -(-prior_n(fcdnn) // 128)  # 4 epochs for the others
     own = CapacitySpec.model_validate(
         {"model": {"kind": "lstm", "hidden": 32}, "search": {"batch_sizes": [128, 64, 128]}}
     )
