@@ -19,8 +19,9 @@ DESIGN_RATES = 5  # learning rates at each N of the design, log-spaced over the 
 WIDEN = 1.5  # a best N at the edge of those tried: try N x 1.5 (or / 1.5) next
 # The first rung, in epochs at the prior N and the largest batch (counted in steps), by
 # kind. An LSTM learns nothing visible at first: LSTM-32 trials at N = 24.8k-38.8k stood
-# at 50.3-53% after 4 epochs and 52.5-54.5% after 24, so a 4-epoch rung stopped trials at
-# random; with 24 a 20-minute search (seed 0) reached 3.56 bits/param, with 4 3.27.
+# at 50.3-53% after 4 epochs and 51.8-54.7% after 24, so a 4-epoch rung stopped trials at
+# random; with 24, 20-minute searches reached 3.56 / 3.47 / 3.47 bits/param (seeds 0-2),
+# with 4, 3.27 / 2.93 (seeds 0-1).
 RUNG_EPOCHS = {"lstm": 24}
 DEFAULT_RUNG_EPOCHS = 4
 ETA = 3  # successive halving: the best third of a rung goes on

@@ -70,7 +70,7 @@ class Store(Leases):
                   progress={}, error=None, created_at=utc_now(), started_at=None,
                   finished_at=None)  # fmt: skip
         values = {column: getattr(job, column) for column in _SUBMITTED_COLUMNS}
-        values["state"] = job.state.value  # the plain string: a driver may write an enum's name
+        values["state"] = job.state.value  # the column holds the plain string, as leases write it
         try:
             with self.session() as session:
                 # one INSERT ... RETURNING, without the ORM's unit of work: submissions
