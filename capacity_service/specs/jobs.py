@@ -114,13 +114,10 @@ DEFAULT_LR: dict[str, tuple[float, float]] = {
 # network costs about the same at batch 128 as at 512 on this CPU (kernel launches bound
 # it), and an LSTM-32 learns about as much per epoch at batch 512 and lr 0.4 as at 128 and
 # 0.1: at N = 31,028, two trials for 150 s reached 84-85% at batch 128 (lr 0.1, 0.2) and
-# 87-92% at batch 512 (lr 0.2, 0.4); 85% at 256 (measured for LSTM only). A small CNN is
-# the other way round: a sample costs less at batch 64 than at 128 (CNN 3x3, 4 channels, 8
-# rows: 24 and 28 us) and an epoch teaches more, so the same trial of a search (N = 1,307,
-# lr 0.014) reached 99.2% in 1,028 epochs at 64 where it stopped at 94.0% after 879 at 128.
+# 87-92% at batch 512 (lr 0.2, 0.4); 85% at 256 (measured for LSTM only).
 DEFAULT_BATCH_SIZES: dict[str, tuple[int, ...]] = {
     "fcdnn": (64, 128),
-    "cnn": (32, 64),
+    "cnn": (64, 128),
     "lstm": (256, 512),
     "gru": (64, 128),
     "rnn": (64, 128),

@@ -179,7 +179,6 @@ def test_batch_sizes_and_rates_default_by_kind_and_a_spec_s_own_are_kept() -> No
     assert first_rung(lstm) == 24 * -(-round(3.7 * 8_386) // 512)
     fcdnn = CapacitySpec.model_validate({"model": TINY})
     assert fcdnn.batch_sizes == (64, 128)
-    assert CapacitySpec.model_validate({"model": {"kind": "cnn"}}).batch_sizes == (32, 64)
     assert first_rung(fcdnn) == 4 * -(-prior_n(fcdnn) // 128)  # 4 epochs for the others
     own = CapacitySpec.model_validate(
         {"model": {"kind": "lstm", "hidden": 32}, "search": {"batch_sizes": [128, 64, 128]}}
