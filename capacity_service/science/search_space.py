@@ -21,9 +21,8 @@ WIDEN = 1.5  # a best N at the edge of those tried: try N x 1.5 (or / 1.5) next
 # kind. An LSTM learns nothing visible at first: LSTM-32 trials at N = 24.8k-38.8k stood
 # at 50.3-53% after 4 epochs and 51.8-54.7% after 24, so a 4-epoch rung stopped trials at
 # random; with 24, 20-minute searches reached 3.56 / 3.47 / 3.47 bits/param (seeds 0-2),
-# with 4, 3.27 / 2.93 (seeds 0-1).
-RUNG_EPOCHS = {"lstm": 24}
-DEFAULT_RUNG_EPOCHS = 4
+# with 4, 3.27 / 2.93 (seeds 0-1). (CNN 3x3 at 24: 2.22 conv bits/param against 2.67 at 4.)
+RUNG_EPOCHS = {"fcdnn": 4, "cnn": 4, "lstm": 24, "gru": 4, "rnn": 4}
 ETA = 3  # successive halving: the best third of a rung goes on
 RUNGS = 4  # rungs at 1, 3, 9 and 27 first rungs; past the last a trial runs to its end
 BUCKET = 1.5  # trials compete at a rung with those whose N lies in the same 1.5x band
@@ -67,7 +66,7 @@ def prior_n(spec: CapacitySpec) -> int:
 def first_rung(spec: CapacitySpec) -> int:
     """Optimizer steps to the first rung: the kind's RUNG_EPOCHS epochs at the prior N and
     the largest batch size (steps, not epochs, so a small N is not starved)."""
-    epochs = RUNG_EPOCHS.get(spec.model.kind, DEFAULT_RUNG_EPOCHS)
+    epochs = RUNG_EPOCHS[spec.model.kind]
     return epochs * math.ceil(prior_n(spec) / max(spec.batch_sizes))
 
 
