@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from capacity_service.science.data import Dataset, make_dataset
-from capacity_service.science.engine import StackedModel, TrialConfig, stack_models, train_trials
+from capacity_service.science.engine import (
+    StackedModel,
+    TrialConfig,
+    cnn,
+    stack_models,
+    train_trials,
+)
 from capacity_service.science.engine.memory import (
     activation_floats,
     check_fits,
@@ -174,6 +180,30 @@ def test_the_hand_written_recurrent_step_is_autograds(kind: str) -> None:
         StackedModel.step(reference, Batch(x, y, weight), neg_lr, momentum)  # autograd
     for mine, theirs in zip(hand.params, reference.params, strict=True):
         torch.testing.assert_close(mine, theirs.detach(), atol=1e-6, rtol=1e-5)
+
+
+def test_a_cnn_step_in_chunks_of_rows_is_the_whole_stacks_step() -> None:
+    # 6 rows at batch 128: chunks of 4 and 2 rows on a CPU (cnn.CPU_STEP_SAMPLES = 512)
+    spec = CNNSpec(kernel=3, conv_layers=3, channels=2, input_size=8)
+    rows, size = 6, 128
+    assert cnn.CPU_STEP_SAMPLES // size == 4
+    pool = make_dataset(spec, rows * size, seed=0)
+    configs = [_config(rows * size, 0.1, 0.9, size, seed) for seed in range(rows)]
+    chunked, whole = stack_models(spec, configs, pool), stack_models(spec, configs, pool)
+    x, y = pool.x.view(rows, size, 1, 8, 8), pool.y.view(rows, size)
+    weight = torch.full((rows, size), 1 / size)
+    weight[5, 100:], weight[5, :100] = 0.0, 0.01  # a partial batch in the last chunk
+    neg_lr = torch.tensor([-0.1, -0.2, -0.05, -0.1, -0.3, -0.15])
+    momentum = torch.tensor([0.9, 0.5, 0.0, 0.9, 0.8, 0.7])
+    for _ in range(3):
+        chunked.step(Batch(x, y, weight), neg_lr, momentum)
+        StackedModel.step(whole, Batch(x, y, weight), neg_lr, momentum)  # all rows at once
+    for mine, theirs in zip(chunked.params, whole.params, strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-5)
+    for mine, theirs in zip(chunked.velocity, whole.velocity, strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-5)
+    # the accuracy pass too goes a few rows x samples at a time on a CPU
+    assert chunked.eval_chunk(rows) == cnn.CPU_EVAL_SAMPLES // rows
 
 
 class _Refill:

@@ -30,11 +30,6 @@ from capacity_service.science.train import TrainOutcome
 from capacity_service.specs import Ending, TrainSpec
 from capacity_service.stopping import StopCheck
 
-# Floats of activations one accuracy pass may hold (128 MiB of float32): the pass over all
-# N samples of every row is cut into chunks of samples that fit (measured on LSTM-32, K = 32:
-# 32 MiB and 256 MiB chunks were slower).
-EVAL_FLOATS = 1 << 25
-
 
 @dataclass(frozen=True, kw_only=True)
 class TrialConfig:
@@ -224,7 +219,7 @@ class StackedTrainer:
         n_max = int(n.max())
         hits = torch.zeros(len(rows), dtype=torch.int64, device=n.device)
         finite = torch.ones(len(rows), dtype=torch.bool, device=n.device)
-        chunk = max(1, EVAL_FLOATS // (len(rows) * self.model.floats_per_sample))
+        chunk = self.model.eval_chunk(len(rows))
         params = self.model.rows(index)
         for start in range(0, n_max, chunk):
             x, y = self.pool.x[start : start + chunk], self.pool.y[start : start + chunk]

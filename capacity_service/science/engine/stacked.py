@@ -17,6 +17,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+# Floats of activations one accuracy pass may hold (128 MiB of float32): the pass over all
+# N samples of every row is cut into chunks of samples that fit (measured on LSTM-32, K = 32:
+# 32 MiB and 256 MiB chunks were slower).
+EVAL_FLOATS = 1 << 25
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -70,25 +75,54 @@ class StackedModel:
         self.params = [p.detach()[index] for p in self.params]
         self.velocity = [v[index] for v in self.velocity]
 
+    def eval_chunk(self, rows: int) -> int:
+        """Samples per chunk of the accuracy pass over `rows` rows (their activations
+        fit EVAL_FLOATS)."""
+        return max(1, EVAL_FLOATS // (rows * self.floats_per_sample))
+
     def step(self, batch: Batch, neg_lr: torch.Tensor, momentum: torch.Tensor) -> None:
         """One SGD-with-momentum step of every row on the mean cross-entropy of its own
         batch."""
-        params = [p.requires_grad_() for p in self.params]
-        logits = self.forward(batch.x, params)
+        self.autograd_step(self.params, self.velocity, batch, neg_lr, momentum)
+
+    def autograd_step(
+        self,
+        params: list[torch.Tensor],
+        velocity: list[torch.Tensor],
+        batch: Batch,
+        neg_lr: torch.Tensor,
+        momentum: torch.Tensor,
+    ) -> None:
+        """The step of the rows that `params` and `velocity` hold (views into the stack's
+        tensors, updated in place), by autograd: rows never mix, so any set of rows can
+        take its step alone."""
+        leaves = [p.detach().requires_grad_() for p in params]
+        logits = self.forward(batch.x, leaves)
         picked = torch.log_softmax(logits, dim=2).gather(2, batch.y.unsqueeze(2)).squeeze(2)
         loss = -(picked * batch.weight).sum()  # row r's part is its own mean loss
-        grads = torch.autograd.grad(loss, params)
+        grads = torch.autograd.grad(loss, leaves)
         with torch.no_grad():
-            self.update(list(grads), neg_lr, momentum)
+            momentum_update(params, velocity, list(grads), neg_lr, momentum)
 
     def update(
         self, grads: list[torch.Tensor], neg_lr: torch.Tensor, momentum: torch.Tensor
     ) -> None:
         """v = m v + g; w -= lr v, for every row with its own lr and m."""
-        for p, v, g in zip(self.params, self.velocity, grads, strict=True):
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            torch.addcmul(g, v, momentum.view(shape), out=v)
-            p.addcmul_(v, neg_lr.view(shape))
+        momentum_update(self.params, self.velocity, grads, neg_lr, momentum)
+
+
+def momentum_update(
+    params: list[torch.Tensor],
+    velocity: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    neg_lr: torch.Tensor,
+    momentum: torch.Tensor,
+) -> None:
+    """v = m v + g; w -= lr v in place, row r with its own lr and m."""
+    for p, v, g in zip(params, velocity, grads, strict=True):
+        shape = (-1,) + (1,) * (p.dim() - 1)
+        torch.addcmul(g, v, momentum.view(shape), out=v)
+        p.addcmul_(v, neg_lr.view(shape))
 
 
 def output_gradient(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
