@@ -12,8 +12,12 @@ against the target.
     .venv/bin/python benchmarks/time_to_capacity.py --cases lstm-32 --seeds 0 --scale 0.5
     .venv/bin/python benchmarks/time_to_capacity.py --json > now.json
     .venv/bin/python benchmarks/time_to_capacity.py --baseline before.json
+    .venv/bin/python benchmarks/time_to_capacity.py --cases cnn-3x3 --trials cnn.jsonl
 
 `--scale` multiplies every budget (a quick look; the targets hold for the full budgets).
+`--trials FILE` writes every trial as it ends, one JSON object a line (case, seed,
+seconds since the search began, and the trial's record): what a search spent its budget
+on, read trial by trial.
 CNN figures are convolution bits per parameter, as the thesis reports them.
 """
 
@@ -26,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from capacity_service.science.measure import conv_bits
 from capacity_service.science.metrics import bits_per_parameter
@@ -53,7 +57,9 @@ MINUTE_MARKS = (60, 120, 300, 600, 1200)
 SHORT_MARKS = (15, 30, 60)
 
 
-def measure(case: Case, seed: int, scale: float, device: str) -> dict[str, Any]:
+def measure(
+    case: Case, seed: int, scale: float, device: str, trials: TextIO | None = None
+) -> dict[str, Any]:
     budget = case.budget_seconds * scale
     spec = CapacitySpec.model_validate({
         "model": case.model,
@@ -66,7 +72,11 @@ def measure(case: Case, seed: int, scale: float, device: str) -> dict[str, Any]:
     started = time.perf_counter()
 
     def on_trial(record: TrialRecord) -> None:
-        ended.append((time.perf_counter() - started, record))
+        seconds = time.perf_counter() - started
+        ended.append((seconds, record))
+        if trials is not None:
+            line = {"case": case.name, "seed": seed, "seconds": round(seconds, 2)}
+            print(json.dumps(line | record.model_dump(mode="json")), file=trials, flush=True)
 
     result = search_capacity(spec, on_trial=on_trial)
 
@@ -109,6 +119,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     parser.add_argument("--json", action="store_true", help="print the runs as JSON")
     parser.add_argument("--baseline", help="a --json output to compare the final means with")
+    parser.add_argument("--trials", type=Path, help="write every trial as a JSON line here")
     args = parser.parse_args()
     by_name = {case.name: case for case in CASES}
     unknown = [n for n in args.cases.split(",") if n not in by_name]
@@ -116,9 +127,10 @@ def main() -> int:
         parser.error(f"--cases: unknown {', '.join(unknown)}; use {', '.join(by_name)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = []
+    trials = args.trials.open("w") if args.trials else None
     for name in args.cases.split(","):
         for seed in seeds:
-            run = measure(by_name[name], seed, args.scale, args.device)
+            run = measure(by_name[name], seed, args.scale, args.device, trials)
             runs.append(run)
             marks = "  ".join(f"{t}s {v:.3f}" for t, v in run["checkpoints"].items())
             print(f"{name} seed {seed}: {marks}  final {run['final']:.3f} (N {run['best_n']:,}, "
