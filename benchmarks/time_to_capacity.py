@@ -136,6 +136,8 @@ def main() -> int:
             print(f"{name} seed {seed}: {marks}  final {run['final']:.3f} (N {run['best_n']:,}, "
                   f"{run['trials']} trials, bracketed {run['bracketed']}, finished "
                   f"{run['best_finished']})", file=sys.stderr, flush=True)  # fmt: skip
+    if trials is not None:
+        trials.close()
     if args.json:
         print(json.dumps({"scale": args.scale, "runs": runs}, indent=1))
         return 0

@@ -41,7 +41,7 @@ class StackedCNN(StackedModel):
         """The step of every row, a chunk of rows at a time on a CPU (each row's step
         reads only its own parameters and samples, so chunking changes no result)."""
         rows, size = batch.x.shape[:2]
-        chunk = rows if batch.x.is_cuda else max(1, CPU_STEP_SAMPLES // size)
+        chunk = max(1, CPU_STEP_SAMPLES // size) if self._on_cpu() else rows
         for start in range(0, rows, chunk):
             part = slice(start, start + chunk)
             self.autograd_step(
@@ -51,9 +51,12 @@ class StackedCNN(StackedModel):
             )  # fmt: skip
 
     def eval_chunk(self, rows: int) -> int:
-        if self.params[0].is_cuda:
-            return super().eval_chunk(rows)
-        return max(1, min(super().eval_chunk(rows), CPU_EVAL_SAMPLES // rows))
+        chunk = super().eval_chunk(rows)
+        return max(1, min(chunk, CPU_EVAL_SAMPLES // rows)) if self._on_cpu() else chunk
+
+    def _on_cpu(self) -> bool:
+        """Whether the stack lives on a CPU, whose caches the chunks are sized for."""
+        return self.params[0].device.type == "cpu"
 
     def forward(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         rows, batch = x.shape[:2]
