@@ -15,9 +15,9 @@ against the target.
     .venv/bin/python benchmarks/time_to_capacity.py --cases cnn-3x3 --trials cnn.jsonl
 
 `--scale` multiplies every budget (a quick look; the targets hold for the full budgets).
-`--trials FILE` writes every trial as it ends, one JSON object a line (case, seed,
-seconds since the search began, and the trial's record): what a search spent its budget
-on, read trial by trial.
+`--trials FILE` writes every trial as it ends, one JSON object a line (case, the search's
+seed, seconds since the search began, and the trial's record, its own seed as
+`init_seed`): what a search spent its budget on, read trial by trial.
 CNN figures are convolution bits per parameter, as the thesis reports them.
 """
 
@@ -76,7 +76,9 @@ def measure(
         ended.append((seconds, record))
         if trials is not None:
             line = {"case": case.name, "seed": seed, "seconds": round(seconds, 2)}
-            print(json.dumps(line | record.model_dump(mode="json")), file=trials, flush=True)
+            # "seed" is the search's; the record's own (its initialization's) is "init_seed"
+            fields = record.model_dump(mode="json") | {"init_seed": record.seed} | line
+            print(json.dumps(fields), file=trials, flush=True)
 
     result = search_capacity(spec, on_trial=on_trial)
 

@@ -26,6 +26,7 @@ from capacity_service.science.search_space import (
     REFINE,
     REFINE_FACTORS,
     RUNGS,
+    STALL_RUNG,
     SURROGATE_TRIALS,
     WIDEN,
     Point,
@@ -88,6 +89,8 @@ class SearchPlan:
         self.space: Any = None  # scikit-optimize's, made at the first ask
         self.random = np.random.RandomState(spec.seed)
         self.known: dict[int, float] = {}  # running trial -> samples known beyond chance
+        self.at_rung: dict[int, tuple[int, float]] = {}  # running trial -> its last rung
+        # and its best accuracy there
         self.last_seen: dict[int, tuple[float, int]] = {}  # running trial -> (time, steps)
         self.row_step_seconds = 0.0  # a step's cost per row in the stack (0: not yet seen)
         self.asked: list[list[Any]] = []  # points asked of scikit-optimize, not yet tried
@@ -117,8 +120,12 @@ class SearchPlan:
             return False
         self.known[trial] = known_beyond_chance(point.n, accuracy)
         band = math.floor(math.log(point.n) / math.log(BUCKET))  # about the same N
-        if not self.halving.keep(trial, band, steps, information):
-            return False
+        rung = self.halving.rung(steps)
+        if rung > self.halving.rung_reached(trial):  # a rung this trial had not reached
+            if self._stalled(trial, rung, accuracy):
+                return False
+            if not self.halving.keep(trial, band, steps, information):
+                return False
         if self.halving.rung(steps) >= 1 and not self._time_admits():
             # no new trial will start: the time left goes to the leaders (a step's cost
             # grows with the rows in the stack), so a trial far behind the best running
@@ -126,11 +133,24 @@ class SearchPlan:
             return self.known[trial] >= CULL * max(self.known.values())
         return True
 
+    def _stalled(self, trial: int, rung: int, accuracy: float) -> bool:
+        """Whether the trial's best accuracy has not risen since its rung before, from
+        the kind's STALL_RUNG on (rung 2 at 36 epochs against rung 1 at 12, for a CNN). A
+        network whose units died (CNN 3x3: about a third of initializations) holds one
+        accuracy to the sample until its schedule ends, 250 epochs later, while a live
+        one gains between such rungs."""
+        first = STALL_RUNG.get(self.spec.model.kind)
+        before = self.at_rung.get(trial)
+        self.at_rung[trial] = (rung, accuracy)
+        return first is not None and rung >= first and before is not None and accuracy <= before[1]
+
     def ended(self, trial: int, outcome: TrainOutcome) -> None:
         index, stage, point = self.running.pop(trial)
         self.known.pop(trial, None)
         self.last_seen.pop(trial, None)
-        rung = self.halving.rung_reached(trial)
+        # a trial stopped as stalled reached its rung without the halving judging it
+        stalled_at, _ = self.at_rung.pop(trial, (-1, 0.0))
+        rung = max(self.halving.rung_reached(trial), stalled_at)
         record = TrialRecord(
             index=index,
             stage=stage,

@@ -25,6 +25,10 @@ WIDEN = 1.5  # a best N at the edge of those tried: try N x 1.5 (or / 1.5) next
 RUNG_EPOCHS = {"fcdnn": 4, "cnn": 4, "lstm": 24, "gru": 4, "rnn": 4}
 ETA = 3  # successive halving: the best third of a rung goes on
 RUNGS = 4  # rungs at 1, 3, 9 and 27 first rungs; past the last a trial runs to its end
+# From this rung on (by kind), a trial whose best accuracy did not rise since the rung
+# before stops (SearchPlan._stalled). For CNN only, where it was measured: a CNN 3x3 whose
+# units died holds one accuracy to the sample for the rest of its schedule
+STALL_RUNG = {"cnn": 2}
 BUCKET = 1.5  # trials compete at a rung with those whose N lies in the same 1.5x band
 EXPLORE = 0.3  # new trials start in the first 30% of the time budget (see SearchPlan._time_admits)
 CANDIDATES = 2000  # random points scored by expected improvement per batch of asks

@@ -3,15 +3,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 
 from capacity_service.science.data import make_dataset
 from capacity_service.science.engine import TrialConfig, train_trials
 from capacity_service.science.metrics import mutual_information
 from capacity_service.science.models import count_parameters
 from capacity_service.science.search import assess, prior_n, search_capacity
-from capacity_service.science.search_plan import known_beyond_chance
+from capacity_service.science.search_plan import SearchPlan, known_beyond_chance
 from capacity_service.science.search_space import first_rung
 from capacity_service.science.seeds import derive_seed
+from capacity_service.science.train import TrainOutcome
 from capacity_service.specs import CapacitySpec, TrainSpec, TrialRecord
 from capacity_service.stopping import Stopped
 
@@ -194,3 +196,35 @@ def test_known_beyond_chance_by_hand() -> None:
     # ... where I ranks the small, fast-learning trial first
     assert mutual_information(18_617, 0.92) > mutual_information(31_028, 0.78)
     assert known_beyond_chance(18_617, 0.92) < known_beyond_chance(31_028, 0.78)
+
+
+def _stall_plan(model: dict[str, Any]) -> tuple[SearchPlan, int]:
+    spec = CapacitySpec.model_validate({
+        "model": model, "seed": 2,
+        "search": {"budget_trials": 14, "batch": 2, "budget_seconds": 3_600},
+    })  # fmt: skip
+    plan = SearchPlan(spec, 4_000, torch.device("cpu"), (), None, None, None, 0.0)
+    assert len(plan.admit(2)) == 2  # two design points at the prior N: one band
+    return plan, first_rung(spec)
+
+
+def test_a_cnn_trial_whose_accuracy_stalls_between_rungs_stops_from_rung_2() -> None:
+    plan, rung = _stall_plan({"kind": "cnn", "kernel": 3, "channels": 2})
+    # rungs 0 and 1: an unchanged accuracy is no reason to stop yet (a CNN sits near
+    # chance for its first rungs)
+    assert plan.keep(0, rung, 0.55) and plan.keep(0, 3 * rung, 0.55)
+    assert plan.keep(1, rung, 0.60) and plan.keep(1, 3 * rung, 0.65)
+    # rung 2: trial 0 holds the accuracy it had at rung 1, to the sample: it stops;
+    # trial 1 gained and goes on; between rungs nothing is judged
+    assert not plan.keep(0, 9 * rung, 0.55)
+    assert plan.keep(1, 9 * rung - 1, 0.65) and plan.keep(1, 9 * rung, 0.70)
+    # the stopped trial's record says which rung it reached
+    plan.ended(0, TrainOutcome(accuracy=0.55, epochs=40, diverged=False, wall_seconds=1.0,
+                               final_lr=0.01, ended="rung"))  # fmt: skip
+    assert plan.records[-1].ended == "rung" and plan.records[-1].rung == 2
+
+
+def test_a_stalled_trial_of_a_kind_without_the_rule_goes_on() -> None:
+    plan, rung = _stall_plan(TINY)  # FCDNN: not measured, so not stopped for a stall
+    assert plan.keep(0, 3 * rung, 0.55) and plan.keep(1, 3 * rung, 0.60)
+    assert plan.keep(0, 9 * rung, 0.55)  # the first at rung 2, and no stall rule
