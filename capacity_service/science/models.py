@@ -173,13 +173,23 @@ def _construct(spec: ModelSpecT) -> MemorizationModel:
 
 
 def he_initialize(model: nn.Module, generator: torch.Generator) -> None:
-    """He (Kaiming normal, fan-in) weights and zero biases, drawn from `generator`."""
+    """He (Kaiming normal, fan-in) weights and zero biases, drawn from `generator`, except
+    a CNN's output weights, which start at zero.
+
+    The thesis counts the initialization among the settings its search chooses. A CNN's
+    output layer starts at zero because, with He output weights, the first steps' large
+    random logits drive the net to shrink its activations, and at 4 channels a layer can
+    lose every unit: CNN 3x3 at N = 1,307, lr 0.0316, batch 128 had 5-6 of 16
+    initializations stay at 50% for good, against 2 of 16 with a zero output layer, whose
+    live trials also learned as fast (77-86% at 100 epochs, against 69-84%)."""
     with torch.no_grad():
         for name, tensor in model.named_parameters():
             if name.rsplit(".", 1)[-1].startswith("weight"):
                 nn.init.kaiming_normal_(tensor, nonlinearity="relu", generator=generator)
             else:
                 tensor.zero_()
+        if isinstance(model, CNN):
+            model.output.weight.zero_()
 
 
 def build_model(

@@ -120,6 +120,26 @@ def test_he_initialization_is_seeded_and_scaled() -> None:
     assert float(a.state_dict()["hidden.0.bias"].abs().sum()) == 0.0
 
 
+def test_a_cnn_starts_with_a_zero_output_layer_and_he_convolutions() -> None:
+    cnn = build_model(CNNSpec(kernel=3, conv_layers=3, channels=8), seed=3)
+    state = cnn.state_dict()
+    assert float(state["output.weight"].abs().sum()) == 0.0
+    # He on the convolutions: std = sqrt(2 / fan_in), fan_in = 8 channels x 3 x 3 = 72
+    assert float(state["convs.1.weight"].std()) == pytest.approx((2 / 72) ** 0.5, rel=0.1)
+    # the other kinds keep He output weights: std = sqrt(2 / 32)
+    fcdnn = build_model(FCDNNSpec(width=32, depth=1), seed=3)
+    assert float(fcdnn.state_dict()["output.weight"].std()) == pytest.approx(0.25, rel=0.3)
+    # a zero output layer still trains the convolutions, from the second step on
+    x, y = torch.randint(0, 2, (16, 1, 32, 32)).float(), torch.randint(0, 2, (16,))
+    before = state["convs.0.weight"].clone()
+    optimizer = torch.optim.SGD(cnn.parameters(), lr=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(cnn(x), y).backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+    assert not torch.equal(cnn.state_dict()["convs.0.weight"], before)
+
+
 def per_step_reference(cell: RecurrentCell, x: torch.Tensor) -> torch.Tensor:
     """The cell's equations written out step by step: the last hidden state (B, H)."""
     inputs = x @ cell.weight_ih.t() + cell.bias  # (B, T, G*H)
