@@ -104,7 +104,7 @@ class SweepSpec(Frozen):
 # differs by kind (FCDNN 64x2 memorizes best near 0.006, LSTM-32 at 0.05-0.2).
 DEFAULT_LR: dict[str, tuple[float, float]] = {
     "fcdnn": (0.002, 0.2),
-    "cnn": (0.01, 0.1),  # CNN 3x3 at N = 1,307: 0.01 reached 80-97% in 600-1,000 epochs
+    "cnn": (0.01, 0.1),  # CNN 3x3: 0.002-0.005 held rows 800-1,050 epochs for 86-90%
     "lstm": (0.04, 1.2),  # at its larger batches (DEFAULT_BATCH_SIZES): 0.01-0.3 at 64-128
     "gru": (0.01, 0.3),
     "rnn": (0.005, 0.2),
