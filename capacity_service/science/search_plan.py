@@ -126,7 +126,7 @@ class SearchPlan:
                 return False
             if not self.halving.keep(trial, band, steps, information):
                 return False
-        if self.halving.rung(steps) >= 1 and not self._time_admits():
+        if rung >= 1 and not self._time_admits():
             # no new trial will start: the time left goes to the leaders (a step's cost
             # grows with the rows in the stack), so a trial far behind the best running
             # one stops
