@@ -135,7 +135,7 @@ class SearchPlan:
 
     def _stalled(self, trial: int, rung: int, accuracy: float) -> bool:
         """Whether the trial's best accuracy has not risen since its rung before, from
-        the kind's STALL_RUNG on (rung 2 at 36 epochs against rung 1 at 12, for a CNN). A
+        the kind's STALL_RUNG on (rung 2 at 108 epochs against rung 1 at 36, for a CNN). A
         network whose units died (CNN 3x3: 5-6 of 16 initializations with He output
         weights, 2 of 16 with the zero output layer it now starts with) holds one accuracy
         to the sample until its schedule ends, 250 epochs later; a live one gains."""

@@ -21,8 +21,12 @@ WIDEN = 1.5  # a best N at the edge of those tried: try N x 1.5 (or / 1.5) next
 # kind. An LSTM learns nothing visible at first: LSTM-32 trials at N = 24.8k-38.8k stood
 # at 50.3-53% after 4 epochs and 51.8-54.7% after 24, so a 4-epoch rung stopped trials at
 # random; with 24, 20-minute searches reached 3.56 / 3.47 / 3.47 bits/param (seeds 0-2),
-# with 4, 3.27 / 2.93 (seeds 0-1). (CNN 3x3 at 24: 2.22 conv bits/param against 2.67 at 4.)
-RUNG_EPOCHS = {"fcdnn": 4, "cnn": 4, "lstm": 24, "gru": 4, "rnn": 4}
+# with 4, 3.27 / 2.93 (seeds 0-1). A CNN 3x3 stood at 50-56% after 4 epochs, live or not,
+# and its live trials at 53-66% after 12 while the dead ones stayed where they were: in
+# 15-minute searches (seeds 0-2) a 12-epoch rung gave 3.000 / 3.000 / 3.000 conv
+# bits/param (seed 0 2.455 on another day), a 4-epoch one 2.223 / 2.936 / 2.965 (24 gave
+# 2.22 on seed 0, before the CNN's zero output layer).
+RUNG_EPOCHS = {"fcdnn": 4, "cnn": 12, "lstm": 24, "gru": 4, "rnn": 4}
 ETA = 3  # successive halving: the best third of a rung goes on
 RUNGS = 4  # rungs at 1, 3, 9 and 27 first rungs; past the last a trial runs to its end
 # From this rung on (by kind), a trial whose best accuracy did not rise since the rung

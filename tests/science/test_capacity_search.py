@@ -181,7 +181,11 @@ def test_batch_sizes_and_rates_default_by_kind_and_a_spec_s_own_are_kept() -> No
     assert first_rung(lstm) == 24 * -(-round(3.7 * 8_386) // 512)
     fcdnn = CapacitySpec.model_validate({"model": TINY})
     assert fcdnn.batch_sizes == (64, 128)
-    assert first_rung(fcdnn) == 4 * -(-prior_n(fcdnn) // 128)  # 4 epochs for the others
+    assert first_rung(fcdnn) == 4 * -(-prior_n(fcdnn) // 128)  # 4 epochs for FCDNN
+    # a CNN's is 12 epochs: CNN 3x3, prior N 1,307 (3 bits a conv weight, 2.3 the rest),
+    # 11 steps an epoch at batch 128
+    cnn = CapacitySpec.model_validate({"model": {"kind": "cnn", "kernel": 3, "channels": 4}})
+    assert prior_n(cnn) == 1_307 and first_rung(cnn) == 12 * 11
     own = CapacitySpec.model_validate(
         {"model": {"kind": "lstm", "hidden": 32}, "search": {"batch_sizes": [128, 64, 128]}}
     )
