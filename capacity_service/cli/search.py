@@ -66,7 +66,9 @@ def add_parser(subparsers: Any) -> None:
     search.add_argument(
         "--batch", type=int, help="K: trials trained together (8 on a CPU, 256 on a GPU)"
     )
-    search.add_argument("--epochs", type=int, help="epoch budget of each trial (1500)")
+    search.add_argument(
+        "--epochs", type=int, help="epoch budget of each trial (FCDNN 3000, the others 1500)"
+    )
     search.add_argument(
         "--patience",
         type=int,

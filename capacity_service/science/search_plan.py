@@ -392,7 +392,7 @@ class SearchPlan:
         index, self.next_index = self.next_index, self.next_index + 1
         search = self.search
         # a small N is given proportionally more epochs, so its budget in steps is not cut
-        epochs = round(search.epochs * max(1.0, self.prior_n / point.n))
+        epochs = round(self.spec.trial_epochs * max(1.0, self.prior_n / point.n))
         config = TrialConfig(
             n=point.n,
             train=TrainSpec(

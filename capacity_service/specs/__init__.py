@@ -19,6 +19,7 @@ from capacity_service.specs.base import (
 )
 from capacity_service.specs.jobs import (
     DEFAULT_BATCH_SIZES,
+    DEFAULT_EPOCHS,
     DEFAULT_LR,
     DEFAULT_PATIENCE,
     DEFAULT_PRECISIONS,
@@ -64,6 +65,7 @@ from capacity_service.specs.training import RetrainSpec, TrainSpec
 
 __all__ = [
     "DEFAULT_BATCH_SIZES",
+    "DEFAULT_EPOCHS",
     "DEFAULT_LR",
     "DEFAULT_PATIENCE",
     "DEFAULT_PRECISIONS",

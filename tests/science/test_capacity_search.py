@@ -192,6 +192,19 @@ def test_batch_sizes_and_rates_default_by_kind_and_a_spec_s_own_are_kept() -> No
     assert own.batch_sizes == (64, 128)
 
 
+def test_a_trial_s_epoch_budget_defaults_by_kind_and_a_spec_s_own_is_kept() -> None:
+    def first_trial_epochs(search: dict[str, Any], model: dict[str, Any] = TINY) -> int:
+        spec = CapacitySpec.model_validate({"model": model, "search": search})
+        plan = SearchPlan(spec, 4_000, torch.device("cpu"), (), None, None, None, 0.0)
+        (config,) = plan.admit(1)  # the design's first point, at the prior N
+        assert config.n == prior_n(spec) and config.train.epochs == spec.trial_epochs
+        return config.train.epochs
+
+    assert first_trial_epochs({}) == 3_000  # FCDNN: its best trials still climb at 1,500
+    assert first_trial_epochs({}, {"kind": "lstm", "hidden": 4}) == 1_500
+    assert first_trial_epochs({"epochs": 200}) == 200
+
+
 def test_known_beyond_chance_by_hand() -> None:
     # N(2p - 1): 31,028 samples at 78% are 17,375.68 beyond the N/2 a guess gets
     assert known_beyond_chance(31_028, 0.78) == pytest.approx(17_375.68)
