@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,7 @@ from capacity_service.cli.common import (
     spec_document,
     validate,
 )
-from capacity_service.specs import CapacitySpec, TrialRecord
+from capacity_service.specs import DEFAULT_EPOCHS, DEFAULT_PATIENCE, CapacitySpec, TrialRecord
 
 SEARCH_FLAGS = {
     "budget_trials": "search.budget_trials",
@@ -31,6 +33,14 @@ SEARCH_FLAGS = {
     "n_range": "search.n_range",
     "estimator": "search.estimator",
 }
+
+
+def _by_kind(defaults: Mapping[str, int]) -> str:
+    """A per-kind default for a flag's help, read from its table (so the help cannot
+    drift from it): the kinds that differ, then "the others" at the common value."""
+    common = Counter(defaults.values()).most_common(1)[0][0]
+    named = [f"{kind.upper()} {value}" for kind, value in defaults.items() if value != common]
+    return ", ".join([*named, f"the others {common}"])
 
 
 def _pair(kind: type) -> Any:
@@ -67,12 +77,12 @@ def add_parser(subparsers: Any) -> None:
         "--batch", type=int, help="K: trials trained together (8 on a CPU, 256 on a GPU)"
     )
     search.add_argument(
-        "--epochs", type=int, help="epoch budget of each trial (FCDNN 3000, the others 1500)"
+        "--epochs", type=int, help=f"epoch budget of each trial ({_by_kind(DEFAULT_EPOCHS)})"
     )
     search.add_argument(
         "--patience",
         type=int,
-        help="plateau patience of each trial (by kind: FCDNN 100, others 50)",
+        help=f"plateau patience of each trial ({_by_kind(DEFAULT_PATIENCE)})",
     )
     search.add_argument(
         "--lr-range", type=_pair(float), help="LOW,HIGH (by kind: FCDNN 0.002,0.2; LSTM 0.04,1.2)"
