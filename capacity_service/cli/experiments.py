@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from capacity_service.cli.common import describe_validation_error, fail
 from capacity_service.reproduce.experiments import (
+    BEFORE_FOLDER,
     DISCUSSION_FILE,
     TARGETS_FILE,
     Experiment,
@@ -117,6 +118,8 @@ def run_report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = collect(folder, experiments)  # every result file, read once
+    earlier = folder / BEFORE_FOLDER
+    before = collect(folder, experiments, BEFORE_FOLDER) if earlier.is_dir() else None
     figures: dict[str, str] = {}
     points = [
         plots.CapacityPoint(
@@ -141,13 +144,13 @@ def run_report(args: argparse.Namespace) -> int:
         figures["quantization"] = name.name
     try:
         targets = load_targets(folder, {e.name for e in experiments})
-        table = targets_markdown(targets, rows) if targets else None
+        table = targets_markdown(targets, rows, before) if targets else None
     except (ValidationError, ValueError) as error:
         fail(f"{folder / TARGETS_FILE}: {error}")
     discussion = folder / DISCUSSION_FILE
     text = discussion.read_text() if discussion.exists() else ""
     out.write_text(
-        report_markdown(rows, figures, table, text, followups_markdown(folder), args.folder)
+        report_markdown(rows, figures, table, text, followups_markdown(folder), args.folder, before)
     )
     print(f"wrote {out}" + "".join(f", {f}" for f in sorted(set(figures.values()))))
     return 0

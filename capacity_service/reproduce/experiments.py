@@ -5,7 +5,9 @@ seed, and the report that compares them with the thesis.
 An experiment folder holds `*.json` experiment files and a `results/` folder that the
 runner fills: `results/<name>.seed<k>.json`. A finished (experiment, seed) is never run
 again. A sweep at full or half capacity names `capacity_from`, the capacity experiment
-whose result (same seed) gives its capacity_n.
+whose result (same seed) gives its capacity_n. When the suite is run again from scratch
+(new code, new budgets), the earlier results move to `results-before/` by hand, and the
+report shows them in a "before" column.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from capacity_service.specs import (
 
 TARGETS_FILE = "targets.json"  # beside the experiments: see capacity_service.reproduce.targets
 DISCUSSION_FILE = "discussion.md"  # hand-written; the report ends with it
+RESULTS_FOLDER = "results"  # the runner's results
+BEFORE_FOLDER = "results-before"  # an earlier run of the suite, for the report's "before"
 
 METRIC_OF_FIGURE = {
     "fcdnn": "bits_per_param",
@@ -93,8 +97,8 @@ def load_experiments(folder: Path) -> list[Experiment]:
     return experiments
 
 
-def result_path(folder: Path, name: str, seed: int) -> Path:
-    return folder / "results" / f"{name}.seed{seed}.json"
+def result_path(folder: Path, name: str, seed: int, results: str = RESULTS_FOLDER) -> Path:
+    return folder / results / f"{name}.seed{seed}.json"
 
 
 class ResultRecord(BaseModel):
@@ -117,8 +121,10 @@ class ResultRecord(BaseModel):
     result: CapacityResult | SweepResult
 
 
-def load_result(folder: Path, name: str, seed: int) -> ResultRecord | None:
-    path = result_path(folder, name, seed)
+def load_result(
+    folder: Path, name: str, seed: int, results: str = RESULTS_FOLDER
+) -> ResultRecord | None:
+    path = result_path(folder, name, seed, results)
     if not path.exists():
         return None
     return ResultRecord.model_validate_json(path.read_text())
@@ -276,11 +282,28 @@ class Row:
     def spread(self) -> float | None:
         return statistics.stdev(self.values) if len(self.values) > 1 else None
 
+    @property
+    def quality(self) -> str:
+        """How many capacity results are tight lower bounds (maximum of I bracketed and the
+        best trial finished by its own rule); "-" for sweeps and results stored before
+        searches judged their quality."""
+        judged = [r.quality for r in self.results if isinstance(r, CapacityResult) and r.quality]
+        if not judged:
+            return "-"
+        tight = sum(q.bracketed and q.best_finished for q in judged)
+        return f"{tight}/{len(judged)} tight"
 
-def collect(folder: Path, experiments: list[Experiment]) -> list[Row]:
+
+def collect(
+    folder: Path, experiments: list[Experiment], results: str = RESULTS_FOLDER
+) -> list[Row]:
+    """One row per experiment from the result files in `folder/results` (an experiment
+    with no file there has an empty row)."""
     rows = []
     for experiment in experiments:
-        records = [r for s in experiment.seeds if (r := load_result(folder, experiment.name, s))]
+        records = [
+            r for s in experiment.seeds if (r := load_result(folder, experiment.name, s, results))
+        ]
         values = [v for r in records if (v := metric(experiment, r.result)) is not None]
         rows.append(
             Row(

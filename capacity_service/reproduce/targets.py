@@ -5,8 +5,8 @@ A folder's `targets.json` lists targets; each names experiments and one rule:
 - `each_at_least`: every named experiment's mean over seeds is at least `value`;
 - `mean_at_least`: the mean of their means is at least `value`;
 - `within_of_thesis`: every mean is within `value` of the experiment's thesis value;
-- `memorizes_at_bits`: every seed of the named sweeps memorizes all its samples after
-  retraining at `value` bits.
+- `memorizes_at_bits`: every seed of the named sweeps keeps at least `accuracy` of its
+  samples (all of them by default) after retraining at `value` bits.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ class Target(BaseModel):
     experiments: list[str] = Field(min_length=1)
     rule: Literal["each_at_least", "mean_at_least", "within_of_thesis", "memorizes_at_bits"]
     value: float
+    accuracy: float = Field(
+        1.0, gt=0, le=1, description="memorizes_at_bits: the least accuracy that counts"
+    )
 
 
 def load_targets(folder: Path, known: set[str]) -> list[Target]:
@@ -86,16 +89,27 @@ def judge(target: Target, rows: dict[str, Row]) -> Verdict:
     return Verdict(ours, _status(max(gaps), partial))
 
 
-def targets_markdown(targets: list[Target], rows: list[Row]) -> list[str]:
-    """The report's targets table."""
+def targets_markdown(
+    targets: list[Target], rows: list[Row], before: list[Row] | None = None
+) -> list[str]:
+    """The report's targets table; with `before` (an earlier run's rows), what that run
+    gave beside ours."""
     by_name = {row.experiment.name: row for row in rows}
-    lines = [
-        "| thesis result | target | ours | verdict |",
-        "| --- | --- | --- | --- |",
-    ]
+    earlier = {row.experiment.name: row for row in before or []}
+    if before:
+        lines = [
+            "| thesis result | target | ours | verdict | before | verdict before |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+    else:
+        lines = ["| thesis result | target | ours | verdict |", "| --- | --- | --- | --- |"]
     for target in targets:
         verdict = judge(target, by_name)
-        lines.append(f"| {target.thesis} | {target.target} | {verdict.ours} | {verdict.status} |")
+        line = f"| {target.thesis} | {target.target} | {verdict.ours} | {verdict.status} |"
+        if before:
+            was = judge(target, earlier)
+            line += f" {was.ours} | {was.status} |"
+        lines.append(line)
     return lines
 
 
@@ -116,9 +130,10 @@ def _memorizes(target: Target, rows: list[Row], partial: str) -> Verdict:
     worst = min(accuracies)
     runs = len(accuracies)
     ours = f"lowest {target.value:g}-bit accuracy after retraining {worst:.2%} ({runs} runs)"
-    if worst == 1.0:
+    if worst >= target.accuracy:
         return Verdict(ours, "met" + partial)
-    return Verdict(ours, f"missed: {1 - worst:.2%} of the samples are lost" + partial)
+    allowed = "" if target.accuracy == 1.0 else f" (at most {1 - target.accuracy:.2%} may be)"
+    return Verdict(ours, f"missed: {1 - worst:.2%} of the samples are lost{allowed}" + partial)
 
 
 def _status(shortfall: float, partial: str) -> str:

@@ -4,6 +4,7 @@ report builds from stored results."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,57 @@ def test_the_report_builds_from_stored_results(ran: Path, tmp_path: Path) -> Non
     assert f"| tiny-n40 | 40 | 0.02 | 32 | {point.epochs}/5 | {point.accuracy:.2%} |" in text
     retrained = [p.accuracy_retrained for p in curve.curves[0].points]
     assert f"| 8: {retrained[0]:.2%}, 4: {retrained[1]:.2%} |" in text
+
+
+def test_the_report_shows_an_earlier_run_and_each_result_s_quality(
+    ran: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "thesis"
+    shutil.copytree(ran, folder)
+    # an earlier run of the suite, moved aside: it gave 1.0, 1.1, 1.2 bits/param
+    before = folder / "results-before"
+    shutil.copytree(folder / "results", before)
+    for seed in range(3):
+        path = before / f"tiny.seed{seed}.json"
+        record = json.loads(path.read_text())
+        record["result"]["bits_per_param"] = 1.0 + seed / 10
+        path.write_text(json.dumps(record))
+    sweep = json.loads((folder / "results" / "tiny-half.seed0.json").read_text())
+    eight = next(p for p in sweep["result"]["curves"][0]["points"] if p["bits"] == 8)
+    kept = eight["accuracy_retrained"]
+    # the half-capacity target allows a loss: met at exactly the accuracy kept, missed above
+    targets = [
+        {"thesis": "t1", "target": "at least 0", "experiments": ["tiny"],
+         "rule": "each_at_least", "value": 0},
+        {"thesis": "t3", "target": "kept", "experiments": ["tiny-half"],
+         "rule": "memorizes_at_bits", "value": 8, "accuracy": kept},
+        {"thesis": "t5", "target": "more", "experiments": ["tiny-half"],
+         "rule": "memorizes_at_bits", "value": 8, "accuracy": 1.0},
+    ]  # fmt: skip
+    (folder / "targets.json").write_text(json.dumps(targets))
+    out = tmp_path / "results.md"
+    assert main(["experiments", "report", str(folder), "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    results = folder / "results"
+    records = [json.loads((results / f"tiny.seed{s}.json").read_text()) for s in range(3)]
+    mean = sum(r["result"]["bits_per_param"] for r in records) / 3
+    qualities = [r["result"]["quality"] for r in records]
+    tight = sum(q["bracketed"] and q["best_finished"] for q in qualities)
+    row = next(line for line in lines if line.startswith("| tiny |")).split(" | ")
+    # experiment, ours, spread, before, thesis, difference, quality
+    assert row[1] == f"{mean:.2f}" and row[3] == "1.10" and row[4] == "2.30"
+    assert row[6] == f"{tight}/3 tight"
+    half = next(line for line in lines if line.startswith("| tiny-half |")).split(" | ")
+    assert half[6] == "-"  # a sweep has no search quality
+    t1 = next(line for line in lines if line.startswith("| t1 |"))
+    assert t1.endswith(f"| tiny {mean:.2f} | met | tiny 1.10 | met |")
+    t3 = next(line for line in lines if line.startswith("| t3 |"))
+    assert f"{kept:.2%} (1 runs) | met |" in t3
+    t5 = next(line for line in lines if line.startswith("| t5 |"))
+    if kept < 1.0:
+        assert f"| missed: {1 - kept:.2%} of the samples are lost |" in t5
+    else:
+        assert "(1 runs) | met |" in t5
 
 
 def test_a_target_naming_an_unknown_experiment_exits_2(
