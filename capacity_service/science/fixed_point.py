@@ -3,8 +3,9 @@
 Every quantizable group (FCDNN hidden layers, CNN convolution kernels, RNN weight
 matrices) computes with W' = D * codes through a parametrization, each group with its own
 D; biases and the output layer stay in floating point. The float W stays the parameter,
-so the trainer retrains it through the straight-through path, and D stays fixed until
-the next precision is applied.
+so the trainer retrains it through the straight-through path. D stays fixed until the
+next precision is applied (thesis), unless `refit_steps` re-estimates it; it is a buffer,
+so a snapshot of the model's state keeps the D its weights were quantized with.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from capacity_service.science.quantize import fake_quantize, lloyd_max_step, qua
 class FixedPointWeight(nn.Module):
     """Parametrization: the float weight in, its fixed-point value out (D fixed)."""
 
+    step: torch.Tensor
+
     def __init__(self, bits: int, step: float) -> None:
         super().__init__()
-        self.bits, self.step = bits, step
+        self.bits = bits
+        self.register_buffer("step", torch.tensor(step))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return fake_quantize(weight, self.bits, self.step)
@@ -40,10 +44,40 @@ def apply_precision(model: MemorizationModel, bits: int) -> dict[str, float]:
     steps = {}
     for name in quantizable_groups(model):
         owner, attribute = _owner(model, name)
-        step = lloyd_max_step(getattr(owner, attribute), bits)
-        parametrize.register_parametrization(owner, attribute, FixedPointWeight(bits, step))
+        weight = getattr(owner, attribute)
+        step = lloyd_max_step(weight, bits)
+        quantizer = FixedPointWeight(bits, step).to(weight.device, weight.dtype)
+        parametrize.register_parametrization(owner, attribute, quantizer)
         steps[name] = step
     return steps
+
+
+@torch.no_grad()
+def refit_steps(model: MemorizationModel) -> dict[str, float]:
+    """Re-estimate each quantized group's step D (Lloyd-Max) from its float weights as
+    they are now, keeping its precision; returns the new steps."""
+    steps = {}
+    for name, quantizer in _quantizers(model).items():
+        step = lloyd_max_step(float_weight(model, name), quantizer.bits)
+        quantizer.step.fill_(step)
+        steps[name] = step
+    return steps
+
+
+def current_steps(model: MemorizationModel) -> dict[str, float]:
+    """The step D each quantized group computes with now."""
+    return {name: float(quantizer.step) for name, quantizer in _quantizers(model).items()}
+
+
+def _quantizers(model: MemorizationModel) -> dict[str, FixedPointWeight]:
+    """Each quantized group's parametrization, by the group's (unparametrized) name."""
+    found = {}
+    for path, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for attribute, chain in module.parametrizations.items():
+                if isinstance(chain[0], FixedPointWeight):
+                    found[f"{path}.{attribute}" if path else attribute] = chain[0]
+    return found
 
 
 def clear_precision(model: MemorizationModel) -> None:

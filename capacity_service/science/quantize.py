@@ -35,18 +35,19 @@ def max_code(bits: int) -> int:
     return 1 if bits == 1 else 2 ** (bits - 1) - 1
 
 
-def quantize_codes(w: torch.Tensor, bits: int, step: float) -> torch.Tensor:
+def quantize_codes(w: torch.Tensor, bits: int, step: float | torch.Tensor) -> torch.Tensor:
     """The integer codes of `w` (as a float tensor): in {-1, +1} for 1 bit, else in
-    -M..M. A zero weight is coded +1 in binary, since binary has no zero level."""
+    -M..M. A zero weight is coded +1 in binary, since binary has no zero level. A tensor
+    step (a model's buffer) is not checked: reading it would wait for the device."""
     if bits == 1:
         return torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
-    if step <= 0:
+    if isinstance(step, float | int) and step <= 0:
         raise ValueError(f"step must be > 0, got {step}")
     bound = max_code(bits)
     return torch.clamp(torch.round(w / step), -bound, bound)
 
 
-def quantize(w: torch.Tensor, bits: int, step: float) -> torch.Tensor:
+def quantize(w: torch.Tensor, bits: int, step: float | torch.Tensor) -> torch.Tensor:
     """W' = D * codes: the fixed-point weights as the network computes with them."""
     return step * quantize_codes(w, bits, step)
 
@@ -123,7 +124,7 @@ class StraightThrough(torch.autograd.Function):
     """Forward: the fixed-point W'. Backward: the incoming gradient, unchanged, to W."""
 
     @staticmethod
-    def forward(ctx: Any, w: torch.Tensor, bits: int, step: float) -> torch.Tensor:
+    def forward(ctx: Any, w: torch.Tensor, bits: int, step: float | torch.Tensor) -> torch.Tensor:
         return quantize(w, bits, step)
 
     @staticmethod
@@ -131,7 +132,7 @@ class StraightThrough(torch.autograd.Function):
         return grads[0], None, None
 
 
-def fake_quantize(w: torch.Tensor, bits: int, step: float) -> torch.Tensor:
+def fake_quantize(w: torch.Tensor, bits: int, step: float | torch.Tensor) -> torch.Tensor:
     """W' in the forward pass, identity in the backward pass (straight-through)."""
     result = StraightThrough.apply(w, bits, step)  # type: ignore[no-untyped-call]
     assert isinstance(result, torch.Tensor)

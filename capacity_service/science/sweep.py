@@ -1,7 +1,8 @@
 """The quantization sweep (thesis 2.5): float, then falling precisions with retraining.
 
-Each precision starts from the float weights that the previous step's retraining left,
-and records the accuracy and I directly after quantization and after retraining.
+Each precision starts from the float weights that the previous step's retraining left
+(thesis; `retrain.start` "float": from the float-trained weights), and records the
+accuracy and I directly after quantization and after retraining.
 """
 
 from __future__ import annotations
@@ -13,11 +14,23 @@ import torch
 
 from capacity_service.science.data import make_dataset
 from capacity_service.science.device import resolve_device
-from capacity_service.science.fixed_point import apply_precision, clear_precision, levels_used
+from capacity_service.science.fixed_point import (
+    apply_precision,
+    clear_precision,
+    current_steps,
+    levels_used,
+    refit_steps,
+)
 from capacity_service.science.metrics import mutual_information
 from capacity_service.science.models import build_model, count_parameters
 from capacity_service.science.seeds import derive_seed
-from capacity_service.science.train import ProgressCallback, accuracy, train_memorization
+from capacity_service.science.train import (
+    EpochProgress,
+    ProgressCallback,
+    accuracy,
+    snapshot,
+    train_memorization,
+)
 from capacity_service.specs import SweepCurve, SweepPoint, SweepResult, SweepSpec
 from capacity_service.stopping import StopCheck, Stopped
 
@@ -66,15 +79,32 @@ def sweep_at(
         model, data, spec.train, derive_seed(spec.seed, "shuffle"), on_epoch
     )
     float_information = 0.0 if trained.diverged else mutual_information(n, trained.accuracy)
+    float_state = snapshot(model)
+    on_retrain_epoch = on_epoch
+    if spec.retrain.refit_steps:
+
+        def on_retrain_epoch(progress: EpochProgress) -> None:
+            refit_steps(model)  # the next epoch computes with the refitted D
+            if on_epoch is not None:
+                on_epoch(progress)
+
     points = []
     for bits in spec.bits:
         if should_stop is not None and should_stop():
             raise Stopped(f"stopped before {bits} bits at N = {n}")
-        steps = apply_precision(model, bits)
+        if spec.retrain.start == "float":
+            clear_precision(model)
+            model.load_state_dict(float_state)
+        apply_precision(model, bits)
         quantized = accuracy(model, data)
         retrained = train_memorization(
-            model, data, spec.retrain, derive_seed(spec.seed, f"retrain-{bits}"), on_epoch
+            model,
+            data,
+            spec.retrain,
+            derive_seed(spec.seed, f"retrain-{bits}"),
+            on_retrain_epoch,
         )
+        steps = current_steps(model)  # the best weights' D (refitted or not)
         point = SweepPoint(
             bits=bits,
             accuracy_quantized=quantized,

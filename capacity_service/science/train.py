@@ -83,7 +83,7 @@ def train_memorization(
     # The starting weights count too: retraining a quantized model must not end worse
     # than it began, and one that already memorizes everything needs no epoch.
     schedule = Schedule.start(train, accuracy(model, data))
-    best_state = _snapshot(model)
+    best_state = snapshot(model)
     model.train()
     over = schedule.done_before_start
     while not over:
@@ -94,7 +94,7 @@ def train_memorization(
         current, lr = accuracy(model, data), schedule.lr
         over = schedule.end_epoch(current)
         if schedule.improved:
-            best_state = _snapshot(model)
+            best_state = snapshot(model)
         if on_epoch is not None:
             on_epoch(
                 EpochProgress(
@@ -169,5 +169,6 @@ def _train_one_epoch(
     return float(total) / data.n
 
 
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's state (parameters and buffers), to load back later."""
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}

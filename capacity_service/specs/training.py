@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from capacity_service.specs.base import Frozen, Int, Real
@@ -27,3 +29,13 @@ class RetrainSpec(TrainSpec):
     epochs: Int = Field(20, ge=0, description="retraining epochs per precision (0: none)")
     patience: Int = Field(5, ge=1, description="epochs without a better accuracy = plateau")
     max_decays: Int = Field(2, ge=0, description="plateaus tolerated before retraining stops")
+    start: Literal["previous", "float"] = Field(
+        "previous",
+        description="each precision retrains from the weights the previous precision's "
+        "retraining left (thesis) or from the float-trained weights",
+    )
+    refit_steps: bool = Field(
+        False,
+        description="re-estimate each group's step D (Lloyd-Max) after every retraining "
+        "epoch; the thesis keeps D fixed",
+    )

@@ -7,13 +7,16 @@ from capacity_service.science.data import make_dataset
 from capacity_service.science.fixed_point import (
     apply_precision,
     clear_precision,
+    current_steps,
     float_weight,
     levels_used,
+    refit_steps,
 )
 from capacity_service.science.models import build_model
-from capacity_service.science.quantize import quantize
+from capacity_service.science.quantize import lloyd_max_step, quantize
+from capacity_service.science.seeds import derive_seed
 from capacity_service.science.sweep import precision_boundary, sweep
-from capacity_service.science.train import accuracy, train_memorization
+from capacity_service.science.train import accuracy, snapshot, train_memorization
 from capacity_service.specs import (
     CNNSpec,
     FCDNNSpec,
@@ -69,6 +72,45 @@ def test_retraining_updates_float_weights_and_keeps_the_step() -> None:
         quantize(float_after.detach(), 3, steps["hidden.0.weight"]),
     )
     assert levels_used(model, 3, steps)["hidden.0.weight"] <= 7
+
+
+def test_refit_steps_follows_the_float_weights_and_a_snapshot_keeps_the_step() -> None:
+    model = build_model(FCDNNSpec(width=8, n_in=10), seed=0)
+    steps = apply_precision(model, 3)
+    before = snapshot(model)
+    with torch.no_grad():
+        float_weight(model, "hidden.0.weight").mul_(2)
+    refitted = refit_steps(model)
+    # Lloyd-Max scales with the weights: twice the weights, twice the step
+    assert refitted["hidden.0.weight"] == pytest.approx(2 * steps["hidden.0.weight"], rel=1e-6)
+    assert refitted["hidden.0.weight"] == lloyd_max_step(float_weight(model, "hidden.0.weight"), 3)
+    assert current_steps(model) == pytest.approx(refitted)
+    torch.testing.assert_close(  # the forward pass computes with the refitted step
+        model.hidden[0].weight,  # type: ignore[index]
+        quantize(float_weight(model, "hidden.0.weight").detach(), 3, refitted["hidden.0.weight"]),
+    )
+    model.load_state_dict(before)  # the best weights come back with the step they had
+    assert current_steps(model) == pytest.approx(steps)
+
+
+def test_retraining_from_the_float_weights_quantizes_the_float_model_at_each_precision() -> None:
+    spec = SweepSpec.model_validate(
+        {
+            "model": {"kind": "fcdnn", "width": 16},
+            "n": 300,
+            "bits": [4, 2],
+            "train": {"lr": 0.05, "batch_size": 16, "epochs": 100},
+            "retrain": {"epochs": 5, "start": "float", "refit_steps": True},
+        }
+    )
+    points = sweep(spec).curves[0].points
+    # by hand: the float model as the sweep trains it, quantized straight to 2 bits
+    data = make_dataset(spec.model, 300, derive_seed(0, "data"))
+    model = build_model(spec.model, derive_seed(0, "init"))
+    train_memorization(model, data, spec.train, derive_seed(0, "shuffle"))
+    apply_precision(model, 2)
+    assert points[1].accuracy_quantized == accuracy(model, data)
+    assert all(p.accuracy_retrained >= p.accuracy_quantized for p in points)
 
 
 def test_eight_bits_keeps_and_retraining_recovers_two_bits() -> None:
