@@ -19,7 +19,8 @@ from capacity_service.science.quantize import fake_quantize, lloyd_max_step, qua
 
 
 class FixedPointWeight(nn.Module):
-    """Parametrization: the float weight in, its fixed-point value out (D fixed)."""
+    """Parametrization: the float weight in, its fixed-point value out. D is a buffer:
+    fixed while retraining unless `refit_steps` re-estimates it."""
 
     step: torch.Tensor
 
