@@ -297,8 +297,8 @@ class Row:
 def collect(
     folder: Path, experiments: list[Experiment], results: str = RESULTS_FOLDER
 ) -> list[Row]:
-    """One row per experiment from the result files in `folder/results` (an experiment
-    with no file there has an empty row)."""
+    """One row per experiment from the result files in `folder/<results>` (the runner's,
+    or an earlier run's; an experiment with no file there has an empty row)."""
     rows = []
     for experiment in experiments:
         records = [

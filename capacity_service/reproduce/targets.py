@@ -96,13 +96,9 @@ def targets_markdown(
     gave beside ours."""
     by_name = {row.experiment.name: row for row in rows}
     earlier = {row.experiment.name: row for row in before or []}
-    if before:
-        lines = [
-            "| thesis result | target | ours | verdict | before | verdict before |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-    else:
-        lines = ["| thesis result | target | ours | verdict |", "| --- | --- | --- | --- |"]
+    header = ["thesis result", "target", "ours", "verdict"]
+    header += ["before", "verdict before"] if before else []
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for target in targets:
         verdict = judge(target, by_name)
         line = f"| {target.thesis} | {target.target} | {verdict.ours} | {verdict.status} |"

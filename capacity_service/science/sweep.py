@@ -79,7 +79,8 @@ def sweep_at(
         model, data, spec.train, derive_seed(spec.seed, "shuffle"), on_epoch
     )
     float_information = 0.0 if trained.diverged else mutual_information(n, trained.accuracy)
-    float_state = snapshot(model)
+    # kept only when every precision restarts from it
+    float_state = snapshot(model) if spec.retrain.start == "float" else None
     on_retrain_epoch = on_epoch
     if spec.retrain.refit_steps:
 
@@ -92,7 +93,7 @@ def sweep_at(
     for bits in spec.bits:
         if should_stop is not None and should_stop():
             raise Stopped(f"stopped before {bits} bits at N = {n}")
-        if spec.retrain.start == "float":
+        if float_state is not None:
             clear_precision(model)
             model.load_state_dict(float_state)
         apply_precision(model, bits)
