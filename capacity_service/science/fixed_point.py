@@ -3,8 +3,8 @@
 Every quantizable group (FCDNN hidden layers, CNN convolution kernels, RNN weight
 matrices) computes with W' = D * codes through a parametrization, each group with its own
 D; biases and the output layer stay in floating point. The float W stays the parameter,
-so the trainer retrains it through the straight-through path. D stays fixed until the
-next precision is applied (thesis), unless `refit_steps` re-estimates it; it is a buffer,
+so the trainer retrains it through the straight-through path. The sweep re-estimates D
+after every retraining epoch (`refit_steps`; the thesis keeps it fixed); it is a buffer,
 so a snapshot of the model's state keeps the D its weights were quantized with.
 """
 
@@ -15,12 +15,17 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from capacity_service.science.models import MemorizationModel
-from capacity_service.science.quantize import fake_quantize, lloyd_max_step, quantize_codes
+from capacity_service.science.quantize import (
+    fake_quantize,
+    lloyd_max_refine,
+    lloyd_max_step,
+    quantize_codes,
+)
 
 
 class FixedPointWeight(nn.Module):
     """Parametrization: the float weight in, its fixed-point value out. D is a buffer:
-    fixed while retraining unless `refit_steps` re-estimates it."""
+    changed only by `refit_steps`."""
 
     step: torch.Tensor
 
@@ -54,12 +59,18 @@ def apply_precision(model: MemorizationModel, bits: int) -> dict[str, float]:
 
 
 @torch.no_grad()
-def refit_steps(model: MemorizationModel) -> dict[str, float]:
+def refit_steps(model: MemorizationModel, search: bool = False) -> dict[str, float]:
     """Re-estimate each quantized group's step D (Lloyd-Max) from its float weights as
-    they are now, keeping its precision; returns the new steps."""
+    they are now, keeping its precision; returns the new steps. By default the
+    alternation starts from the current D; `search` starts it from a grid."""
     steps = {}
     for name, quantizer in _quantizers(model).items():
-        step = lloyd_max_step(float_weight(model, name), quantizer.bits)
+        weight = float_weight(model, name)
+        step = (
+            lloyd_max_step(weight, quantizer.bits)
+            if search
+            else lloyd_max_refine(weight, quantizer.bits, float(quantizer.step))
+        )
         quantizer.step.fill_(step)
         steps[name] = step
     return steps

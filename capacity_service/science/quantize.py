@@ -92,6 +92,23 @@ def lloyd_max_step(w: torch.Tensor, bits: int) -> float:
     return float(steps[int(_errors(x, bound, steps).argmin())])
 
 
+def lloyd_max_refine(w: torch.Tensor, bits: int, step: float) -> float:
+    """The Lloyd-Max fixed point reached from `step`: a local minimum of ||W - D codes||^2
+    no worse than `step` itself. Cheap (a few passes over W), for a D that was optimal for
+    weights a little different from W, such as after one epoch of retraining."""
+    bound = max_code(bits)
+    x = w.detach().to(torch.float64).flatten()
+    magnitude = x.abs()
+    if x.numel() == 0 or float(magnitude.max()) == 0.0:
+        return 1.0
+    if bits == 1:
+        return float(magnitude.mean())
+    if step <= 0:
+        raise ValueError(f"step must be > 0, got {step}")
+    start = torch.tensor([step], dtype=torch.float64)
+    return float(_alternate(x, bound, start)[0])
+
+
 def _alternate(x: torch.Tensor, bound: int, steps: torch.Tensor) -> torch.Tensor:
     """Lloyd-Max iterations on a batch of candidate steps (S,) until no code changes."""
     codes = _codes(x, bound, steps)

@@ -35,7 +35,7 @@ class RetrainSpec(TrainSpec):
         "retraining left (thesis) or from the float-trained weights",
     )
     refit_steps: bool = Field(
-        False,
-        description="re-estimate each group's step D (Lloyd-Max) after every retraining "
-        "epoch; the thesis keeps D fixed",
+        True,
+        description="re-estimate each group's step D after every retraining epoch (Lloyd-Max "
+        "from the current D); false keeps D fixed, as the thesis does",
     )

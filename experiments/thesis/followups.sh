@@ -40,7 +40,7 @@ retrain_sweep() {  # NAME N RETRAIN_LR
 {"model": {"kind": "fcdnn", "width": 64, "depth": 2}, "n": $2, "bits": [8, 7, 6, 5, 4],
  "train": {"lr": 0.020319741211370607, "momentum": 0.9000140663419436,
            "lr_decay": 0.29996974708192226, "batch_size": 128},
- "retrain": {"lr": $3, "epochs": 200, "patience": 20, "max_decays": 3}}
+ "retrain": {"lr": $3, "epochs": 200, "patience": 20, "max_decays": 3, "refit_steps": false}}
 JSON
 }
 retrain_sweep fcdnn-64x2-full-retrain200 23765 0.002
@@ -52,13 +52,13 @@ retrain_sweep fcdnn-64x2-half-retrain200-lr0.02 11882 0.02
 # N = 2^16, trained at the rate that served the 64x2; the suite's 30-epoch retraining.
 run fcdnn-128x3-half-n65536 sweep - <<JSON
 {"model": {"kind": "fcdnn", "width": 128, "depth": 3}, "n": 65536, "bits": [8, 6, 5, 4],
- "train": {"lr": 0.02, "batch_size": 128, "epochs": 600}, "retrain": {"epochs": 30}}
+ "train": {"lr": 0.02, "batch_size": 128, "epochs": 600}, "retrain": {"epochs": 30, "refit_steps": false}}
 JSON
 # ... and with the longer retraining (patience 20, up to 200 epochs per precision).
 run fcdnn-128x3-half-n65536-retrain200 sweep - <<JSON
 {"model": {"kind": "fcdnn", "width": 128, "depth": 3}, "n": 65536, "bits": [8, 6, 5, 4],
  "train": {"lr": 0.02, "batch_size": 128, "epochs": 600},
- "retrain": {"epochs": 200, "patience": 20, "max_decays": 3}}
+ "retrain": {"epochs": 200, "patience": 20, "max_decays": 3, "refit_steps": false}}
 JSON
 
 # Issue 17: retraining variants at full capacity (FCDNN 64x2, the runs above: 8 bits
@@ -73,15 +73,17 @@ variant() {  # NAME N RETRAIN_JSON: the seed-0 FCDNN 64x2 at N, retrained as RET
 JSON
 }
 retrain200='"lr": 0.002, "epochs": 200, "patience": 20, "max_decays": 3'
+fixed='"refit_steps": false'  # D fixed: the default until D refitting measured better
 # D re-estimated (Lloyd-Max) after every retraining epoch instead of fixed
 variant fcdnn-64x2-full-retrain200-refit 23765 "{$retrain200, \"refit_steps\": true}"
 # every precision retrained from the float weights, not from the previous precision's
-variant fcdnn-64x2-full-retrain200-fromfloat 23765 "{$retrain200, \"start\": \"float\"}"
+variant fcdnn-64x2-full-retrain200-fromfloat 23765 "{$retrain200, $fixed, \"start\": \"float\"}"
 # at the float training's batch size (128, not 32), at about its last rate (0.02 x 0.3^2)
-variant fcdnn-64x2-full-retrain200-b128 23765 "{$retrain200, \"batch_size\": 128}"
+variant fcdnn-64x2-full-retrain200-b128 23765 "{$retrain200, $fixed, \"batch_size\": 128}"
 # at batch 128 from the training's own rate, with its own plateau decay (4 decays of 0.3)
 variant fcdnn-64x2-full-retrain300-b128-lr0.02 23765 \
-  '{"lr": 0.02, "batch_size": 128, "epochs": 300, "patience": 20, "max_decays": 4}'
+  '{"lr": 0.02, "batch_size": 128, "epochs": 300, "patience": 20, "max_decays": 4,
+    "refit_steps": false}'
 # Refitting D helped most (6 bits: 96.2% against 93.8%); combined with the others, and
 # with more patience (the refitted retrainings ran 142-184 of their 200 epochs).
 variant fcdnn-64x2-full-retrain200-refit-b128 23765 \
@@ -96,3 +98,21 @@ run fcdnn-128x3-half-n65536-retrain200-refit sweep - <<JSON
  "train": {"lr": 0.02, "batch_size": 128, "epochs": 600},
  "retrain": {"epochs": 200, "patience": 20, "max_decays": 3, "refit_steps": true}}
 JSON
+
+# The "-refit" runs above searched a grid for D after every epoch (the code before the warm
+# start; rerun now, they refit warm): a 64x2 sweep took 269 s, 61-102 s with D fixed. The
+# "-refit-warm" runs refit by the Lloyd-Max alternation from the current D (a few passes
+# over the weights); against the grid's results they say whether it can be the default.
+variant fcdnn-64x2-full-retrain200-refit-warm 23765 "{$retrain200, \"refit_steps\": true}"
+variant fcdnn-64x2-half-retrain200-refit-warm 11882 "{$retrain200, \"refit_steps\": true}"
+run fcdnn-128x3-half-n65536-retrain200-refit-warm sweep - <<JSON
+{"model": {"kind": "fcdnn", "width": 128, "depth": 3}, "n": 65536, "bits": [8, 6, 5, 4],
+ "train": {"lr": 0.02, "batch_size": 128, "epochs": 600},
+ "retrain": {"epochs": 200, "patience": 20, "max_decays": 3, "refit_steps": true}}
+JSON
+# The half-capacity 64x2 at 4 bits was still rising at 200 epochs (95.2%): up to 600.
+variant fcdnn-64x2-half-retrain600-p50-refit-warm 11882 \
+  '{"lr": 0.002, "epochs": 600, "patience": 50, "max_decays": 3, "refit_steps": true}'
+# The default retraining (20 epochs, patience 5), D refitted: what the longer one buys.
+variant fcdnn-64x2-full-retrain20-refit-warm 23765 '{"refit_steps": true}'
+variant fcdnn-64x2-half-retrain20-refit-warm 11882 '{"refit_steps": true}'

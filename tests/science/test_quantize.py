@@ -5,6 +5,7 @@ import torch
 
 from capacity_service.science.quantize import (
     fake_quantize,
+    lloyd_max_refine,
     lloyd_max_step,
     max_code,
     quantization_error,
@@ -35,6 +36,30 @@ def test_lloyd_max_step_reaches_the_grid_minimum(bits: int, distribution: str) -
     error = quantization_error(w, bits, lloyd_max_step(w, bits))
     best = grid_minimum(w, bits)
     assert (error - best) / best < 1e-3
+
+
+def test_lloyd_max_refine_by_hand() -> None:
+    w = torch.tensor([0.1, 0.9, 1.0, -1.1], dtype=torch.float64)
+    # 2 bits (M = 1) from D = 0.15: codes 1, 1, 1, -1 -> D = 3.1 / 4 = 0.775; codes
+    # 0, 1, 1, -1 -> D = 3.0 / 3 = 1.0; the codes stay: a fixed point, error 0.03
+    assert lloyd_max_refine(w, 2, 0.15) == pytest.approx(1.0)
+    assert quantization_error(w, 2, 1.0) == pytest.approx(0.03)
+    assert lloyd_max_refine(w, 2, 1.0) == pytest.approx(1.0)  # a fixed point stays
+    assert lloyd_max_refine(w, 1, 0.3) == pytest.approx(3.1 / 4)  # binary: mean |W|
+
+
+@pytest.mark.parametrize("bits", [2, 4, 6, 8])
+def test_lloyd_max_refine_reaches_a_fixed_point_no_worse_than_its_start(bits: int) -> None:
+    generator = torch.Generator().manual_seed(bits)
+    w = torch.randn(2000, generator=generator, dtype=torch.float64)
+    step = lloyd_max_step(w, bits)
+    moved = w + 0.01 * torch.randn(2000, generator=generator, dtype=torch.float64)
+    refined = lloyd_max_refine(moved, bits, step)
+    assert quantization_error(moved, bits, refined) <= quantization_error(moved, bits, step)
+    codes = quantize_codes(moved, bits, refined)  # D = <W, codes> / <codes, codes>
+    assert refined == pytest.approx(float(codes @ moved / (codes @ codes)), rel=1e-12)
+    with pytest.raises(ValueError, match="step must be > 0"):
+        lloyd_max_refine(w, bits, 0.0)
 
 
 def test_binary_step_is_mean_absolute_weight() -> None:

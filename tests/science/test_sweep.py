@@ -13,7 +13,12 @@ from capacity_service.science.fixed_point import (
     refit_steps,
 )
 from capacity_service.science.models import build_model
-from capacity_service.science.quantize import lloyd_max_step, quantize
+from capacity_service.science.quantize import (
+    lloyd_max_refine,
+    lloyd_max_step,
+    quantization_error,
+    quantize,
+)
 from capacity_service.science.seeds import derive_seed
 from capacity_service.science.sweep import precision_boundary, sweep
 from capacity_service.science.train import accuracy, snapshot, train_memorization
@@ -80,7 +85,7 @@ def test_refit_steps_follows_the_float_weights_and_a_snapshot_keeps_the_step() -
     before = snapshot(model)
     with torch.no_grad():
         float_weight(model, "hidden.0.weight").mul_(2)
-    refitted = refit_steps(model)
+    refitted = refit_steps(model, search=True)
     # Lloyd-Max scales with the weights: twice the weights, twice the step
     assert refitted["hidden.0.weight"] == pytest.approx(2 * steps["hidden.0.weight"], rel=1e-6)
     assert refitted["hidden.0.weight"] == lloyd_max_step(float_weight(model, "hidden.0.weight"), 3)
@@ -91,6 +96,21 @@ def test_refit_steps_follows_the_float_weights_and_a_snapshot_keeps_the_step() -
     )
     model.load_state_dict(before)  # the best weights come back with the step they had
     assert current_steps(model) == pytest.approx(steps)
+
+
+def test_refit_steps_from_the_current_step_is_a_lloyd_max_fixed_point() -> None:
+    model = build_model(FCDNNSpec(width=8, n_in=10), seed=0)
+    steps = apply_precision(model, 3)
+    with torch.no_grad():  # as one retraining epoch might move the weights
+        weight = float_weight(model, "hidden.0.weight")
+        weight.add_(0.01 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(1)))
+    refitted = refit_steps(model)
+    weight = float_weight(model, "hidden.0.weight").detach()
+    assert refitted["hidden.0.weight"] == lloyd_max_refine(weight, 3, steps["hidden.0.weight"])
+    assert quantization_error(weight, 3, refitted["hidden.0.weight"]) <= quantization_error(
+        weight, 3, steps["hidden.0.weight"]
+    )
+    assert current_steps(model) == pytest.approx(refitted)
 
 
 def test_retraining_from_the_float_weights_quantizes_the_float_model_at_each_precision() -> None:
