@@ -68,15 +68,13 @@ def lloyd_max_step(w: torch.Tensor, bits: int) -> float:
     """
     bound = max_code(bits)
     x = w.detach().to(torch.float64).flatten()
-    magnitude = x.abs()
-    if x.numel() == 0 or float(magnitude.max()) == 0.0:
-        return 1.0
-    if bits == 1:
-        return float(magnitude.mean())
+    closed_form = _closed_form_step(x, bits)
+    if closed_form is not None:
+        return closed_form
     # The error is a jagged function of D with many local minima (each change of a code
     # is a kink), so the alternation starts from the best few steps of a coarse grid over
     # the plausible range and the best fixed point wins.
-    peak = float(magnitude.max())
+    peak = float(x.abs().max())
     coarse = torch.linspace(_GRID_LOW, _GRID_HIGH, _COARSE_POINTS, dtype=torch.float64)
     coarse = coarse * (peak / bound)
     errors = _errors(x, bound, coarse)
@@ -98,15 +96,23 @@ def lloyd_max_refine(w: torch.Tensor, bits: int, step: float) -> float:
     weights a little different from W, such as after one epoch of retraining."""
     bound = max_code(bits)
     x = w.detach().to(torch.float64).flatten()
-    magnitude = x.abs()
-    if x.numel() == 0 or float(magnitude.max()) == 0.0:
-        return 1.0
-    if bits == 1:
-        return float(magnitude.mean())
+    closed_form = _closed_form_step(x, bits)
+    if closed_form is not None:
+        return closed_form
     if step <= 0:
         raise ValueError(f"step must be > 0, got {step}")
     start = torch.tensor([step], dtype=torch.float64)
     return float(_alternate(x, bound, start)[0])
+
+
+def _closed_form_step(x: torch.Tensor, bits: int) -> float | None:
+    """D where no search is needed: 1 for an all-zero W (any step codes it exactly),
+    mean |W| for binary; None otherwise."""
+    if x.numel() == 0 or float(x.abs().max()) == 0.0:
+        return 1.0
+    if bits == 1:
+        return float(x.abs().mean())
+    return None
 
 
 def _alternate(x: torch.Tensor, bound: int, steps: torch.Tensor) -> torch.Tensor:
