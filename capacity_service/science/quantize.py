@@ -94,13 +94,13 @@ def lloyd_max_refine(w: torch.Tensor, bits: int, step: float) -> float:
     """The Lloyd-Max fixed point reached from `step`: a local minimum of ||W - D codes||^2
     no worse than `step` itself. Cheap (a few passes over W), for a D that was optimal for
     weights a little different from W, such as after one epoch of retraining."""
+    if step <= 0:  # checked first: a bad start is an error whatever the weights
+        raise ValueError(f"step must be > 0, got {step}")
     bound = max_code(bits)
     x = w.detach().to(torch.float64).flatten()
     closed_form = _closed_form_step(x, bits)
     if closed_form is not None:
         return closed_form
-    if step <= 0:
-        raise ValueError(f"step must be > 0, got {step}")
     start = torch.tensor([step], dtype=torch.float64)
     return float(_alternate(x, bound, start)[0])
 

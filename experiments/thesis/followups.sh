@@ -52,7 +52,8 @@ retrain_sweep fcdnn-64x2-half-retrain200-lr0.02 11882 0.02
 # N = 2^16, trained at the rate that served the 64x2; the suite's 30-epoch retraining.
 run fcdnn-128x3-half-n65536 sweep - <<JSON
 {"model": {"kind": "fcdnn", "width": 128, "depth": 3}, "n": 65536, "bits": [8, 6, 5, 4],
- "train": {"lr": 0.02, "batch_size": 128, "epochs": 600}, "retrain": {"epochs": 30, "refit_steps": false}}
+ "train": {"lr": 0.02, "batch_size": 128, "epochs": 600},
+ "retrain": {"epochs": 30, "refit_steps": false}}
 JSON
 # ... and with the longer retraining (patience 20, up to 200 epochs per precision).
 run fcdnn-128x3-half-n65536-retrain200 sweep - <<JSON
