@@ -117,3 +117,13 @@ variant fcdnn-64x2-half-retrain600-p50-refit-warm 11882 \
 # The default retraining (20 epochs, patience 5), D refitted: what the longer one buys.
 variant fcdnn-64x2-full-retrain20-refit-warm 23765 '{"refit_steps": true}'
 variant fcdnn-64x2-half-retrain20-refit-warm 11882 '{"refit_steps": true}'
+# The 4-bit retraining at half capacity rises slowly at lr 0.002 and never recovers at
+# 0.02 with patience 20 (it first loses, then climbs for hundreds of epochs): lr 0.02 at
+# batch 128 with patience 100, up to 1500 epochs, D refitted warm; at full and half
+# capacity, and at the thesis's own half capacity for the 64x2 (2.3 x 8,450 / 2 = 9,718).
+slow_climb='{"lr": 0.02, "batch_size": 128, "lr_decay": 0.3, "epochs": 1500, "patience": 100,
+ "max_decays": 3}'
+variant fcdnn-64x2-full-retrain1500-p100-lr0.02-b128 23765 "$slow_climb"
+variant fcdnn-64x2-half-retrain1500-p100-lr0.02-b128 11882 "$slow_climb"
+variant fcdnn-64x2-n9718-retrain1500-p100-lr0.02-b128 9718 "$slow_climb"
+variant fcdnn-64x2-n9718-retrain200 9718 "{$retrain200}"
