@@ -17,7 +17,7 @@ run() {  # NAME COMMAND... : run the command once, keep its JSON
   # shellcheck disable=SC2053  # ONLY is a glob on purpose
   [[ $name == ${ONLY:-*} ]] || return 0
   echo "follow-up $name" >&2
-  "$capacity" "$@" --device cpu --seed 0 --json --quiet > "$out/$name.tmp"
+  "$capacity" "$@" --device cpu --seed "${SEED:-0}" --json --quiet > "$out/$name.tmp"
   mv "$out/$name.tmp" "$out/$name.json"
 }
 
@@ -127,3 +127,27 @@ variant fcdnn-64x2-full-retrain1500-p100-lr0.02-b128 23765 "$slow_climb"
 variant fcdnn-64x2-half-retrain1500-p100-lr0.02-b128 11882 "$slow_climb"
 variant fcdnn-64x2-n9718-retrain1500-p100-lr0.02-b128 9718 "$slow_climb"
 variant fcdnn-64x2-n9718-retrain200 9718 "{$retrain200}"
+
+# Stop 34: the rerun's FCDNN 64x2 (best trials: seed 0 N = 26,981 at 96.86% after 1,302
+# epochs), swept with the float training on the search trial's own schedule (3,000 epochs,
+# patience 100) instead of the sweep's (1,500, patience 50: seed 0 94.62%, boundary 8
+# bits), at seed 0's capacity N and at the thesis's capacity for this network
+# (2.3 x 8,450 = 19,435 samples), each seed with its best trial's settings.
+trial_sweep() {  # NAME N SEED LR MOMENTUM LR_DECAY
+  SEED=$3 run "$1" sweep - <<JSON
+{"model": {"kind": "fcdnn", "width": 64, "depth": 2}, "n": $2, "bits": [8, 7, 6, 5, 4],
+ "train": {"lr": $4, "momentum": $5, "lr_decay": $6, "batch_size": 128, "epochs": 3000,
+           "patience": 100},
+ "retrain": {"epochs": 200, "patience": 20, "max_decays": 3}}
+JSON
+}
+seed0='0.18788592231830267 0.6575964992582775 0.2185257202064414'
+seed1='0.05997337667132065 0.8801662822052528 0.30594856304534584'
+seed2='0.09459863426558068 0.8073861178066448 0.3700945781556221'
+# shellcheck disable=SC2086  # each seedN is three arguments on purpose
+{
+  trial_sweep fcdnn-64x2-n26981-trial-schedule 26981 0 $seed0
+  trial_sweep fcdnn-64x2-n19435-trial-schedule 19435 0 $seed0
+  trial_sweep fcdnn-64x2-n19435-trial-schedule-seed1 19435 1 $seed1
+  trial_sweep fcdnn-64x2-n19435-trial-schedule-seed2 19435 2 $seed2
+}
