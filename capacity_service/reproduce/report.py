@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from capacity_service.reproduce.experiments import BEFORE_FOLDER, Row
-from capacity_service.specs import MeasureResult, SweepResult
+from capacity_service.specs import CapacityResult, MeasureResult, SweepResult
 
 FOLLOWUPS_FOLDER = "followups"  # single measurements and sweeps (`--json` output)
 
@@ -102,9 +102,10 @@ def report_markdown(
 
 
 def followups_markdown(folder: Path) -> list[str]:
-    """Tables of the folder's follow-up measurements (`capacity measure --json`) and
-    sweeps (`capacity sweep --json`), one row per file, named by the file."""
-    measures, sweeps = [], []
+    """Tables of the folder's follow-up measurements (`capacity measure --json`), sweeps
+    (`capacity sweep --json`) and searches (`capacity search --json`), one row per file,
+    named by the file."""
+    measures, sweeps, searches = [], [], []
     for path in sorted((folder / FOLLOWUPS_FOLDER).glob("*.json")):
         document = json.loads(path.read_text())
         if "curves" in document:
@@ -121,6 +122,15 @@ def followups_markdown(folder: Path) -> list[str]:
                     f"| {'-' if boundary is None else boundary} | {retrained} "
                     f"| {sweep.wall_seconds / 60:.1f} min |"
                 )
+        elif "quality" in document:
+            searched = CapacityResult.model_validate(document)
+            best, quality = searched.best, searched.quality
+            trust = "-" if quality is None else quality.verdict.split(":")[0]
+            searches.append(
+                f"| {path.stem} | {best.n} | {best.accuracy:.2%} | {best.epochs} "
+                f"| {searched.capacity_bits:.0f} | {searched.bits_per_param:.2f} "
+                f"| {len(searched.trials)} | {trust} | {searched.wall_seconds / 60:.1f} min |"
+            )
         else:
             measured = MeasureResult.model_validate(document)
             train = measured.train
@@ -137,6 +147,14 @@ def followups_markdown(folder: Path) -> list[str]:
             "| conv bits/param | wall time |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             *measures,
+            "",
+        ]
+    if searches:
+        lines += [
+            "| follow-up search | best N | accuracy | epochs | C (bits) | bits/param | trials "
+            "| trust | wall time |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            *searches,
             "",
         ]
     if sweeps:

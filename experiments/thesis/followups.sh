@@ -151,3 +151,9 @@ seed2='0.09459863426558068 0.8073861178066448 0.3700945781556221'
   trial_sweep fcdnn-64x2-n19435-trial-schedule-seed1 19435 1 $seed1
   trial_sweep fcdnn-64x2-n19435-trial-schedule-seed2 19435 2 $seed2
 }
+
+# Stop 34: the GRU-38 and tanh RNN-75 searches at twice the suite's budget (2,880 s, what
+# their 1,440 s verdicts ask), seed 0: does the lower bound move?
+recurrent=(search --n-in 32 --steps 5 --budget-trials 1000 --budget-seconds 2880)
+run gru-38-2880s "${recurrent[@]}" --model gru --hidden 38
+run rnn-75-2880s "${recurrent[@]}" --model rnn --hidden 75

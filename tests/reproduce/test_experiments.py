@@ -158,6 +158,9 @@ def test_the_report_builds_from_stored_results(ran: Path, tmp_path: Path) -> Non
     (followups / "tiny-n40.json").write_text(point.model_dump_json())
     curve = run_sweep(SweepSpec.model_validate({"model": TINY, "n": 40, "bits": [8, 4]}))
     (followups / "tiny-sweep.json").write_text(curve.model_dump_json())
+    # a search's result as `capacity search --json` prints it: seed 0's, stored by the run
+    searched = json.loads((ran / "results" / "tiny.seed0.json").read_text())["result"]
+    (followups / "tiny-search.json").write_text(json.dumps(searched))
     out = tmp_path / "docs" / "results.md"
     assert main(["experiments", "report", str(ran), "--out", str(out)]) == 0
     text = out.read_text()
@@ -184,6 +187,15 @@ def test_the_report_builds_from_stored_results(ran: Path, tmp_path: Path) -> Non
     assert f"| tiny-n40 | 40 | 0.02 | 32 | {point.epochs}/5 | {point.accuracy:.2%} |" in text
     retrained = [p.accuracy_retrained for p in curve.curves[0].points]
     assert f"| 8: {retrained[0]:.2%}, 4: {retrained[1]:.2%} |" in text
+    best, quality = searched["best"], searched["quality"]
+    trust = (
+        "tight lower bound" if quality["bracketed"] and quality["best_finished"] else "lower bound"
+    )
+    assert (
+        f"| tiny-search | {best['n']} | {best['accuracy']:.2%} | {best['epochs']} "
+        f"| {searched['capacity_bits']:.0f} | {searched['bits_per_param']:.2f} "
+        f"| {len(searched['trials'])} | {trust} |"
+    ) in text
 
 
 def test_the_report_shows_an_earlier_run_and_each_result_s_quality(
