@@ -9,7 +9,7 @@ from pathlib import Path
 from capacity_service.reproduce.experiments import BEFORE_FOLDER, Row
 from capacity_service.specs import CapacityResult, MeasureResult, SweepResult
 
-FOLLOWUPS_FOLDER = "followups"  # single measurements and sweeps (`--json` output)
+FOLLOWUPS_FOLDER = "followups"  # single measurements, sweeps and searches (`--json` output)
 
 TITLES = {
     "fcdnn": ("FCDNN capacity (thesis Fig. 2.2b)", "bits/param"),
@@ -91,8 +91,8 @@ def report_markdown(
         lines += [
             "## Follow-up measurements",
             "",
-            f"Single points by `{folder_hint}/followups.sh`, stored in "
-            f"`{folder_hint}/{FOLLOWUPS_FOLDER}/` (seed 0, CPU).",
+            f"Follow-ups by `{folder_hint}/followups.sh`, stored in "
+            f"`{folder_hint}/{FOLLOWUPS_FOLDER}/` (CPU; seed 0 unless the name gives another).",
             "",
             *followups,
         ]
