@@ -157,3 +157,11 @@ seed2='0.09459863426558068 0.8073861178066448 0.3700945781556221'
 recurrent=(search --n-in 32 --steps 5 --budget-trials 1000 --budget-seconds 2880)
 run gru-38-2880s "${recurrent[@]}" --model gru --hidden 38
 run rnn-75-2880s "${recurrent[@]}" --model rnn --hidden 75
+# Stop 35: GRU-38 moved (3.28 -> 3.56 at seed 0), so seeds 1 and 2 at 2,880 s, and seed 0
+# at the 5,760 s its 2,880 s verdict asks. Two streams, one per core:
+#   OMP_NUM_THREADS=1 ONLY='gru-38-5760s' bash experiments/thesis/followups.sh &
+#   OMP_NUM_THREADS=1 ONLY='gru-38-2880s-seed[12]' bash experiments/thesis/followups.sh &
+SEED=1 run gru-38-2880s-seed1 "${recurrent[@]}" --model gru --hidden 38
+SEED=2 run gru-38-2880s-seed2 "${recurrent[@]}" --model gru --hidden 38
+run gru-38-5760s search --n-in 32 --steps 5 --budget-trials 1000 --budget-seconds 5760 \
+  --model gru --hidden 38
