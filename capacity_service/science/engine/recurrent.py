@@ -3,15 +3,17 @@
 The input projection of all steps is one batched product per stack; each step then adds
 one batched product with the hidden state. Gate blocks are in PyTorch's order, with the
 model's one effective bias per gate (and the GRU's b_hn inside the reset product), the
-same cell as `models.RecurrentCell`. Training steps run a hand-written backward pass
-through time in a gate-major layout, with the activations computed in place (a test pins
-it to autograd's gradients); `forward` (autograd) and `evaluate` (the accuracy pass) share
-`_steps`.
+same cell as `models.RecurrentCell`. Training steps and the accuracy pass run the
+recurrence in a feature-major layout (`_Steps`: a row's states are (H, B) matrices), with
+the activations computed in place and, in training, a hand-written backward pass through
+time; `forward` is the plain autograd version, which a test pins the hand-written
+gradients to.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,14 +38,19 @@ class StackedRNN(StackedModel):
         return self._steps(inputs.view(rows, batch, steps, -1).unbind(2), params)
 
     def evaluate(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
-        """Shared samples: every row's input term of every step is one dense product."""
+        """Shared samples x (B, T, n_in): every row's input term of a step is one dense
+        product; the recurrence is the training step's (feature-major, no graph)."""
         w_ih, bias = params[0], params[2]
         rows, features = w_ih.shape[0], w_ih.shape[1]
-        batch, steps, n_in = x.shape
-        weights = w_ih.permute(2, 0, 1).reshape(n_in, rows * features)
-        inputs = torch.addmm(bias.flatten(), x.reshape(batch * steps, n_in), weights)
-        per_step = inputs.view(batch, steps, rows, features).permute(1, 2, 0, 3)  # (T, R, B, GH)
-        return self._steps(per_step.unbind(0), params)
+        batch, steps, _ = x.shape
+        weights = w_ih.reshape(rows * features, -1)
+        pre = torch.empty(steps, rows * features, batch, device=x.device)
+        for t in range(steps):
+            torch.addmm(bias.reshape(-1, 1), weights, x[:, t].T, out=pre[t])
+        cell = _CELLS[self.spec.kind](self.spec, params, pre.view(steps, rows, features, batch))
+        w_out, b_out = params[-2], params[-1]
+        return torch.baddbmm(b_out.unsqueeze(1), cell.forward().transpose(1, 2),
+                             w_out.transpose(1, 2))  # fmt: skip
 
     def _steps(self, inputs: Sequence[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
         """Each step's input term (R, B, G*H) -> logits (R, B, 2)."""
@@ -83,115 +90,120 @@ class StackedRNN(StackedModel):
     def step(self, batch: Batch, neg_lr: torch.Tensor, momentum: torch.Tensor) -> None:
         """Forward, hand-written backward through time, and the update, without an
         autograd graph (measured faster than autograd: fewer passes over memory)."""
-        kind = self.spec.kind
-        cell = {"lstm": _LSTMSteps, "gru": _GRUSteps, "rnn": _TanhSteps}[kind](self, batch.x)
+        cell = _CELLS[self.spec.kind].training(self.spec, self.params, batch.x)
         w_out, b_out = self.params[-2], self.params[-1]
-        h = cell.forward()
-        logits = torch.baddbmm(b_out.unsqueeze(1), h, w_out.transpose(1, 2))
-        grad = output_gradient(logits, batch.y, batch.weight)
-        grad_w_out = torch.bmm(grad.transpose(1, 2), h)
+        h_t = cell.forward()  # (R, H, B)
+        logits = torch.baddbmm(b_out.unsqueeze(1), h_t.transpose(1, 2), w_out.transpose(1, 2))
+        grad = output_gradient(logits, batch.y, batch.weight)  # (R, B, 2)
+        grad_w_out = torch.bmm(grad.transpose(1, 2), h_t.transpose(1, 2))
         grad_b_out = grad.sum(dim=1)
-        cell.backward(torch.bmm(grad, w_out))
+        cell.backward(torch.bmm(w_out.transpose(1, 2), grad.transpose(1, 2)))
         grads = [*cell.grads(), grad_w_out, grad_b_out]
         self.update(grads, neg_lr, momentum)
 
 
 class _Steps:
     """The recurrence of one training step, forward then backward through time, on
-    stacked tensors in gate-major layout: gate g of row r is "virtual row" r G + g, so
-    every gate block is one dense (B, H) matrix (elementwise work on gate slices of a
-    (B, G H) layout was measured about 10x slower), and each step's terms `pre[t]`
-    (T, R G, B, H) take the recurrent product in place."""
+    stacked tensors in feature-major layout: a row's states are (H, B) matrices and its
+    gate terms `pre[t]` one (G H, B) matrix, so each step's recurrent product is one
+    (G H, H) x (H, B) product per row added in place, every gate block is H contiguous
+    rows of it (elementwise work on gate slices of a (B, G H) layout was measured about
+    10x slower), and the gradient into h_(t-1) sums over the gates inside its product."""
 
-    def __init__(self, model: StackedRNN, x: torch.Tensor) -> None:
-        spec = model.spec
-        self.rows, self.size, self.steps, n_in = x.shape
+    def __init__(
+        self,
+        spec: RNNSpec,
+        params: list[torch.Tensor],
+        pre: torch.Tensor,
+        x: torch.Tensor | None = None,
+    ) -> None:
+        """`pre` (T, R, G H, B): each step's input term with its bias, which the forward
+        pass turns into the activated gates in place; `x` (T, R, n_in, B): the inputs,
+        for W_ih's gradient (a training step's)."""
+        self.steps, self.rows, _, self.size = pre.shape
         self.gates, self.hidden = GATE_BLOCKS[spec.kind], spec.hidden
-        virtual = self.rows * self.gates
-        w_ih, w_hh, bias = model.params[0], model.params[1], model.params[2]
-        self.w_ih = w_ih.view(virtual, self.hidden, n_in)
-        self.w_hh = w_hh.view(virtual, self.hidden, self.hidden)
-        self.w_hh_t = self.w_hh.transpose(1, 2)
-        # every gate reads the row's input: (R G, T, B, n_in)
-        self.x = (
-            x.transpose(1, 2)
-            .unsqueeze(1)
-            .expand(self.rows, self.gates, self.steps, self.size, n_in)
-            .reshape(virtual, self.steps, self.size, n_in)
-        )
-        self.pre = torch.empty(self.steps, virtual, self.size, self.hidden, device=x.device)
-        bias_g = bias.view(virtual, 1, self.hidden)
-        for t in range(self.steps):
-            torch.baddbmm(bias_g, self.x[:, t], self.w_ih.transpose(1, 2), out=self.pre[t])
-        self.d_pre = torch.empty_like(self.pre)
-        self.tanh_ = torch.Tensor.tanh_ if x.is_cuda else _tanh_
-        self.grad_w_hh = torch.zeros_like(self.w_hh)
-        self.h: list[torch.Tensor | None] = [None]  # h_t (R, B, H); h_0 is the zero state
-        self.h_wide: list[torch.Tensor | None] = [None]  # h_t for every gate (R G, B, H)
+        self.params, self.pre, self.x = params, pre, x
+        self.w_ih, self.w_hh = params[0], params[1]  # (R, G H, n_in | H)
+        self.tanh_ = torch.Tensor.tanh_ if pre.is_cuda else _tanh_
+        self.h: list[torch.Tensor | None] = [None]  # h_t (R, H, B); h_0 is the zero state
 
-    def record(self, h: torch.Tensor) -> torch.Tensor:
-        """Keep step t's state h (R, B, H), and beside it the row's state for each of its
-        gates (R G, B, H), which the next step's product and the backward pass read."""
-        wide = h.unsqueeze(1).expand(self.rows, self.gates, self.size, self.hidden)
-        self.h.append(h)
-        self.h_wide.append(wide.reshape(-1, self.size, self.hidden))
-        return h
+    @classmethod
+    def training(cls, spec: RNNSpec, params: list[torch.Tensor], x: torch.Tensor) -> _Steps:
+        """A training step's recurrence on each row's own samples x (R, B, T, n_in)."""
+        rows, size, steps, _ = x.shape
+        x_t = x.permute(2, 0, 3, 1).contiguous()  # (T, R, n_in, B)
+        w_ih, bias = params[0], params[2].unsqueeze(2)  # bias (R, G H, 1)
+        pre = torch.empty(steps, rows, w_ih.shape[1], size, device=x.device)
+        for t in range(steps):
+            torch.baddbmm(bias, w_ih, x_t[t], out=pre[t])
+        return cls(spec, params, pre, x_t)
 
     def blocks(self, t: int, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Step t's gate blocks of `tensor` (pre or d_pre), each (R, B, H)."""
-        return tensor[t].view(self.rows, self.gates, self.size, self.hidden).unbind(1)
+        """Step t's gate blocks of `tensor` (pre or d_pre), each (R, H, B)."""
+        return tensor[t].view(self.rows, self.gates, self.hidden, self.size).unbind(1)
 
     def forward(self) -> torch.Tensor:
+        """The last state h_T (R, H, B)."""
         raise NotImplementedError
 
+    def last_state(self) -> torch.Tensor:
+        h = self.h[-1]
+        assert h is not None, "a recurrence of at least one step"
+        return h
+
     def backward(self, d_h: torch.Tensor) -> None:
+        """From d h_T (R, H, B), after `forward`: the gradients that `grads` returns."""
+        self.d_pre = torch.empty_like(self.pre)
+        self.grad_w_hh = torch.zeros_like(self.w_hh)
+        self._backward(d_h)
+
+    def _backward(self, d_h: torch.Tensor) -> None:
+        """Fill d_pre, d of each step's gate terms, and grad_w_hh, back through time."""
         raise NotImplementedError
 
     def grads(self) -> list[torch.Tensor]:
         """Gradients of W_ih, W_hh, the bias (and the GRU's b_hn), in parameter order."""
-        d_pre = self.d_pre
+        assert self.x is not None
         grad_w_ih = torch.zeros_like(self.w_ih)
         for t in range(self.steps):
-            grad_w_ih.baddbmm_(d_pre[t].transpose(1, 2), self.x[:, t])
-        grad_bias = d_pre.sum(dim=(0, 2))  # (R G, H)
-        rows = self.rows
-        return [grad_w_ih.view(rows, -1, grad_w_ih.shape[2]),
-                self.grad_w_hh.view(rows, -1, self.hidden), grad_bias.view(rows, -1)]  # fmt: skip
+            grad_w_ih.baddbmm_(self.d_pre[t], self.x[t].transpose(1, 2))
+        grad_bias = self.d_pre.sum(dim=(0, 3))  # (R, G H)
+        return [grad_w_ih, self.grad_w_hh, grad_bias]
 
     def recurrent_gradient(self, t: int, d_rec: torch.Tensor) -> torch.Tensor | None:
-        """Through h_(t-1) W_hh^T, with d_rec (R G, B, H): W_hh's gradient, and
-        d h_(t-1) (None at t = 0)."""
-        previous = self.h_wide[t]
+        """Through W_hh h_(t-1), with d_rec (R, G H, B): W_hh's gradient, and
+        d h_(t-1) (R, H, B) (None at t = 0)."""
+        previous = self.h[t]
         if previous is None:
             return None
-        self.grad_w_hh.baddbmm_(d_rec.transpose(1, 2), previous)
-        d_prev = torch.bmm(d_rec, self.w_hh)  # (R G, B, H): summed over the gates
-        return d_prev.view(self.rows, self.gates, self.size, self.hidden).sum(dim=1)
+        self.grad_w_hh.baddbmm_(d_rec, previous.transpose(1, 2))
+        return torch.bmm(self.w_hh.transpose(1, 2), d_rec)
 
 
 class _LSTMSteps(_Steps):
     def forward(self) -> torch.Tensor:
         self.c: list[torch.Tensor | None] = [None]
         self.tanh_c: list[torch.Tensor] = []
+        hidden = self.hidden
         for t in range(self.steps):
-            wide = self.h_wide[-1]
-            if wide is not None:
-                self.pre[t].baddbmm_(wide, self.w_hh_t)
+            previous = self.h[-1]
+            if previous is not None:
+                self.pre[t].baddbmm_(self.w_hh, previous)
+            self.pre[t][:, : 2 * hidden].sigmoid_()  # i and f
+            self.pre[t][:, 3 * hidden :].sigmoid_()  # o
             i, f, g, o = self.blocks(t, self.pre)
-            i.sigmoid_()
-            f.sigmoid_()
             self.tanh_(g)
-            o.sigmoid_()
             c_prev = self.c[-1]
             c = i * g if c_prev is None else torch.addcmul(i * g, f, c_prev)
             tanh_c = self.tanh_(c.clone())
             self.c.append(c)
             self.tanh_c.append(tanh_c)
-            h = self.record(o * tanh_c)
-        return h
+            self.h.append(o * tanh_c)
+        return self.last_state()
 
-    def backward(self, d_h: torch.Tensor) -> None:
+    def _backward(self, d_h: torch.Tensor) -> None:
         d_c: torch.Tensor | None = None
+        hidden = self.hidden
         for t in range(self.steps - 1, -1, -1):
             i, f, g, o = self.blocks(t, self.pre)
             d_i, d_f, d_g, d_o = self.blocks(t, self.d_pre)
@@ -208,8 +220,11 @@ class _LSTMSteps(_Steps):
             else:
                 torch.mul(d_c_t, c_prev, out=d_f)
             # through the activations: sigmoid' = s (1 - s), tanh' = 1 - t^2
-            for d_gate, gate in ((d_i, i), (d_f, f), (d_o, o)):
-                d_gate.mul_(gate - gate * gate)
+            for d_gates, gates in (
+                (self.d_pre[t][:, : 2 * hidden], self.pre[t][:, : 2 * hidden]),  # i, f
+                (d_o, o),
+            ):
+                d_gates.mul_(gates - gates * gates)
             d_g.mul_(1 - g * g)
             d_c = d_c_t.mul_(f)
             d_prev = self.recurrent_gradient(t, self.d_pre[t])
@@ -219,40 +234,37 @@ class _LSTMSteps(_Steps):
 
 
 class _GRUSteps(_Steps):
-    def __init__(self, model: StackedRNN, x: torch.Tensor) -> None:
-        super().__init__(model, x)
-        self.bias_hn = model.params[3].unsqueeze(1)  # (R, 1, H)
-        self.d_rec = torch.empty_like(self.pre[0])  # d (h W_hh^T + [0, 0, b_hn]), per step
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bias_hn = self.params[3].unsqueeze(2)  # (R, H, 1)
 
     def forward(self) -> torch.Tensor:
         self.n: list[torch.Tensor] = []
-        self.h_n: list[torch.Tensor] = []  # h W_hn^T + b_hn, inside the reset product
+        self.h_n: list[torch.Tensor] = []  # W_hn h + b_hn, inside the reset product
+        reset_update = slice(0, 2 * self.hidden)
         for t in range(self.steps):
-            previous, wide = self.h[-1], self.h_wide[-1]
+            previous = self.h[-1]
             x_r, x_z, x_n = self.blocks(t, self.pre)
-            if wide is None:
+            if previous is None:
                 h_n = self.bias_hn.expand_as(x_n)
             else:
-                rec_r, rec_z, rec_n = (
-                    torch.bmm(wide, self.w_hh_t)
-                    .view(self.rows, self.gates, self.size, self.hidden)
-                    .unbind(1)
-                )  # fmt: skip
-                x_r.add_(rec_r)
-                x_z.add_(rec_z)
-                h_n = rec_n.add_(self.bias_hn)
-            r, z = x_r.sigmoid_(), x_z.sigmoid_()  # pre keeps the activated r and z
+                recurrent = torch.bmm(self.w_hh, previous)  # (R, G H, B)
+                self.pre[t][:, reset_update] += recurrent[:, reset_update]
+                h_n = recurrent[:, 2 * self.hidden :].add_(self.bias_hn)
+            self.pre[t][:, reset_update].sigmoid_()  # pre keeps the activated r and z
+            r, z = x_r, x_z
             n = self.tanh_(torch.addcmul(x_n, r, h_n))
             self.n.append(n)
             self.h_n.append(h_n)
             # (1 - z) n + z h
-            h = self.record(n - z * n if previous is None else torch.lerp(n, previous, z))
-        return h
+            self.h.append(n - z * n if previous is None else torch.lerp(n, previous, z))
+        return self.last_state()
 
-    def backward(self, d_h: torch.Tensor) -> None:
-        self.grad_bias_hn = torch.zeros_like(self.bias_hn.squeeze(1))
-        d_rec_r, d_rec_z, d_rec_n = self.d_rec.view(
-            self.rows, self.gates, self.size, self.hidden).unbind(1)  # fmt: skip
+    def _backward(self, d_h: torch.Tensor) -> None:
+        self.grad_bias_hn = torch.zeros_like(self.bias_hn.squeeze(2))
+        self.d_rec = torch.empty_like(self.pre[0])  # d (W_hh h + [0, 0, b_hn]), per step
+        reset_update = slice(0, 2 * self.hidden)
+        d_rec_n = self.d_rec[:, 2 * self.hidden :]
         for t in range(self.steps - 1, -1, -1):
             r, z, _ = self.blocks(t, self.pre)
             d_r, d_z, d_n = self.blocks(t, self.d_pre)
@@ -268,9 +280,8 @@ class _GRUSteps(_Steps):
             torch.mul(d_n, h_n, out=d_r)
             d_r.mul_(r - r * r)
             torch.mul(d_n, r, out=d_rec_n)
-            self.grad_bias_hn += d_rec_n.sum(dim=1)
-            d_rec_r.copy_(d_r)
-            d_rec_z.copy_(d_z)
+            self.grad_bias_hn += d_rec_n.sum(dim=2)
+            self.d_rec[:, reset_update].copy_(self.d_pre[t][:, reset_update])
             d_prev = self.recurrent_gradient(t, self.d_rec)
             if d_prev is None:
                 return
@@ -283,13 +294,13 @@ class _GRUSteps(_Steps):
 class _TanhSteps(_Steps):
     def forward(self) -> torch.Tensor:
         for t in range(self.steps):
-            wide = self.h_wide[-1]
-            if wide is not None:
-                self.pre[t].baddbmm_(wide, self.w_hh_t)
-            h = self.record(self.tanh_(self.pre[t]))  # one gate: the wide state is h
-        return h
+            previous = self.h[-1]
+            if previous is not None:
+                self.pre[t].baddbmm_(self.w_hh, previous)
+            self.h.append(self.tanh_(self.pre[t]))  # one gate: pre[t] is h_t
+        return self.last_state()
 
-    def backward(self, d_h: torch.Tensor) -> None:
+    def _backward(self, d_h: torch.Tensor) -> None:
         for t in range(self.steps - 1, -1, -1):
             h = self.pre[t]  # activated in place
             torch.mul(d_h, 1 - h * h, out=self.d_pre[t])
@@ -297,6 +308,9 @@ class _TanhSteps(_Steps):
             if d_prev is None:
                 return
             d_h = d_prev
+
+
+_CELLS: dict[str, type[_Steps]] = {"lstm": _LSTMSteps, "gru": _GRUSteps, "rnn": _TanhSteps}
 
 
 def _tanh_(x: torch.Tensor) -> torch.Tensor:
