@@ -8,6 +8,7 @@ from capacity_service.science.engine import (
     StackedModel,
     TrialConfig,
     cnn,
+    recurrent,
     stack_models,
     train_trials,
 )
@@ -180,6 +181,22 @@ def test_the_hand_written_recurrent_step_is_autograds(kind: str) -> None:
         StackedModel.step(reference, Batch(x, y, weight), neg_lr, momentum)  # autograd
     for mine, theirs in zip(hand.params, reference.params, strict=True):
         torch.testing.assert_close(mine, theirs.detach(), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_the_recurrent_accuracy_pass_in_chunks_is_the_autograd_forward(kind: str) -> None:
+    spec = RNNSpec(kind=kind, hidden=6, n_in=5, steps=3)
+    pool = make_dataset(spec, 40, seed=0)
+    stack = stack_models(spec, [_config(40, 0.1, 0.9, 16, seed) for seed in range(3)], pool)
+    generator = torch.Generator().manual_seed(0)
+    for tensor in stack.params:  # non-zero biases, so every term counts
+        tensor.add_(0.3 * torch.randn(tensor.shape, generator=generator))
+    params, x = stack.rows(torch.arange(3)), pool.x.view(40, 3, 5)
+    reference = stack.forward(x.unsqueeze(0).expand(3, *x.shape), params)
+    with torch.no_grad():
+        chunks = [stack.evaluate(x[start : start + 16], params) for start in range(0, 40, 16)]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), reference.detach())
+    assert stack.eval_chunk(8) == recurrent.CPU_EVAL_SAMPLES // 8  # a CPU's chunks
 
 
 def test_a_cnn_step_in_chunks_of_rows_is_the_whole_stacks_step() -> None:
