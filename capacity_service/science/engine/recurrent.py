@@ -1,7 +1,8 @@
 """Stacked LSTM, GRU and tanh RNN trials: batched matrix products per time step.
 
-The input projection of all steps is one batched product per stack; each step then adds
-one batched product with the hidden state. Gate blocks are in PyTorch's order, with the
+Each step's input term is one batched product (in the accuracy pass, whose samples every
+row shares, one dense product), to which the step adds one batched product with the hidden
+state. Gate blocks are in PyTorch's order, with the
 model's one effective bias per gate (and the GRU's b_hn inside the reset product), the
 same cell as `models.RecurrentCell`. Training steps and the accuracy pass run the
 recurrence in a feature-major layout (`_Steps`: a row's states are (H, B) matrices), with
@@ -112,8 +113,8 @@ class StackedRNN(StackedModel):
 
 
 class _Steps:
-    """The recurrence of one training step, forward then backward through time, on
-    stacked tensors in feature-major layout: a row's states are (H, B) matrices and its
+    """The recurrence of one step's batch, forward (and, in training, backward through
+    time), on stacked tensors in feature-major layout: a row's states are (H, B) matrices and its
     gate terms `pre[t]` one (G H, B) matrix, so each step's recurrent product is one
     (G H, H) x (H, B) product per row added in place, every gate block is H contiguous
     rows of it (elementwise work on gate slices of a (B, G H) layout was measured about
