@@ -31,6 +31,8 @@ CPU_EVAL_SAMPLES = 1024  # rows x samples of one CPU accuracy chunk
 
 
 class StackedCNN(StackedModel):
+    cpu_eval_samples = CPU_EVAL_SAMPLES
+
     def __init__(self, spec: CNNSpec, models: Sequence[nn.Module]) -> None:
         super().__init__(models)
         self.spec = spec
@@ -49,14 +51,6 @@ class StackedCNN(StackedModel):
                 Batch(batch.x[part], batch.y[part], batch.weight[part]),
                 neg_lr[part], momentum[part],
             )  # fmt: skip
-
-    def eval_chunk(self, rows: int) -> int:
-        chunk = super().eval_chunk(rows)
-        return max(1, min(chunk, CPU_EVAL_SAMPLES // rows)) if self._on_cpu() else chunk
-
-    def _on_cpu(self) -> bool:
-        """Whether the stack lives on a CPU, whose caches the chunks are sized for."""
-        return self.params[0].device.type == "cpu"
 
     def forward(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         rows, batch = x.shape[:2]

@@ -14,7 +14,6 @@ gradients to.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -29,6 +28,8 @@ CPU_EVAL_SAMPLES = 4096
 
 
 class StackedRNN(StackedModel):
+    cpu_eval_samples = CPU_EVAL_SAMPLES
+
     def __init__(self, spec: RNNSpec, models: Sequence[nn.Module]) -> None:
         super().__init__(models)
         self.spec = spec
@@ -42,11 +43,6 @@ class StackedRNN(StackedModel):
                                w_ih.transpose(1, 2))  # fmt: skip
         # unbind, not indexing: its backward is one stack, not a zero fill per step
         return self._steps(inputs.view(rows, batch, steps, -1).unbind(2), params)
-
-    def eval_chunk(self, rows: int) -> int:
-        chunk = super().eval_chunk(rows)
-        on_cpu = self.params[0].device.type == "cpu"
-        return max(1, min(chunk, CPU_EVAL_SAMPLES // rows)) if on_cpu else chunk
 
     def evaluate(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         """Shared samples x (B, T, n_in): every row's input term of a step is one dense
@@ -239,11 +235,8 @@ class _LSTMSteps(_Steps):
 
 
 class _GRUSteps(_Steps):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.bias_hn = self.params[3].unsqueeze(2)  # (R, H, 1)
-
     def forward(self) -> torch.Tensor:
+        self.bias_hn = self.params[3].unsqueeze(2)  # (R, H, 1)
         self.n: list[torch.Tensor] = []
         self.h_n: list[torch.Tensor] = []  # W_hn h + b_hn, inside the reset product
         reset_update = slice(0, 2 * self.hidden)

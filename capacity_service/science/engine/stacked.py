@@ -75,10 +75,21 @@ class StackedModel:
         self.params = [p.detach()[index] for p in self.params]
         self.velocity = [v[index] for v in self.velocity]
 
+    # rows x samples of one accuracy chunk on a CPU, where a kind measured that its pass
+    # runs faster in cache-sized chunks (None: the float budget alone)
+    cpu_eval_samples: int | None = None
+
     def eval_chunk(self, rows: int) -> int:
         """Samples per chunk of the accuracy pass over `rows` rows (their activations
-        fit EVAL_FLOATS)."""
-        return max(1, EVAL_FLOATS // (rows * self.floats_per_sample))
+        fit EVAL_FLOATS, and on a CPU at most `cpu_eval_samples` rows x samples)."""
+        chunk = max(1, EVAL_FLOATS // (rows * self.floats_per_sample))
+        if self.cpu_eval_samples is not None and self._on_cpu():
+            chunk = max(1, min(chunk, self.cpu_eval_samples // rows))
+        return chunk
+
+    def _on_cpu(self) -> bool:
+        """Whether the stack lives on a CPU, whose caches the chunks are sized for."""
+        return self.params[0].device.type == "cpu"
 
     def step(self, batch: Batch, neg_lr: torch.Tensor, momentum: torch.Tensor) -> None:
         """One SGD-with-momentum step of every row on the mean cross-entropy of its own
