@@ -21,6 +21,9 @@ achieved GFLOP/s against this device's measured float32 matmul peak.
     .venv/bin/python benchmarks/engine.py --kinds lstm,gru --device cuda
     .venv/bin/python benchmarks/engine.py --json > now.json
     .venv/bin/python benchmarks/engine.py --baseline before.json   # compare speedups
+    # the LSTM's fused CPU kernels against its torch-op step:
+    CAPACITY_NATIVE_KERNELS=0 .venv/bin/python benchmarks/engine.py --kinds lstm --json > ops.json
+    .venv/bin/python benchmarks/engine.py --kinds lstm --baseline ops.json
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from torch import nn
 
 from capacity_service.science.data import Dataset, make_dataset
 from capacity_service.science.device import DeviceUnavailableError, resolve_device
-from capacity_service.science.engine import TrialConfig, train_trials
+from capacity_service.science.engine import TrialConfig, native, train_trials
 from capacity_service.science.models import build_model, pool_after
 from capacity_service.specs import GATE_BLOCKS, MODEL_KINDS, CNNSpec, FCDNNSpec, RNNSpec, TrainSpec
 
@@ -400,6 +403,10 @@ def measure(
         "n": n,
         "epochs": epochs,
         "engine": how[0],
+        # the LSTM step's elementwise work in the fused C kernels (engine/native.py)
+        "native_kernels": spec.kind == "lstm"
+        and device.type == "cpu"
+        and native.lstm_kernels() is not None,
         "samples_per_s": sample_epochs / t_engine,
         "plain_samples_per_s": sample_epochs / t_plain,
         "stack_samples_per_s": sample_epochs / t_stack,
@@ -437,8 +444,9 @@ def print_table(rows: list[dict[str, Any]], baseline: dict[Any, float], repeat: 
     print(header + ("  baseline" if baseline else ""))
     for row in rows:
         key = row_key(row)
+        engine = row["engine"] + ("+C" if row.get("native_kernels") else "")
         line = (
-            f"{row['kind']:>5} {key[1]:>4} {row['k']:>3} {row['batch']:>5} {row['engine']:>10} "
+            f"{row['kind']:>5} {key[1]:>4} {row['k']:>3} {row['batch']:>5} {engine:>10} "
             f"{row['samples_per_s']:>10,.0f} {row['plain_samples_per_s']:>9,.0f} "
             f"{row['speedup']:>7.1f}x {row['stack_speedup']:>6.1f}x "
             f"{row['gflops']:>8.1f} {row['gflops'] / row['peak_gflops']:>7.1%}"
@@ -447,7 +455,8 @@ def print_table(rows: list[dict[str, Any]], baseline: dict[Any, float], repeat: 
         if before is not None:
             line += f"  {before:.1f}x ({row['speedup'] / before - 1:+.0%})"
         print(line)
-    print("speedup: plain loop time / engine time; stack: plain loop time / stacked-model time")
+    print("speedup: plain loop time / engine time; stack: plain loop time / stacked-model time;"
+          " +C: the LSTM step's fused C kernels")  # fmt: skip
 
 
 def int_list(text: str) -> list[int]:

@@ -162,8 +162,13 @@ def test_k_trials_that_cannot_fit_are_refused_naming_the_field() -> None:
     assert default_k(torch.device("cpu")) == 8 and default_k(torch.device("cuda")) == 256
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
-def test_the_hand_written_recurrent_step_is_autograds(kind: str) -> None:
+@pytest.mark.parametrize(("kind", "native_kernels"),
+                         [("lstm", "1"), ("lstm", "0"), ("gru", "1"), ("rnn", "1")])  # fmt: skip
+def test_the_hand_written_recurrent_step_is_autograds(
+    kind: str, native_kernels: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the LSTM's step in fused CPU kernels where they build, and in torch ops (as on a GPU)
+    monkeypatch.setenv("CAPACITY_NATIVE_KERNELS", native_kernels)
     spec = RNNSpec(kind=kind, hidden=6, n_in=5, steps=3)
     pool = make_dataset(spec, 48, seed=0)
     configs = [_config(48, 0.1, 0.9, 16, seed) for seed in range(3)]

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from capacity_service.science.engine import native
 from capacity_service.science.engine.stacked import Batch, StackedModel, output_gradient
 from capacity_service.specs import GATE_BLOCKS, RNNSpec
 
@@ -186,27 +187,44 @@ class _Steps:
 
 
 class _LSTMSteps(_Steps):
+    """On a CPU, with the fused kernels (native.py) built, each step's elementwise work is
+    one kernel call forward and one back; otherwise it runs in torch ops."""
+
     def forward(self) -> torch.Tensor:
         self.c: list[torch.Tensor | None] = [None]
         self.tanh_c: list[torch.Tensor] = []
-        hidden = self.hidden
+        self.kernels = native.lstm_kernels() if self.pre.device.type == "cpu" else None
         for t in range(self.steps):
             previous = self.h[-1]
             if previous is not None:
                 self.pre[t].baddbmm_(self.w_hh, previous)
-            self.pre[t][:, : 2 * hidden].sigmoid_()  # i and f
-            self.pre[t][:, 3 * hidden :].sigmoid_()  # o
-            i, f, g, o = self.blocks(t, self.pre)
-            g.tanh_()
-            c_prev = self.c[-1]
-            c = i * g if c_prev is None else torch.addcmul(i * g, f, c_prev)
-            tanh_c = torch.tanh(c)
+            if self.kernels is None:
+                c, tanh_c, h = self._cell(t)
+            else:
+                state = (self.rows, self.hidden, self.size)
+                c, tanh_c, h = (torch.empty(state, device=self.pre.device) for _ in range(3))
+                self.kernels.forward(self.pre[t], self.c[-1], c, tanh_c, h)
             self.c.append(c)
             self.tanh_c.append(tanh_c)
-            self.h.append(o * tanh_c)
+            self.h.append(h)
         return self.last_state()
 
+    def _cell(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step t's gates activated in place in pre[t]; its c, tanh(c) and h, in torch ops."""
+        hidden = self.hidden
+        self.pre[t][:, : 2 * hidden].sigmoid_()  # i and f
+        self.pre[t][:, 3 * hidden :].sigmoid_()  # o
+        i, f, g, o = self.blocks(t, self.pre)
+        g.tanh_()
+        c_prev = self.c[-1]
+        c = i * g if c_prev is None else torch.addcmul(i * g, f, c_prev)
+        tanh_c = torch.tanh(c)
+        return c, tanh_c, o * tanh_c
+
     def _backward(self, d_h: torch.Tensor) -> None:
+        if self.kernels is not None:
+            self._fused_backward(d_h)
+            return
         d_c: torch.Tensor | None = None
         hidden = self.hidden
         for t in range(self.steps - 1, -1, -1):
@@ -228,6 +246,17 @@ class _LSTMSteps(_Steps):
             _sigmoid_backward_(d_o, o)
             _tanh_backward_(d_g, g)
             d_c = d_c_t.mul_(f)
+            d_prev = self.recurrent_gradient(t, self.d_pre[t])
+            if d_prev is None:
+                return
+            d_h = d_prev
+
+    def _fused_backward(self, d_h: torch.Tensor) -> None:
+        assert self.kernels is not None
+        d_c = torch.empty_like(d_h)  # d c_t, carried back through the steps
+        for t in range(self.steps - 1, -1, -1):
+            self.kernels.backward(self.pre[t], self.tanh_c[t], self.c[t], d_h.contiguous(),
+                                  d_c, t < self.steps - 1, self.d_pre[t])  # fmt: skip
             d_prev = self.recurrent_gradient(t, self.d_pre[t])
             if d_prev is None:
                 return

@@ -1,0 +1,165 @@
+"""Fused CPU kernels for the stacked LSTM step, compiled from C at first use.
+
+On a CPU an LSTM step's elementwise work (the gate activations, the cell, and their
+backward) is about ten passes over memory in torch ops, and this build's `torch.tanh`
+runs scalar; `lstm_kernels.c` does it in one vectorized, OpenMP-parallel pass. The
+source is compiled with the machine's C compiler into a cache directory keyed by the
+source, the flags and the CPU's features, so workers on one machine share one build and a
+machine with another CPU gets its own. Where no compiler is found or the build fails, or
+`CAPACITY_NATIVE_KERNELS=0`, `lstm_kernels()` is None and the engine runs the same step in
+torch ops (a warning says why, once).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("lstm_kernels.c")
+# -fno-trapping-math lets gcc turn the clamps into vector selects (without it the loops
+# stay scalar); -march=native: the build is keyed by this CPU's features
+FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-std=c11", "-shared",
+         "-fPIC"]  # fmt: skip
+_ENABLED = "CAPACITY_NATIVE_KERNELS"  # "0" runs the torch-op step instead
+_CACHE = "CAPACITY_KERNEL_CACHE"  # where builds are kept (default ~/.cache/capacity_service)
+
+_float_p, _long = ctypes.c_void_p, ctypes.c_long
+
+
+class LSTMKernels:
+    """The two entry points of `lstm_kernels.c` on contiguous float32 CPU tensors; the
+    layout and meaning of each argument are the C source's."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._forward = library.lstm_forward
+        self._forward.argtypes = [_float_p] * 5 + [_long, _long, ctypes.c_int]
+        self._forward.restype = None
+        self._backward = library.lstm_backward
+        self._backward.argtypes = [_float_p] * 5 + [ctypes.c_int, _float_p, _long, _long,
+                                                    ctypes.c_int]  # fmt: skip
+        self._backward.restype = None
+
+    def forward(
+        self,
+        gates: torch.Tensor,
+        c_prev: torch.Tensor | None,
+        c: torch.Tensor,
+        tanh_c: torch.Tensor,
+        h: torch.Tensor,
+    ) -> None:
+        """gates (R, 4 H, B), activated in place; c_prev (R, H, B) or None (the zero
+        state); fills c, tanh(c) and h (R, H, B)."""
+        rows, n = _shape(gates, c, tanh_c, h, c_prev)
+        self._forward(_address(gates), _address(c_prev), _address(c), _address(tanh_c),
+                      _address(h), rows, n, torch.get_num_threads())  # fmt: skip
+
+    def backward(
+        self,
+        gates: torch.Tensor,
+        tanh_c: torch.Tensor,
+        c_prev: torch.Tensor | None,
+        d_h: torch.Tensor,
+        d_c: torch.Tensor,
+        carry: bool,
+        d_gates: torch.Tensor,
+    ) -> None:
+        """One step back from d_h: fills d_gates (R, 4 H, B); d_c holds d c_t from the
+        step after (where `carry`) and receives d c_(t-1)."""
+        rows, n = _shape(gates, tanh_c, d_h, d_c, c_prev)
+        _shape(d_gates, tanh_c)
+        self._backward(_address(gates), _address(tanh_c), _address(c_prev), _address(d_h),
+                       _address(d_c), int(carry), _address(d_gates), rows, n,
+                       torch.get_num_threads())  # fmt: skip
+
+
+def _shape(gates: torch.Tensor, *states: torch.Tensor | None) -> tuple[int, int]:
+    """(rows, H * B) of a (R, 4 H, B) gate tensor, after checking what C cannot: every
+    tensor contiguous float32 on the CPU, the states (R, H, B)."""
+    rows, features, batch = gates.shape
+    expected = (rows, features // 4, batch)
+    for tensor in (gates, *states):
+        if tensor is None:
+            continue
+        if tensor.dtype != torch.float32 or tensor.device.type != "cpu":
+            raise ValueError(f"the fused LSTM kernels take float32 CPU tensors, not "
+                             f"{tensor.dtype} on {tensor.device}")  # fmt: skip
+        if not tensor.is_contiguous():
+            raise ValueError("the fused LSTM kernels take contiguous tensors")
+    for state in states:
+        if state is not None and tuple(state.shape) != expected:
+            raise ValueError(f"a state of shape {tuple(state.shape)}, not {expected}")
+    return rows, expected[1] * batch
+
+
+def _address(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def lstm_kernels() -> LSTMKernels | None:
+    """The fused kernels, or None where they are turned off or cannot be built here."""
+    if os.environ.get(_ENABLED, "1") == "0":
+        return None
+    return _load(_cache_dir(), os.environ.get("CC", ""))
+
+
+@functools.cache
+def _load(cache: Path, compiler: str) -> LSTMKernels | None:
+    try:
+        return LSTMKernels(ctypes.CDLL(str(_build(cache, compiler))))
+    except (OSError, subprocess.SubprocessError) as error:
+        log.warning("fused LSTM kernels unavailable (%s); the LSTM step runs in torch ops, "
+                    "slower on a CPU: install a C compiler (gcc) to use them", error)  # fmt: skip
+        return None
+
+
+def _cache_dir() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "capacity_service"
+    return Path(os.environ.get(_CACHE) or default).expanduser() / "kernels"
+
+
+def _build(cache: Path, compiler: str) -> Path:
+    """The shared library, compiled now unless this source, these flags and this CPU
+    already have a build."""
+    cc = compiler or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise OSError("no C compiler found (set CC)")
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, " ".join([cc, *FLAGS]).encode(),
+                                     _cpu_features().encode()])).hexdigest()[:16]  # fmt: skip
+    library = cache / f"lstm_kernels-{key}.so"
+    if library.exists():
+        return library
+    cache.mkdir(parents=True, exist_ok=True)
+    # built beside its final name and renamed into it: workers starting together each
+    # build, and each rename is atomic
+    with tempfile.TemporaryDirectory(dir=cache) as scratch:
+        built = Path(scratch) / library.name
+        run = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        if run.returncode != 0:
+            raise OSError(f"{cc} failed: {run.stderr.strip()[-500:]}")
+        os.replace(built, library)
+    return library
+
+
+def _cpu_features() -> str:
+    """What -march=native builds for: the CPU's flags where Linux lists them."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine() + platform.processor()
+    lines = cpuinfo.splitlines()
+    flags = next((line for line in lines if line.startswith(("flags", "Features"))), "")
+    return platform.machine() + flags

@@ -1,0 +1,141 @@
+"""The fused CPU kernels of the LSTM step (engine/native.py), against torch ops."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from capacity_service.science.data import make_dataset
+from capacity_service.science.engine import TrialConfig, native, stack_models
+from capacity_service.science.engine.stacked import Batch
+from capacity_service.specs import RNNSpec, TrainSpec
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("cc") is None and shutil.which("gcc") is None, reason="needs a C compiler"
+)
+ROWS, HIDDEN, BATCH = 3, 5, 7
+
+
+def _kernels() -> native.LSTMKernels:
+    kernels = native.lstm_kernels()
+    assert kernels is not None, "a machine with a C compiler builds the kernels"
+    return kernels
+
+
+def _torch_forward(
+    gates: torch.Tensor, c_prev: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    i, f, g, o = gates.view(ROWS, 4, HIDDEN, BATCH).unbind(1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c = i * g if c_prev is None else i * g + f * c_prev
+    activated = torch.stack([i, f, g, o], dim=1).view(ROWS, 4 * HIDDEN, BATCH)
+    return activated, c, torch.tanh(c), o * torch.tanh(c)
+
+
+def _gates(scale: float, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return scale * torch.randn(ROWS, 4 * HIDDEN, BATCH, generator=generator)
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_the_fused_forward_is_torchs_within_a_few_ulp(with_state: bool) -> None:
+    # scale 12: inputs well past the approximation's clamp at 8 and its linear part near 0
+    gates = _gates(12.0)
+    gates[0, 0, :3] = torch.tensor([0.0, 1e-5, -3e-4])
+    c_prev = _gates(2.0, seed=1)[:, :HIDDEN].contiguous() if with_state else None
+    state = (ROWS, HIDDEN, BATCH)
+    c, tanh_c, h = torch.empty(state), torch.empty(state), torch.empty(state)
+    expected = _torch_forward(gates, c_prev)
+    _kernels().forward(gates, c_prev, c, tanh_c, h)
+    for mine, theirs in zip((gates, c, tanh_c, h), expected, strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("with_state", "carry"), [(False, False), (True, False), (True, True)])
+def test_the_fused_backward_is_autograds(with_state: bool, carry: bool) -> None:
+    gates = _gates(2.0).requires_grad_()
+    c_prev = _gates(1.0, seed=1)[:, :HIDDEN].contiguous() if with_state else None
+    d_h, d_c_next = _gates(1.0, seed=2)[:, :HIDDEN], _gates(1.0, seed=3)[:, HIDDEN : 2 * HIDDEN]
+    activated, c, tanh_c, h = _torch_forward(gates, c_prev)
+    loss = (h * d_h).sum() + ((c * d_c_next).sum() if carry else 0)
+    (d_gates_expected,) = torch.autograd.grad(loss, gates)
+
+    d_c = d_c_next.contiguous() if carry else torch.full_like(d_h, float("nan"))  # unread
+    d_gates = torch.empty_like(gates)
+    _kernels().backward(activated.detach(), tanh_c.detach(), c_prev, d_h.contiguous(), d_c,
+                        carry, d_gates)  # fmt: skip
+    torch.testing.assert_close(d_gates, d_gates_expected, atol=1e-6, rtol=1e-5)
+    f = activated.detach().view(ROWS, 4, HIDDEN, BATCH)[:, 1]
+    d_c_t = d_h * h.detach() / tanh_c.detach() * (1 - tanh_c.detach() ** 2)  # d_h o tanh'
+    expected_d_c = (d_c_t + (d_c_next if carry else 0)) * f
+    torch.testing.assert_close(d_c, expected_d_c, atol=1e-5, rtol=1e-4)
+
+
+def test_a_nan_stays_nan_so_divergence_is_seen() -> None:
+    gates = _gates(1.0)
+    gates[1, 2 * HIDDEN, 4] = float("nan")  # a g term
+    state = (ROWS, HIDDEN, BATCH)
+    c, tanh_c, h = torch.empty(state), torch.empty(state), torch.empty(state)
+    _kernels().forward(gates, None, c, tanh_c, h)
+    assert torch.isnan(h[1, 0, 4]) and torch.isnan(h).sum() == 1
+
+
+def test_tensors_the_kernels_cannot_read_are_refused() -> None:
+    gates, state = _gates(1.0), torch.empty(ROWS, HIDDEN, BATCH)
+    with pytest.raises(ValueError, match="contiguous"):
+        _kernels().forward(gates.transpose(0, 1).contiguous().transpose(0, 1), None,
+                           state, state, state)  # fmt: skip
+    with pytest.raises(ValueError, match="float32"):
+        _kernels().forward(gates.double(), None, state, state, state)
+    with pytest.raises(ValueError, match="shape"):
+        _kernels().forward(gates, None, state[:, :2].contiguous(), state, state)
+
+
+def test_a_stacked_step_with_the_kernels_is_the_torch_op_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = RNNSpec(kind="lstm", hidden=HIDDEN, n_in=4, steps=3)
+    pool = make_dataset(spec, 32, seed=0)
+    train = TrainSpec(lr=0.1, momentum=0.9, batch_size=16, epochs=3, patience=3)
+    configs = [TrialConfig(n=32, train=train, init_seed=s, shuffle_seed=s) for s in range(2)]
+    fused, plain = stack_models(spec, configs, pool), stack_models(spec, configs, pool)
+    generator = torch.Generator().manual_seed(0)
+    for tensor in fused.params:  # non-zero biases, so every term counts
+        tensor.add_(0.3 * torch.randn(tensor.shape, generator=generator))
+    plain.params = [tensor.clone() for tensor in fused.params]
+    batch = Batch(pool.x.view(2, 16, 3, 4), pool.y.view(2, 16), torch.full((2, 16), 1 / 16))
+    neg_lr, momentum = torch.tensor([-0.1, -0.2]), torch.tensor([0.9, 0.5])
+    for _ in range(3):
+        fused.step(batch, neg_lr, momentum)
+        with monkeypatch.context() as off:
+            off.setenv("CAPACITY_NATIVE_KERNELS", "0")
+            assert native.lstm_kernels() is None
+            plain.step(batch, neg_lr, momentum)
+    for mine, theirs in zip(fused.params, plain.params, strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-5)
+
+
+def test_without_a_compiler_the_step_runs_in_torch_ops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CAPACITY_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with caplog.at_level(logging.WARNING):
+        assert native.lstm_kernels() is None
+    assert "install a C compiler" in caplog.text
+    assert not list(tmp_path.glob("kernels/*.so"))
+
+
+def test_a_build_is_kept_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAPACITY_KERNEL_CACHE", str(tmp_path))
+    first = native.lstm_kernels()
+    (library,) = tmp_path.glob("kernels/lstm_kernels-*.so")
+    built_at = library.stat().st_mtime_ns
+    native._load.cache_clear()  # a new process: finds the build instead of compiling
+    assert native.lstm_kernels() is not None and first is not None
+    assert library.stat().st_mtime_ns == built_at
+    assert not [p for p in (tmp_path / "kernels").iterdir() if p != library]  # no leftovers
