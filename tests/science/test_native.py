@@ -126,7 +126,7 @@ def test_without_a_compiler_the_step_runs_in_torch_ops(
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     with caplog.at_level(logging.WARNING):
         assert native.lstm_kernels() is None
-    assert "install a C compiler" in caplog.text
+    assert "no-such-cc" in caplog.text and "need a C compiler" in caplog.text
     assert not list(tmp_path.glob("kernels/*.so"))
 
 

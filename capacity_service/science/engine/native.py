@@ -111,22 +111,25 @@ def lstm_kernels() -> LSTMKernels | None:
     """The fused kernels, or None where they are turned off or cannot be built here."""
     if os.environ.get(_ENABLED, "1") == "0":
         return None
-    return _load(_cache_dir(), os.environ.get("CC", ""))
+    settings = (os.environ.get(_CACHE, ""), os.environ.get("XDG_CACHE_HOME", ""))
+    return _load(settings, os.environ.get("CC", ""))
 
 
 @functools.cache
-def _load(cache: Path, compiler: str) -> LSTMKernels | None:
+def _load(cache_settings: tuple[str, str], compiler: str) -> LSTMKernels | None:
+    """Built once per process and settings; a failure is logged once."""
     try:
-        return LSTMKernels(ctypes.CDLL(str(_build(cache, compiler))))
-    except (OSError, subprocess.SubprocessError) as error:
+        return LSTMKernels(ctypes.CDLL(str(_build(_cache_dir(*cache_settings), compiler))))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:  # RuntimeError: no home
         log.warning("fused LSTM kernels unavailable (%s); the LSTM step runs in torch ops, "
-                    "slower on a CPU: install a C compiler (gcc) to use them", error)  # fmt: skip
+                    "slower on a CPU: they need a C compiler (gcc, or CC) and a writable "
+                    "CAPACITY_KERNEL_CACHE", error)  # fmt: skip
         return None
 
 
-def _cache_dir() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "capacity_service"
-    return Path(os.environ.get(_CACHE) or default).expanduser() / "kernels"
+def _cache_dir(setting: str, xdg_cache_home: str) -> Path:
+    default = Path(xdg_cache_home or "~/.cache") / "capacity_service"
+    return Path(setting or default).expanduser() / "kernels"
 
 
 def _build(cache: Path, compiler: str) -> Path:
