@@ -21,9 +21,9 @@ achieved GFLOP/s against this device's measured float32 matmul peak.
     .venv/bin/python benchmarks/engine.py --kinds lstm,gru --device cuda
     .venv/bin/python benchmarks/engine.py --json > now.json
     .venv/bin/python benchmarks/engine.py --baseline before.json   # compare speedups
-    # the LSTM's fused CPU kernels against its torch-op step:
-    CAPACITY_NATIVE_KERNELS=0 .venv/bin/python benchmarks/engine.py --kinds lstm --json > ops.json
-    .venv/bin/python benchmarks/engine.py --kinds lstm --baseline ops.json
+    # the LSTM's and tanh RNN's fused CPU kernels against their torch-op steps:
+    CAPACITY_NATIVE_KERNELS=0 .venv/bin/python benchmarks/engine.py --kinds lstm,rnn --json >ops
+    .venv/bin/python benchmarks/engine.py --kinds lstm,rnn --baseline ops
 """
 
 from __future__ import annotations
@@ -403,10 +403,10 @@ def measure(
         "n": n,
         "epochs": epochs,
         "engine": how[0],
-        # the LSTM step's elementwise work in the fused C kernels (engine/native.py)
-        "native_kernels": spec.kind == "lstm"
+        # the step's elementwise work in the fused C kernels (engine/native.py)
+        "native_kernels": spec.kind in native.KINDS
         and device.type == "cpu"
-        and native.lstm_kernels() is not None,
+        and native.kernels() is not None,
         "samples_per_s": sample_epochs / t_engine,
         "plain_samples_per_s": sample_epochs / t_plain,
         "stack_samples_per_s": sample_epochs / t_stack,
@@ -456,7 +456,7 @@ def print_table(rows: list[dict[str, Any]], baseline: dict[Any, float], repeat: 
             line += f"  {before:.1f}x ({row['speedup'] / before - 1:+.0%})"
         print(line)
     print("speedup: plain loop time / engine time; stack: plain loop time / stacked-model time;"
-          " +C: the LSTM step's fused C kernels")  # fmt: skip
+          " +C: the step's fused C kernels")  # fmt: skip
 
 
 def int_list(text: str) -> list[int]:

@@ -1,4 +1,5 @@
-"""The fused CPU kernels of the LSTM step (engine/native.py), against torch ops."""
+"""The fused CPU kernels of the LSTM and tanh RNN steps (engine/native.py), against torch
+ops."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ pytestmark = pytest.mark.skipif(
 ROWS, HIDDEN, BATCH = 3, 5, 7
 
 
-def _kernels() -> native.LSTMKernels:
-    kernels = native.lstm_kernels()
+def _kernels() -> native.Kernels:
+    kernels = native.kernels()
     assert kernels is not None, "a machine with a C compiler builds the kernels"
     return kernels
 
@@ -50,7 +51,7 @@ def test_the_fused_forward_is_torchs_within_a_few_ulp(with_state: bool) -> None:
     state = (ROWS, HIDDEN, BATCH)
     c, tanh_c, h = torch.empty(state), torch.empty(state), torch.empty(state)
     expected = _torch_forward(gates, c_prev)
-    _kernels().forward(gates, c_prev, c, tanh_c, h)
+    _kernels().lstm_forward(gates, c_prev, c, tanh_c, h)
     for mine, theirs in zip((gates, c, tanh_c, h), expected, strict=True):
         torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-6)
 
@@ -66,7 +67,7 @@ def test_the_fused_backward_is_autograds(with_state: bool, carry: bool) -> None:
 
     d_c = d_c_next.contiguous() if carry else torch.full_like(d_h, float("nan"))  # unread
     d_gates = torch.empty_like(gates)
-    _kernels().backward(activated.detach(), tanh_c.detach(), c_prev, d_h.contiguous(), d_c,
+    _kernels().lstm_backward(activated.detach(), tanh_c.detach(), c_prev, d_h.contiguous(), d_c,
                         carry, d_gates)  # fmt: skip
     torch.testing.assert_close(d_gates, d_gates_expected, atol=1e-6, rtol=1e-5)
     f = activated.detach().view(ROWS, 4, HIDDEN, BATCH)[:, 1]
@@ -75,30 +76,39 @@ def test_the_fused_backward_is_autograds(with_state: bool, carry: bool) -> None:
     torch.testing.assert_close(d_c, expected_d_c, atol=1e-5, rtol=1e-4)
 
 
+def test_the_fast_tanh_is_torchs_within_a_few_ulp() -> None:
+    x = torch.cat([torch.linspace(-20, 20, 40_001), torch.tensor([0.0, 1e-6, -4e-4, 4e-4])])
+    expected = torch.tanh(x)
+    assert _kernels().tanh_(x) is x
+    torch.testing.assert_close(x, expected, atol=3e-7, rtol=1e-6)
+    assert torch.isnan(_kernels().tanh_(torch.tensor([float("nan")]))).all()
+
+
 def test_a_nan_stays_nan_so_divergence_is_seen() -> None:
     gates = _gates(1.0)
     gates[1, 2 * HIDDEN, 4] = float("nan")  # a g term
     state = (ROWS, HIDDEN, BATCH)
     c, tanh_c, h = torch.empty(state), torch.empty(state), torch.empty(state)
-    _kernels().forward(gates, None, c, tanh_c, h)
+    _kernels().lstm_forward(gates, None, c, tanh_c, h)
     assert torch.isnan(h[1, 0, 4]) and torch.isnan(h).sum() == 1
 
 
 def test_tensors_the_kernels_cannot_read_are_refused() -> None:
     gates, state = _gates(1.0), torch.empty(ROWS, HIDDEN, BATCH)
     with pytest.raises(ValueError, match="contiguous"):
-        _kernels().forward(gates.transpose(0, 1).contiguous().transpose(0, 1), None,
+        _kernels().lstm_forward(gates.transpose(0, 1).contiguous().transpose(0, 1), None,
                            state, state, state)  # fmt: skip
     with pytest.raises(ValueError, match="float32"):
-        _kernels().forward(gates.double(), None, state, state, state)
+        _kernels().lstm_forward(gates.double(), None, state, state, state)
     with pytest.raises(ValueError, match="shape"):
-        _kernels().forward(gates, None, state[:, :2].contiguous(), state, state)
+        _kernels().lstm_forward(gates, None, state[:, :2].contiguous(), state, state)
 
 
+@pytest.mark.parametrize("kind", native.KINDS)
 def test_a_stacked_step_with_the_kernels_is_the_torch_op_step(
-    monkeypatch: pytest.MonkeyPatch,
+    kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = RNNSpec(kind="lstm", hidden=HIDDEN, n_in=4, steps=3)
+    spec = RNNSpec(kind=kind, hidden=HIDDEN, n_in=4, steps=3)
     pool = make_dataset(spec, 32, seed=0)
     train = TrainSpec(lr=0.1, momentum=0.9, batch_size=16, epochs=3, patience=3)
     configs = [TrialConfig(n=32, train=train, init_seed=s, shuffle_seed=s) for s in range(2)]
@@ -113,7 +123,7 @@ def test_a_stacked_step_with_the_kernels_is_the_torch_op_step(
         fused.step(batch, neg_lr, momentum)
         with monkeypatch.context() as off:
             off.setenv("CAPACITY_NATIVE_KERNELS", "0")
-            assert native.lstm_kernels() is None
+            assert native.kernels() is None
             plain.step(batch, neg_lr, momentum)
     for mine, theirs in zip(fused.params, plain.params, strict=True):
         torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-5)
@@ -125,17 +135,17 @@ def test_without_a_compiler_the_step_runs_in_torch_ops(
     monkeypatch.setenv("CAPACITY_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     with caplog.at_level(logging.WARNING):
-        assert native.lstm_kernels() is None
+        assert native.kernels() is None
     assert "no-such-cc" in caplog.text and "need a C compiler" in caplog.text
     assert not list(tmp_path.glob("kernels/*.so"))
 
 
 def test_a_build_is_kept_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CAPACITY_KERNEL_CACHE", str(tmp_path))
-    first = native.lstm_kernels()
-    (library,) = tmp_path.glob("kernels/lstm_kernels-*.so")
+    first = native.kernels()
+    (library,) = tmp_path.glob("kernels/recurrent_kernels-*.so")
     built_at = library.stat().st_mtime_ns
     native._load.cache_clear()  # a new process: finds the build instead of compiling
-    assert native.lstm_kernels() is not None and first is not None
+    assert native.kernels() is not None and first is not None
     assert library.stat().st_mtime_ns == built_at
     assert not [p for p in (tmp_path / "kernels").iterdir() if p != library]  # no leftovers

@@ -1,12 +1,13 @@
-"""Fused CPU kernels for the stacked LSTM step, compiled from C at first use.
+"""Fused CPU kernels for the stacked recurrent steps, compiled from C at first use.
 
 On a CPU an LSTM step's elementwise work (the gate activations, the cell, and their
 backward) is about ten passes over memory in torch ops, and this build's `torch.tanh`
-runs scalar; `lstm_kernels.c` does it in one vectorized, OpenMP-parallel pass. The
+runs scalar; `recurrent_kernels.c` does the LSTM's in one vectorized, OpenMP-parallel
+pass, and the tanh RNN's activation with the same vectorized tanh. The
 source is compiled with the machine's C compiler into a cache directory keyed by the
 source, the flags and the CPU's features, so workers on one machine share one build and a
 machine with another CPU gets its own. Where no compiler is found or the build fails, or
-`CAPACITY_NATIVE_KERNELS=0`, `lstm_kernels()` is None and the engine runs the same step in
+`CAPACITY_NATIVE_KERNELS=0`, `kernels()` is None and the engine runs the same steps in
 torch ops (a warning says why, once).
 """
 
@@ -27,19 +28,20 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("lstm_kernels.c")
+SOURCE = Path(__file__).with_name("recurrent_kernels.c")
 # -fno-trapping-math lets gcc turn the clamps into vector selects (without it the loops
 # stay scalar); -march=native: the build is keyed by this CPU's features
 FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-std=c11", "-shared",
          "-fPIC"]  # fmt: skip
+KINDS = ("lstm", "rnn")  # the recurrent kinds whose CPU steps use them
 _ENABLED = "CAPACITY_NATIVE_KERNELS"  # "0" runs the torch-op step instead
 _CACHE = "CAPACITY_KERNEL_CACHE"  # where builds are kept (default ~/.cache/capacity_service)
 
 _float_p, _long = ctypes.c_void_p, ctypes.c_long
 
 
-class LSTMKernels:
-    """The two entry points of `lstm_kernels.c` on contiguous float32 CPU tensors; the
+class Kernels:
+    """The entry points of `recurrent_kernels.c` on contiguous float32 CPU tensors; the
     layout and meaning of each argument are the C source's."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
@@ -50,8 +52,11 @@ class LSTMKernels:
         self._backward.argtypes = [_float_p] * 5 + [ctypes.c_int, _float_p, _long, _long,
                                                     ctypes.c_int]  # fmt: skip
         self._backward.restype = None
+        self._tanh = library.tanh_inplace
+        self._tanh.argtypes = [_float_p, _long, ctypes.c_int]
+        self._tanh.restype = None
 
-    def forward(
+    def lstm_forward(
         self,
         gates: torch.Tensor,
         c_prev: torch.Tensor | None,
@@ -65,7 +70,7 @@ class LSTMKernels:
         self._forward(_address(gates), _address(c_prev), _address(c), _address(tanh_c),
                       _address(h), rows, n, torch.get_num_threads())  # fmt: skip
 
-    def backward(
+    def lstm_backward(
         self,
         gates: torch.Tensor,
         tanh_c: torch.Tensor,
@@ -83,20 +88,30 @@ class LSTMKernels:
                        _address(d_c), int(carry), _address(d_gates), rows, n,
                        torch.get_num_threads())  # fmt: skip
 
+    def tanh_(self, x: torch.Tensor) -> torch.Tensor:
+        """x = tanh(x) in place; x."""
+        _check(x)
+        self._tanh(x.data_ptr(), x.numel(), torch.get_num_threads())
+        return x
+
+
+def _check(tensor: torch.Tensor) -> None:
+    """What C cannot check: a contiguous float32 tensor on the CPU."""
+    if tensor.dtype != torch.float32 or tensor.device.type != "cpu":
+        raise ValueError(f"the fused kernels take float32 CPU tensors, not {tensor.dtype} "
+                         f"on {tensor.device}")  # fmt: skip
+    if not tensor.is_contiguous():
+        raise ValueError("the fused kernels take contiguous tensors")
+
 
 def _shape(gates: torch.Tensor, *states: torch.Tensor | None) -> tuple[int, int]:
-    """(rows, H * B) of a (R, 4 H, B) gate tensor, after checking what C cannot: every
-    tensor contiguous float32 on the CPU, the states (R, H, B)."""
+    """(rows, H * B) of an LSTM's (R, 4 H, B) gate tensor, after checking every tensor
+    (`_check`) and the states' shape (R, H, B)."""
     rows, features, batch = gates.shape
     expected = (rows, features // 4, batch)
     for tensor in (gates, *states):
-        if tensor is None:
-            continue
-        if tensor.dtype != torch.float32 or tensor.device.type != "cpu":
-            raise ValueError(f"the fused LSTM kernels take float32 CPU tensors, not "
-                             f"{tensor.dtype} on {tensor.device}")  # fmt: skip
-        if not tensor.is_contiguous():
-            raise ValueError("the fused LSTM kernels take contiguous tensors")
+        if tensor is not None:
+            _check(tensor)
     for state in states:
         if state is not None and tuple(state.shape) != expected:
             raise ValueError(f"a state of shape {tuple(state.shape)}, not {expected}")
@@ -107,7 +122,7 @@ def _address(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
-def lstm_kernels() -> LSTMKernels | None:
+def kernels() -> Kernels | None:
     """The fused kernels, or None where they are turned off or cannot be built here."""
     if os.environ.get(_ENABLED, "1") == "0":
         return None
@@ -116,12 +131,13 @@ def lstm_kernels() -> LSTMKernels | None:
 
 
 @functools.cache
-def _load(cache_settings: tuple[str, str], compiler: str) -> LSTMKernels | None:
+def _load(cache_settings: tuple[str, str], compiler: str) -> Kernels | None:
     """Built once per process and settings; a failure is logged once."""
     try:
-        return LSTMKernels(ctypes.CDLL(str(_build(_cache_dir(*cache_settings), compiler))))
+        return Kernels(ctypes.CDLL(str(_build(_cache_dir(*cache_settings), compiler))))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:  # RuntimeError: no home
-        log.warning("fused LSTM kernels unavailable (%s); the LSTM step runs in torch ops, "
+        log.warning("fused recurrent kernels unavailable (%s); the LSTM and tanh RNN steps "
+                    "run in torch ops, "
                     "slower on a CPU: they need a C compiler (gcc, or CC) and a writable "
                     "CAPACITY_KERNEL_CACHE", error)  # fmt: skip
         return None
@@ -141,7 +157,7 @@ def _build(cache: Path, compiler: str) -> Path:
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join([cc, *FLAGS]).encode(),
                                      _cpu_features().encode()])).hexdigest()[:16]  # fmt: skip
-    library = cache / f"lstm_kernels-{key}.so"
+    library = cache / f"{SOURCE.stem}-{key}.so"
     if library.exists():
         return library
     cache.mkdir(parents=True, exist_ok=True)

@@ -132,6 +132,8 @@ class _Steps:
         self.params, self.pre, self.x = params, pre, x
         self.w_ih, self.w_hh = params[0], params[1]  # (R, G H, n_in | H)
         self.h: list[torch.Tensor | None] = [None]  # h_t (R, H, B); h_0 is the zero state
+        # on a CPU, the fused C kernels where they build (native.py); else torch ops
+        self.kernels = native.kernels() if pre.device.type == "cpu" else None
 
     @classmethod
     def training(cls, spec: RNNSpec, params: list[torch.Tensor], x: torch.Tensor) -> _Steps:
@@ -187,13 +189,12 @@ class _Steps:
 
 
 class _LSTMSteps(_Steps):
-    """On a CPU, with the fused kernels (native.py) built, each step's elementwise work is
-    one kernel call forward and one back; otherwise it runs in torch ops."""
+    """With the fused kernels, each step's elementwise work is one kernel call forward and
+    one back."""
 
     def forward(self) -> torch.Tensor:
         self.c: list[torch.Tensor | None] = [None]
         self.tanh_c: list[torch.Tensor] = []
-        self.kernels = native.lstm_kernels() if self.pre.device.type == "cpu" else None
         for t in range(self.steps):
             previous = self.h[-1]
             if previous is not None:
@@ -203,7 +204,7 @@ class _LSTMSteps(_Steps):
             else:
                 state = (self.rows, self.hidden, self.size)
                 c, tanh_c, h = (torch.empty(state, device=self.pre.device) for _ in range(3))
-                self.kernels.forward(self.pre[t], self.c[-1], c, tanh_c, h)
+                self.kernels.lstm_forward(self.pre[t], self.c[-1], c, tanh_c, h)
             self.c.append(c)
             self.tanh_c.append(tanh_c)
             self.h.append(h)
@@ -255,8 +256,8 @@ class _LSTMSteps(_Steps):
         assert self.kernels is not None
         d_c = torch.empty_like(d_h)  # d c_t, carried back through the steps
         for t in range(self.steps - 1, -1, -1):
-            self.kernels.backward(self.pre[t], self.tanh_c[t], self.c[t], d_h.contiguous(),
-                                  d_c, t < self.steps - 1, self.d_pre[t])  # fmt: skip
+            self.kernels.lstm_backward(self.pre[t], self.tanh_c[t], self.c[t], d_h.contiguous(),
+                                       d_c, t < self.steps - 1, self.d_pre[t])  # fmt: skip
             d_prev = self.recurrent_gradient(t, self.d_pre[t])
             if d_prev is None:
                 return
@@ -323,7 +324,9 @@ class _TanhSteps(_Steps):
             previous = self.h[-1]
             if previous is not None:
                 self.pre[t].baddbmm_(self.w_hh, previous)
-            self.h.append(self.pre[t].tanh_())  # one gate: pre[t] is h_t
+            # one gate: pre[t] becomes h_t
+            h = self.pre[t].tanh_() if self.kernels is None else self.kernels.tanh_(self.pre[t])
+            self.h.append(h)
         return self.last_state()
 
     def _backward(self, d_h: torch.Tensor) -> None:

@@ -1,11 +1,12 @@
-/* The elementwise work of a stacked LSTM step, fused, for float32 tensors on a CPU.
+/* Elementwise work of the stacked recurrent steps, for float32 tensors on a CPU: the
+   LSTM step fused (forward and back), and the tanh RNN's activation.
 
-   Layout is the engine's feature-major one (recurrent.py): a row's gate terms are four
-   contiguous blocks (i, f, g, o) of n = H * B floats, its states one block of n. Torch
-   spends about ten passes over memory per step here, and this machine's torch.tanh runs
-   about 5 ns an element per thread (scalar); one vectorized pass with a rational tanh
+   Layout is the engine's feature-major one (recurrent.py): a row's gate terms are
+   contiguous blocks (the LSTM's i, f, g, o) of n = H * B floats, its states one block of
+   n. Torch spends about ten passes over memory per LSTM step, and this build's torch.tanh
+   runs about 5 ns an element per thread (scalar); one vectorized pass with a rational tanh
    replaces them. Compiled and loaded at first use by native.py; where it cannot be, the
-   engine runs the same step in torch ops. */
+   engine runs the same steps in torch ops. */
 #include <math.h>
 #include <stddef.h>
 
@@ -107,5 +108,16 @@ void lstm_backward(const float *gates, const float *tanh_c, const float *c_prev,
             backward_row(i, f, g, o, tc, cp, dh, dc, di, df, dg, d_o, n, 0, 1);
         else
             backward_row(i, f, g, o, tc, cp, dh, dc, di, df, dg, d_o, n, 0, 0);
+    }
+}
+
+/* x = tanh(x) in place, for count floats (the tanh RNN's state). */
+void tanh_inplace(float *x, long count, int threads) {
+    const long block = 1 << 14;  /* 64 KiB a task: a few per thread on a step's state */
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (long start = 0; start < count; start += block) {
+        long end = start + block < count ? start + block : count;
+        float *restrict y = x + start;
+        for (long k = 0; k < end - start; k++) y[k] = fast_tanh(y[k]);
     }
 }
