@@ -163,13 +163,12 @@ def test_k_trials_that_cannot_fit_are_refused_naming_the_field() -> None:
 
 
 @pytest.mark.parametrize(("kind", "native_kernels"),
-                         [("lstm", "1"), ("lstm", "0"), ("gru", "1"), ("rnn", "1"),
-                          ("rnn", "0")])  # fmt: skip
+                         [("lstm", "1"), ("lstm", "0"), ("gru", "1"), ("gru", "0"),
+                          ("rnn", "1"), ("rnn", "0")])  # fmt: skip
 def test_the_hand_written_recurrent_step_is_autograds(
     kind: str, native_kernels: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # LSTM and tanh RNN steps in fused CPU kernels where they build, and in torch ops (as on
-    # a GPU)
+    # each step in fused CPU kernels where they build, and in torch ops (as on a GPU)
     monkeypatch.setenv("CAPACITY_NATIVE_KERNELS", native_kernels)
     spec = RNNSpec(kind=kind, hidden=6, n_in=5, steps=3)
     pool = make_dataset(spec, 48, seed=0)

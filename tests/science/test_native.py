@@ -84,6 +84,30 @@ def test_the_fast_tanh_is_torchs_within_a_few_ulp() -> None:
     assert torch.isnan(_kernels().tanh_(torch.tensor([float("nan")]))).all()
 
 
+@pytest.mark.parametrize("with_state", [False, True])
+def test_the_fused_gru_forward_is_torchs(with_state: bool) -> None:
+    gates = _gates(12.0)[:, : 3 * HIDDEN].contiguous()
+    recurrent = _gates(3.0, seed=1)[:, : 3 * HIDDEN].contiguous() if with_state else None
+    h_prev = _gates(0.5, seed=2)[:, :HIDDEN].tanh().contiguous() if with_state else None
+    bias_hn = torch.randn(ROWS, HIDDEN, generator=torch.Generator().manual_seed(3))
+    x_r, x_z, x_n = gates.view(ROWS, 3, HIDDEN, BATCH).unbind(1)
+    h_n = bias_hn.unsqueeze(2).expand(ROWS, HIDDEN, BATCH)
+    if recurrent is not None:
+        rec_r, rec_z, rec_n = recurrent.view(ROWS, 3, HIDDEN, BATCH).unbind(1)
+        x_r, x_z, h_n = x_r + rec_r, x_z + rec_z, h_n + rec_n
+    r, z = torch.sigmoid(x_r), torch.sigmoid(x_z)
+    n = torch.tanh(x_n + r * h_n)
+    h = (1 - z) * n + z * (h_prev if h_prev is not None else 0)
+    state = (ROWS, HIDDEN, BATCH)
+    mine = torch.empty(state), torch.empty(state), torch.empty(state)
+    _kernels().gru_forward(gates, recurrent, bias_hn, h_prev, *mine)
+    for got, expected in zip(mine, (n, h_n, h), strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    activated = gates.view(ROWS, 3, HIDDEN, BATCH)
+    torch.testing.assert_close(activated[:, 0], r, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(activated[:, 1], z, atol=1e-6, rtol=1e-6)
+
+
 def test_a_nan_stays_nan_so_divergence_is_seen() -> None:
     gates = _gates(1.0)
     gates[1, 2 * HIDDEN, 4] = float("nan")  # a g term

@@ -3,7 +3,7 @@
 On a CPU an LSTM step's elementwise work (the gate activations, the cell, and their
 backward) is about ten passes over memory in torch ops, and this build's `torch.tanh`
 runs scalar; `recurrent_kernels.c` does the LSTM's in one vectorized, OpenMP-parallel
-pass, and the tanh RNN's activation with the same vectorized tanh. The
+pass (the GRU's likewise), and the tanh RNN's activation with the same vectorized tanh. The
 source is compiled with the machine's C compiler into a cache directory keyed by the
 source, the flags and the CPU's features, so workers on one machine share one build and a
 machine with another CPU gets its own. Where no compiler is found or the build fails, or
@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,7 +34,7 @@ SOURCE = Path(__file__).with_name("recurrent_kernels.c")
 # stay scalar); -march=native: the build is keyed by this CPU's features
 FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-std=c11", "-shared",
          "-fPIC"]  # fmt: skip
-KINDS = ("lstm", "rnn")  # the recurrent kinds whose CPU steps use them
+KINDS = ("lstm", "gru", "rnn")  # the recurrent kinds whose CPU steps use them
 _ENABLED = "CAPACITY_NATIVE_KERNELS"  # "0" runs the torch-op step instead
 _CACHE = "CAPACITY_KERNEL_CACHE"  # where builds are kept (default ~/.cache/capacity_service)
 
@@ -45,16 +46,13 @@ class Kernels:
     layout and meaning of each argument are the C source's."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
-        self._forward = library.lstm_forward
-        self._forward.argtypes = [_float_p] * 5 + [_long, _long, ctypes.c_int]
-        self._forward.restype = None
-        self._backward = library.lstm_backward
-        self._backward.argtypes = [_float_p] * 5 + [ctypes.c_int, _float_p, _long, _long,
-                                                    ctypes.c_int]  # fmt: skip
-        self._backward.restype = None
-        self._tanh = library.tanh_inplace
-        self._tanh.argtypes = [_float_p, _long, ctypes.c_int]
-        self._tanh.restype = None
+        pointers, size, flag = _float_p, _long, ctypes.c_int
+        self._lstm_forward = _bind(library.lstm_forward, [pointers] * 5 + [size, size])
+        self._lstm_backward = _bind(library.lstm_backward,
+                                    [pointers] * 5 + [flag, pointers, size, size])  # fmt: skip
+        self._gru_forward = _bind(library.gru_forward, [pointers] * 7 + [size] * 3)
+        self._gru_backward = _bind(library.gru_backward, [pointers] * 8 + [size, size])
+        self._tanh = _bind(library.tanh_inplace, [pointers, size])
 
     def lstm_forward(
         self,
@@ -66,9 +64,9 @@ class Kernels:
     ) -> None:
         """gates (R, 4 H, B), activated in place; c_prev (R, H, B) or None (the zero
         state); fills c, tanh(c) and h (R, H, B)."""
-        rows, n = _shape(gates, c, tanh_c, h, c_prev)
-        self._forward(_address(gates), _address(c_prev), _address(c), _address(tanh_c),
-                      _address(h), rows, n, torch.get_num_threads())  # fmt: skip
+        rows, hidden, batch = _shape(gates, 4, c, tanh_c, h, c_prev)
+        self._lstm_forward(_address(gates), _address(c_prev), _address(c), _address(tanh_c),
+                           _address(h), rows, hidden * batch, _threads())  # fmt: skip
 
     def lstm_backward(
         self,
@@ -82,17 +80,72 @@ class Kernels:
     ) -> None:
         """One step back from d_h: fills d_gates (R, 4 H, B); d_c holds d c_t from the
         step after (where `carry`) and receives d c_(t-1)."""
-        rows, n = _shape(gates, tanh_c, d_h, d_c, c_prev)
-        _shape(d_gates, tanh_c)
-        self._backward(_address(gates), _address(tanh_c), _address(c_prev), _address(d_h),
-                       _address(d_c), int(carry), _address(d_gates), rows, n,
-                       torch.get_num_threads())  # fmt: skip
+        rows, hidden, batch = _shape(gates, 4, tanh_c, d_h, d_c, c_prev)
+        _same_shape(gates, d_gates)
+        self._lstm_backward(_address(gates), _address(tanh_c), _address(c_prev),
+                            _address(d_h), _address(d_c), int(carry), _address(d_gates),
+                            rows, hidden * batch, _threads())  # fmt: skip
+
+    def gru_forward(
+        self,
+        gates: torch.Tensor,
+        recurrent: torch.Tensor | None,
+        bias_hn: torch.Tensor,
+        h_prev: torch.Tensor | None,
+        n: torch.Tensor,
+        h_n: torch.Tensor,
+        h: torch.Tensor,
+    ) -> None:
+        """gates (R, 3 H, B): r and z activated in place; recurrent (R, 3 H, B), W_hh
+        h_prev, and h_prev (R, H, B) both None for the zero state; bias_hn (R, H); fills
+        n, h_n and h (R, H, B)."""
+        rows, hidden, batch = _shape(gates, 3, h_prev, n, h_n, h)
+        if (recurrent is None) != (h_prev is None):
+            raise ValueError("the recurrent term and h_prev come together")
+        if recurrent is not None:
+            _same_shape(gates, recurrent)
+        _check(bias_hn)
+        if tuple(bias_hn.shape) != (rows, hidden):
+            raise ValueError(f"b_hn of shape {tuple(bias_hn.shape)}, not {(rows, hidden)}")
+        self._gru_forward(_address(gates), _address(recurrent), _address(bias_hn),
+                          _address(h_prev), _address(n), _address(h_n), _address(h), rows,
+                          hidden, batch, _threads())  # fmt: skip
+
+    def gru_backward(
+        self,
+        gates: torch.Tensor,
+        n: torch.Tensor,
+        h_n: torch.Tensor,
+        h_prev: torch.Tensor | None,
+        d_h: torch.Tensor,
+        d_gates: torch.Tensor,
+        d_recurrent: torch.Tensor,
+        d_h_direct: torch.Tensor,
+    ) -> None:
+        """One step back from d_h: fills d_gates and d_recurrent (R, 3 H, B) and
+        d_h_direct (R, H, B), the part of d h_(t-1) outside the products (d_h z)."""
+        rows, hidden, batch = _shape(gates, 3, n, h_n, h_prev, d_h, d_h_direct)
+        _same_shape(gates, d_gates, d_recurrent)
+        self._gru_backward(_address(gates), _address(n), _address(h_n), _address(h_prev),
+                           _address(d_h), _address(d_gates), _address(d_recurrent),
+                           _address(d_h_direct), rows, hidden * batch, _threads())  # fmt: skip
 
     def tanh_(self, x: torch.Tensor) -> torch.Tensor:
         """x = tanh(x) in place; x."""
         _check(x)
-        self._tanh(x.data_ptr(), x.numel(), torch.get_num_threads())
+        self._tanh(x.data_ptr(), x.numel(), _threads())
         return x
+
+
+def _bind(function: Any, argtypes: list[Any]) -> Any:
+    """A C function with its arguments' types and, last, its thread count."""
+    function.argtypes = [*argtypes, ctypes.c_int]
+    function.restype = None
+    return function
+
+
+def _threads() -> int:
+    return torch.get_num_threads()  # as torch's own CPU kernels (torch.set_num_threads)
 
 
 def _check(tensor: torch.Tensor) -> None:
@@ -104,18 +157,26 @@ def _check(tensor: torch.Tensor) -> None:
         raise ValueError("the fused kernels take contiguous tensors")
 
 
-def _shape(gates: torch.Tensor, *states: torch.Tensor | None) -> tuple[int, int]:
-    """(rows, H * B) of an LSTM's (R, 4 H, B) gate tensor, after checking every tensor
-    (`_check`) and the states' shape (R, H, B)."""
+def _shape(gates: torch.Tensor, blocks: int, *states: torch.Tensor | None) -> tuple[int, int, int]:
+    """(R, H, B) of a gate tensor (R, blocks H, B), after checking every tensor (`_check`)
+    and the states' shape (R, H, B)."""
     rows, features, batch = gates.shape
-    expected = (rows, features // 4, batch)
+    expected = (rows, features // blocks, batch)
     for tensor in (gates, *states):
         if tensor is not None:
             _check(tensor)
     for state in states:
         if state is not None and tuple(state.shape) != expected:
             raise ValueError(f"a state of shape {tuple(state.shape)}, not {expected}")
-    return rows, expected[1] * batch
+    return expected
+
+
+def _same_shape(gates: torch.Tensor, *others: torch.Tensor) -> None:
+    for tensor in others:
+        _check(tensor)
+        if tensor.shape != gates.shape:
+            raise ValueError(f"a tensor of shape {tuple(tensor.shape)}, not the gates' "
+                             f"{tuple(gates.shape)}")  # fmt: skip
 
 
 def _address(tensor: torch.Tensor | None) -> int | None:
@@ -136,7 +197,7 @@ def _load(cache_settings: tuple[str, str], compiler: str) -> Kernels | None:
     try:
         return Kernels(ctypes.CDLL(str(_build(_cache_dir(*cache_settings), compiler))))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:  # RuntimeError: no home
-        log.warning("fused recurrent kernels unavailable (%s); the LSTM and tanh RNN steps "
+        log.warning("fused recurrent kernels unavailable (%s); the LSTM, GRU and tanh RNN steps "
                     "run in torch ops, "
                     "slower on a CPU: they need a C compiler (gcc, or CC) and a writable "
                     "CAPACITY_KERNEL_CACHE", error)  # fmt: skip

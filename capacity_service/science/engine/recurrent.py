@@ -265,54 +265,82 @@ class _LSTMSteps(_Steps):
 
 
 class _GRUSteps(_Steps):
+    """With the fused kernels, each step's elementwise work is one kernel call forward and
+    one back; the recurrent product goes to a scratch tensor the kernel adds."""
+
     def forward(self) -> torch.Tensor:
         self.bias_hn = self.params[3].unsqueeze(2)  # (R, H, 1)
         self.n: list[torch.Tensor] = []
         self.h_n: list[torch.Tensor] = []  # W_hn h + b_hn, inside the reset product
-        reset_update = slice(0, 2 * self.hidden)
         for t in range(self.steps):
             previous = self.h[-1]
-            x_r, x_z, x_n = self.blocks(t, self.pre)
-            if previous is None:
-                h_n = self.bias_hn.expand_as(x_n)
+            recurrent = None if previous is None else torch.bmm(self.w_hh, previous)
+            if self.kernels is None:
+                n, h_n, h = self._cell(t, recurrent, previous)
             else:
-                recurrent = torch.bmm(self.w_hh, previous)  # (R, G H, B)
-                self.pre[t][:, reset_update] += recurrent[:, reset_update]
-                h_n = recurrent[:, 2 * self.hidden :].add_(self.bias_hn)
-            self.pre[t][:, reset_update].sigmoid_()  # pre keeps the activated r and z
-            r, z = x_r, x_z
-            n = torch.addcmul(x_n, r, h_n).tanh_()
+                state = (self.rows, self.hidden, self.size)
+                n, h_n, h = (torch.empty(state, device=self.pre.device) for _ in range(3))
+                self.kernels.gru_forward(self.pre[t], recurrent, self.params[3], previous,
+                                         n, h_n, h)  # fmt: skip
             self.n.append(n)
             self.h_n.append(h_n)
-            # (1 - z) n + z h
-            self.h.append(n - z * n if previous is None else torch.lerp(n, previous, z))
+            self.h.append(h)
         return self.last_state()
+
+    def _cell(
+        self, t: int, recurrent: torch.Tensor | None, previous: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step t's r and z activated in place in pre[t]; its n, h_n and h, in torch ops."""
+        reset_update = slice(0, 2 * self.hidden)
+        x_r, x_z, x_n = self.blocks(t, self.pre)
+        if recurrent is None:
+            h_n = self.bias_hn.expand_as(x_n)
+        else:
+            self.pre[t][:, reset_update] += recurrent[:, reset_update]
+            h_n = recurrent[:, 2 * self.hidden :].add_(self.bias_hn)
+        self.pre[t][:, reset_update].sigmoid_()  # pre keeps the activated r and z
+        r, z = x_r, x_z
+        n = torch.addcmul(x_n, r, h_n).tanh_()
+        # (1 - z) n + z h
+        h = n - z * n if previous is None else torch.lerp(n, previous, z)
+        return n, h_n, h
 
     def _backward(self, d_h: torch.Tensor) -> None:
         self.grad_bias_hn = torch.zeros_like(self.bias_hn.squeeze(2))
         self.d_rec = torch.empty_like(self.pre[0])  # d (W_hh h + [0, 0, b_hn]), per step
-        reset_update = slice(0, 2 * self.hidden)
         d_rec_n = self.d_rec[:, 2 * self.hidden :]
+        d_h_direct = torch.empty_like(d_h)  # the kernels' d h_t z
         for t in range(self.steps - 1, -1, -1):
-            r, z, _ = self.blocks(t, self.pre)
-            d_r, d_z, d_n = self.blocks(t, self.d_pre)
-            n, h_n, h_prev = self.n[t], self.h_n[t], self.h[t]
-            # h = (1 - z) n + z h_prev
-            torch.mul(d_h, 1 - z, out=d_n)
-            _tanh_backward_(d_n, n)  # d of x_n + r h_n
-            if h_prev is None:
-                torch.mul(d_h, n, out=d_z).neg_()
-            else:
-                torch.mul(d_h, h_prev - n, out=d_z)
-            torch.mul(d_n, h_n, out=d_r)
-            _sigmoid_backward_(self.d_pre[t][:, reset_update], self.pre[t][:, reset_update])
-            torch.mul(d_n, r, out=d_rec_n)
+            z = self._cell_backward(t, d_h) if self.kernels is None else None
+            if self.kernels is not None:
+                self.kernels.gru_backward(self.pre[t], self.n[t], self.h_n[t], self.h[t],
+                                          d_h.contiguous(), self.d_pre[t], self.d_rec,
+                                          d_h_direct)  # fmt: skip
             self.grad_bias_hn += d_rec_n.sum(dim=2)
-            self.d_rec[:, reset_update].copy_(self.d_pre[t][:, reset_update])
             d_prev = self.recurrent_gradient(t, self.d_rec)
             if d_prev is None:
                 return
-            d_h = d_prev.addcmul_(d_h, z)
+            # d h_(t-1): through the products, and directly (h = (1 - z) n + z h_(t-1))
+            d_h = d_prev.add_(d_h_direct) if z is None else d_prev.addcmul_(d_h, z)
+
+    def _cell_backward(self, t: int, d_h: torch.Tensor) -> torch.Tensor:
+        """Step t's d_pre[t] and d_rec from d h_t, in torch ops; z, the update gate."""
+        reset_update = slice(0, 2 * self.hidden)
+        r, z, _ = self.blocks(t, self.pre)
+        d_r, d_z, d_n = self.blocks(t, self.d_pre)
+        n, h_n, h_prev = self.n[t], self.h_n[t], self.h[t]
+        # h = (1 - z) n + z h_prev
+        torch.mul(d_h, 1 - z, out=d_n)
+        _tanh_backward_(d_n, n)  # d of x_n + r h_n
+        if h_prev is None:
+            torch.mul(d_h, n, out=d_z).neg_()
+        else:
+            torch.mul(d_h, h_prev - n, out=d_z)
+        torch.mul(d_n, h_n, out=d_r)
+        _sigmoid_backward_(self.d_pre[t][:, reset_update], self.pre[t][:, reset_update])
+        torch.mul(d_n, r, out=self.d_rec[:, 2 * self.hidden :])
+        self.d_rec[:, reset_update].copy_(self.d_pre[t][:, reset_update])
+        return z
 
     def grads(self) -> list[torch.Tensor]:
         return [*super().grads(), self.grad_bias_hn]

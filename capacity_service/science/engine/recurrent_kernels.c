@@ -1,9 +1,9 @@
 /* Elementwise work of the stacked recurrent steps, for float32 tensors on a CPU: the
-   LSTM step fused (forward and back), and the tanh RNN's activation.
+   LSTM and GRU steps fused (forward and back), and the tanh RNN's activation.
 
    Layout is the engine's feature-major one (recurrent.py): a row's gate terms are
-   contiguous blocks (the LSTM's i, f, g, o) of n = H * B floats, its states one block of
-   n. Torch spends about ten passes over memory per LSTM step, and this build's torch.tanh
+   contiguous blocks (the LSTM's i, f, g, o; the GRU's r, z, n) of n = H * B floats, its
+   states one block of n. Torch spends about ten passes over memory per LSTM step, and this build's torch.tanh
    runs about 5 ns an element per thread (scalar); one vectorized pass with a rational tanh
    replaces them. Compiled and loaded at first use by native.py; where it cannot be, the
    engine runs the same steps in torch ops. */
@@ -119,5 +119,91 @@ void tanh_inplace(float *x, long count, int threads) {
         long end = start + block < count ? start + block : count;
         float *restrict y = x + start;
         for (long k = 0; k < end - start; k++) y[k] = fast_tanh(y[k]);
+    }
+}
+
+/* GRU, PyTorch's cell: r, z = sigmoid(x_r + W_hr h, x_z + W_hz h); h_n = W_hn h + b_hn;
+   n = tanh(x_n + r h_n); h' = (1 - z) n + z h. */
+static inline void gru_forward_row(float *restrict r, float *restrict z,
+                                   const float *restrict x_n, const float *restrict rec,
+                                   const float *restrict bias_hn,
+                                   const float *restrict h_prev, float *restrict n_out,
+                                   float *restrict h_n_out, float *restrict h, long hidden,
+                                   long batch, const int has_prev) {
+    long n = hidden * batch;
+    for (long j = 0; j < hidden; j++) {
+        float b_hn = bias_hn[j];
+        for (long b = 0; b < batch; b++) {
+            long k = j * batch + b;
+            float xr = r[k], xz = z[k], hn = b_hn;
+            if (has_prev) {
+                xr += rec[k]; xz += rec[n + k]; hn += rec[2 * n + k];
+            }
+            float rr = fast_sigmoid(xr), zz = fast_sigmoid(xz);
+            float nn = fast_tanh(x_n[k] + rr * hn);
+            r[k] = rr; z[k] = zz;
+            n_out[k] = nn; h_n_out[k] = hn;
+            h[k] = has_prev ? nn + zz * (h_prev[k] - nn) : nn - zz * nn;
+        }
+    }
+}
+
+/* One step forward. gates (rows, 3, n): x_r, x_z, x_n (with their biases); r and z are
+   activated in place, x_n is left. rec (rows, 3, n): W_hh h_(t-1), NULL (with h_prev) for
+   the zero state; bias_hn (rows, hidden). Writes n, h_n = W_hn h + b_hn and h (rows, n). */
+void gru_forward(float *gates, const float *rec, const float *bias_hn, const float *h_prev,
+                 float *n_out, float *h_n_out, float *h, long rows, long hidden, long batch,
+                 int threads) {
+    long n = hidden * batch;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (long row = 0; row < rows; row++) {
+        long at = row * n;
+        float *r = gates + 3 * at, *z = r + n, *x_n = z + n;
+        const float *bias = bias_hn + row * hidden;
+        if (h_prev)
+            gru_forward_row(r, z, x_n, rec + 3 * at, bias, h_prev + at, n_out + at,
+                            h_n_out + at, h + at, hidden, batch, 1);
+        else
+            gru_forward_row(r, z, x_n, NULL, bias, NULL, n_out + at, h_n_out + at, h + at,
+                            hidden, batch, 0);
+    }
+}
+
+static inline void gru_backward_row(const float *restrict r, const float *restrict z,
+                                    const float *restrict n_, const float *restrict h_n,
+                                    const float *restrict h_prev, const float *restrict d_h,
+                                    float *restrict d_r, float *restrict d_z,
+                                    float *restrict d_n, float *restrict d_rec_r,
+                                    float *restrict d_rec_z, float *restrict d_rec_n,
+                                    float *restrict d_h_direct, long n, const int has_prev) {
+    for (long k = 0; k < n; k++) {
+        float rr = r[k], zz = z[k], nn = n_[k], dh = d_h[k];
+        float dn = dh * (1.0f - zz) * (1.0f - nn * nn);  /* d (x_n + r h_n) */
+        float dz = (has_prev ? dh * (h_prev[k] - nn) : -dh * nn) * (zz * (1.0f - zz));
+        float dr = dn * h_n[k] * (rr * (1.0f - rr));
+        d_r[k] = dr; d_z[k] = dz; d_n[k] = dn;
+        d_rec_r[k] = dr; d_rec_z[k] = dz; d_rec_n[k] = dn * rr;
+        d_h_direct[k] = dh * zz;
+    }
+}
+
+/* One step back. gates (rows, 3, n): activated r, z (the third block unread); n_, h_n,
+   d_h (rows, n); h_prev (rows, n), NULL at t = 0. Writes d_gates (rows, 3, n), the
+   gradient of the gate terms x_r, x_z, x_n; d_rec (rows, 3, n), that of W_hh h + [0, 0,
+   b_hn]; and d_h_direct (rows, n), the part of d h_(t-1) that skips the products (d_h z). */
+void gru_backward(const float *gates, const float *n_, const float *h_n, const float *h_prev,
+                  const float *d_h, float *d_gates, float *d_rec, float *d_h_direct, long rows,
+                  long n, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (long row = 0; row < rows; row++) {
+        long at = row * n;
+        const float *r = gates + 3 * at, *z = r + n;
+        float *dg = d_gates + 3 * at, *dr = d_rec + 3 * at;
+        if (h_prev)
+            gru_backward_row(r, z, n_ + at, h_n + at, h_prev + at, d_h + at, dg, dg + n,
+                             dg + 2 * n, dr, dr + n, dr + 2 * n, d_h_direct + at, n, 1);
+        else
+            gru_backward_row(r, z, n_ + at, h_n + at, NULL, d_h + at, dg, dg + n, dg + 2 * n,
+                             dr, dr + n, dr + 2 * n, d_h_direct + at, n, 0);
     }
 }
