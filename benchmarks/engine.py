@@ -21,9 +21,9 @@ achieved GFLOP/s against this device's measured float32 matmul peak.
     .venv/bin/python benchmarks/engine.py --kinds lstm,gru --device cuda
     .venv/bin/python benchmarks/engine.py --json > now.json
     .venv/bin/python benchmarks/engine.py --baseline before.json   # compare speedups
-    # the LSTM's and tanh RNN's fused CPU kernels against their torch-op steps:
-    CAPACITY_NATIVE_KERNELS=0 .venv/bin/python benchmarks/engine.py --kinds lstm,rnn --json >ops
-    .venv/bin/python benchmarks/engine.py --kinds lstm,rnn --baseline ops
+    # the recurrent kinds' fused CPU kernels against their torch-op steps:
+    CAPACITY_NATIVE_KERNELS=0 .venv/bin/python benchmarks/engine.py --kinds lstm,gru,rnn --json >ops
+    .venv/bin/python benchmarks/engine.py --kinds lstm,gru,rnn --baseline ops
 """
 
 from __future__ import annotations
