@@ -18,7 +18,7 @@ from capacity_service.science.engine.memory import (
     default_k,
     training_bytes,
 )
-from capacity_service.science.engine.stacked import Batch
+from capacity_service.science.engine.stacked import Batch, output_gradient
 from capacity_service.science.models import build_model
 from capacity_service.science.train import train_memorization
 from capacity_service.specs import CNNSpec, FCDNNSpec, RNNSpec, TrainSpec
@@ -273,3 +273,14 @@ def test_the_deadline_marks_what_it_cut() -> None:
     run = train_trials(SPEC, pool, [_config(200, 0.001, 0.9, 8, 1, epochs=500)], deadline=0.0)
     outcome = run.outcomes[0]
     assert outcome is not None and outcome.ended == "deadline" and outcome.epochs == 1
+
+
+def test_the_output_gradient_is_the_cross_entropys() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = (8 * torch.randn(3, 5, 2, generator=generator)).requires_grad_()
+    y = torch.randint(0, 2, (3, 5), generator=generator)
+    weight = torch.rand(3, 5, generator=generator)
+    each = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+    loss = (each * weight.flatten()).sum()
+    (expected,) = torch.autograd.grad(loss, logits)
+    torch.testing.assert_close(output_gradient(logits.detach(), y, weight), expected)

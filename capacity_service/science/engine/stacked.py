@@ -137,7 +137,10 @@ def momentum_update(
 
 
 def output_gradient(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """d(sum of each row's mean cross-entropy) / d logits = (softmax - onehot) * weight."""
-    grad = torch.softmax(logits, dim=2)  # (R, B, 2)
-    grad.scatter_add_(2, y.unsqueeze(2), torch.full_like(grad[..., :1], -1.0))
-    return grad.mul_(weight.unsqueeze(2))
+    """d(sum of each row's mean cross-entropy) / d logits = (softmax - onehot) * weight.
+    With two classes softmax_1 = sigmoid(l_1 - l_0), so the gradient is (-d, d) with
+    d = (sigmoid(l_1 - l_0) - y) * weight: 2-3x faster here than a softmax over a
+    dimension of 2 (FCDNN-32, K = 64, batch 32: 61 against 137 us)."""
+    first, second = logits.unbind(2)
+    d = torch.sigmoid(second - first).sub_(y).mul_(weight)
+    return torch.stack([-d, d], dim=2)
