@@ -4,7 +4,10 @@ ops."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,3 +176,17 @@ def test_a_build_is_kept_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert native.kernels() is not None and first is not None
     assert library.stat().st_mtime_ns == built_at
     assert not [p for p in (tmp_path / "kernels").iterdir() if p != library]  # no leftovers
+
+
+def test_workers_starting_together_share_one_build(tmp_path: Path) -> None:
+    # each process compiles into its own scratch directory and renames the result into
+    # place; whichever rename lands last, both load a whole library
+    env = {**os.environ, "CAPACITY_KERNEL_CACHE": str(tmp_path)}
+    code = "from capacity_service.science.engine import native; print(native.kernels() is not None)"
+    workers = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    results = [worker.communicate(timeout=300) for worker in workers]
+    assert [out.strip() for out, _ in results] == ["True"] * 2, results
+    assert [p.name for p in (tmp_path / "kernels").iterdir()] == [
+        next((tmp_path / "kernels").glob("recurrent_kernels-*.so")).name
+    ]
