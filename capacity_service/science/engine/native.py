@@ -197,10 +197,9 @@ def _load(cache_settings: tuple[str, str], compiler: str) -> Kernels | None:
     try:
         return Kernels(ctypes.CDLL(str(_build(_cache_dir(*cache_settings), compiler))))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:  # RuntimeError: no home
-        log.warning("fused recurrent kernels unavailable (%s); the LSTM, GRU and tanh RNN steps "
-                    "run in torch ops, "
-                    "slower on a CPU: they need a C compiler (gcc, or CC) and a writable "
-                    "CAPACITY_KERNEL_CACHE", error)  # fmt: skip
+        log.warning("fused recurrent kernels unavailable (%s): the LSTM, GRU and tanh RNN "
+                    "steps run in torch ops, slower on a CPU; the kernels need a C compiler "
+                    "(gcc, or CC) and a writable CAPACITY_KERNEL_CACHE", error)  # fmt: skip
         return None
 
 
