@@ -8,7 +8,8 @@ same cell as `models.RecurrentCell`. Training steps and the accuracy pass run th
 recurrence in a feature-major layout (`_Steps`: a row's states are (H, B) matrices), with
 the activations computed in place and, in training, a hand-written backward pass through
 time; `forward` is the plain autograd version, which a test pins the hand-written
-gradients to.
+gradients to. On a CPU each step's elementwise work runs in fused C kernels where they
+build (native.py), otherwise in the torch ops written here (as on a GPU).
 """
 
 from __future__ import annotations
