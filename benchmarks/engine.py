@@ -404,9 +404,7 @@ def measure(
         "epochs": epochs,
         "engine": how[0],
         # the step's elementwise work in the fused C kernels (engine/native.py)
-        "native_kernels": spec.kind in native.KINDS
-        and device.type == "cpu"
-        and native.kernels() is not None,
+        "native_kernels": spec.kind in native.KINDS and native.kernels_for(device) is not None,
         "samples_per_s": sample_epochs / t_engine,
         "plain_samples_per_s": sample_epochs / t_plain,
         "stack_samples_per_s": sample_epochs / t_stack,

@@ -1,5 +1,4 @@
-"""The fused CPU kernels of the LSTM and tanh RNN steps (engine/native.py), against torch
-ops."""
+"""The fused CPU kernels of the recurrent steps (engine/native.py), against torch ops."""
 
 from __future__ import annotations
 
@@ -124,7 +123,7 @@ def test_tensors_the_kernels_cannot_read_are_refused() -> None:
     gates, state = _gates(1.0), torch.empty(ROWS, HIDDEN, BATCH)
     with pytest.raises(ValueError, match="contiguous"):
         _kernels().lstm_forward(gates.transpose(0, 1).contiguous().transpose(0, 1), None,
-                           state, state, state)  # fmt: skip
+                                state, state, state)  # fmt: skip
     with pytest.raises(ValueError, match="float32"):
         _kernels().lstm_forward(gates.double(), None, state, state, state)
     with pytest.raises(ValueError, match="shape"):

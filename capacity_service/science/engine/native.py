@@ -183,6 +183,12 @@ def _address(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
+def kernels_for(device: torch.device) -> Kernels | None:
+    """The fused kernels for tensors on `device`: None on any but a CPU (a GPU runs the
+    torch-op steps), or where they are turned off or cannot be built here."""
+    return kernels() if device.type == "cpu" else None
+
+
 def kernels() -> Kernels | None:
     """The fused kernels, or None where they are turned off or cannot be built here."""
     if os.environ.get(_ENABLED, "1") == "0":

@@ -134,7 +134,7 @@ class _Steps:
         self.w_ih, self.w_hh = params[0], params[1]  # (R, G H, n_in | H)
         self.h: list[torch.Tensor | None] = [None]  # h_t (R, H, B); h_0 is the zero state
         # on a CPU, the fused C kernels where they build (native.py); else torch ops
-        self.kernels = native.kernels() if pre.device.type == "cpu" else None
+        self.kernels = native.kernels_for(pre.device)
 
     @classmethod
     def training(cls, spec: RNNSpec, params: list[torch.Tensor], x: torch.Tensor) -> _Steps:
@@ -146,6 +146,15 @@ class _Steps:
         for t in range(steps):
             torch.baddbmm(bias, w_ih, x_t[t], out=pre[t])
         return cls(spec, params, pre, x_t)
+
+    def new_states(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Three uninitialized (R, H, B) states, for a fused kernel to fill."""
+        shape = (self.rows, self.hidden, self.size)
+
+        def state() -> torch.Tensor:
+            return torch.empty(shape, device=self.pre.device)
+
+        return state(), state(), state()
 
     def blocks(self, t: int, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Step t's gate blocks of `tensor` (pre or d_pre), each (R, H, B)."""
@@ -203,8 +212,7 @@ class _LSTMSteps(_Steps):
             if self.kernels is None:
                 c, tanh_c, h = self._cell(t)
             else:
-                state = (self.rows, self.hidden, self.size)
-                c, tanh_c, h = (torch.empty(state, device=self.pre.device) for _ in range(3))
+                c, tanh_c, h = self.new_states()
                 self.kernels.lstm_forward(self.pre[t], self.c[-1], c, tanh_c, h)
             self.c.append(c)
             self.tanh_c.append(tanh_c)
@@ -279,8 +287,7 @@ class _GRUSteps(_Steps):
             if self.kernels is None:
                 n, h_n, h = self._cell(t, recurrent, previous)
             else:
-                state = (self.rows, self.hidden, self.size)
-                n, h_n, h = (torch.empty(state, device=self.pre.device) for _ in range(3))
+                n, h_n, h = self.new_states()
                 self.kernels.gru_forward(self.pre[t], recurrent, self.params[3], previous,
                                          n, h_n, h)  # fmt: skip
             self.n.append(n)
@@ -312,8 +319,10 @@ class _GRUSteps(_Steps):
         d_rec_n = self.d_rec[:, 2 * self.hidden :]
         d_h_direct = torch.empty_like(d_h)  # the kernels' d h_t z
         for t in range(self.steps - 1, -1, -1):
-            z = self._cell_backward(t, d_h) if self.kernels is None else None
-            if self.kernels is not None:
+            z: torch.Tensor | None = None
+            if self.kernels is None:
+                z = self._cell_backward(t, d_h)
+            else:
                 self.kernels.gru_backward(self.pre[t], self.n[t], self.h_n[t], self.h[t],
                                           d_h.contiguous(), self.d_pre[t], self.d_rec,
                                           d_h_direct)  # fmt: skip

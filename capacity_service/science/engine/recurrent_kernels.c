@@ -3,10 +3,10 @@
 
    Layout is the engine's feature-major one (recurrent.py): a row's gate terms are
    contiguous blocks (the LSTM's i, f, g, o; the GRU's r, z, n) of n = H * B floats, its
-   states one block of n. Torch spends about ten passes over memory per LSTM step, and this build's torch.tanh
-   runs about 5 ns an element per thread (scalar); one vectorized pass with a rational tanh
-   replaces them. Compiled and loaded at first use by native.py; where it cannot be, the
-   engine runs the same steps in torch ops. */
+   states one block of n. Torch spends about ten passes over memory per LSTM step, and
+   this build's torch.tanh runs about 5 ns an element per thread (scalar); one vectorized
+   pass with a rational tanh replaces them. Compiled and loaded at first use by
+   native.py; where it cannot be, the engine runs the same steps in torch ops. */
 #include <math.h>
 #include <stddef.h>
 
