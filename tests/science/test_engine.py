@@ -205,8 +205,12 @@ def test_the_recurrent_accuracy_pass_in_chunks_is_the_autograd_forward(kind: str
     assert stack.eval_chunk(8) == recurrent.CPU_EVAL_SAMPLES // 8  # a CPU's chunks
 
 
-def test_a_cnn_step_in_chunks_of_rows_is_the_whole_stacks_step() -> None:
-    # 6 rows at batch 128: chunks of 4 and 2 rows on a CPU (cnn.CPU_STEP_SAMPLES = 512)
+def test_a_cnn_step_in_chunks_of_rows_is_the_whole_stacks_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 6 rows at batch 128: chunks of 4 and 2 rows on a CPU without the C kernel
+    # (cnn.CPU_STEP_SAMPLES = 512)
+    monkeypatch.setenv("CAPACITY_NATIVE_KERNELS", "0")
     spec = CNNSpec(kernel=3, conv_layers=3, channels=2, input_size=8)
     rows, size = 6, 128
     assert cnn.CPU_STEP_SAMPLES // size == 4

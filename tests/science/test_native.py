@@ -1,4 +1,5 @@
-"""The fused CPU kernels of the recurrent steps (engine/native.py), against torch ops."""
+"""The fused CPU kernels of the recurrent and CNN steps (engine/native.py), against torch
+ops and autograd."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import torch
 
 from capacity_service.science.data import make_dataset
 from capacity_service.science.engine import TrialConfig, native, stack_models
+from capacity_service.science.engine.cnn import StackedCNN
 from capacity_service.science.engine.stacked import Batch
-from capacity_service.specs import RNNSpec, TrainSpec
+from capacity_service.science.models import CNN, build_model, pool_after
+from capacity_service.specs import CNNSpec, RNNSpec, TrainSpec
 
 pytestmark = pytest.mark.skipif(
     shutil.which("cc") is None and shutil.which("gcc") is None, reason="needs a C compiler"
@@ -130,7 +133,7 @@ def test_tensors_the_kernels_cannot_read_are_refused() -> None:
         _kernels().lstm_forward(gates, None, state[:, :2].contiguous(), state, state)
 
 
-@pytest.mark.parametrize("kind", native.KINDS)
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_a_stacked_step_with_the_kernels_is_the_torch_op_step(
     kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -155,6 +158,130 @@ def test_a_stacked_step_with_the_kernels_is_the_torch_op_step(
         torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-5)
 
 
+# small CNNs covering each path of cnn_kernels.c: 3x3 and 5x5 kernels, pools spread over 9
+# layers, a hidden dense layer, and sides that are not whole vectors (24 -> 12 -> 6 -> 3)
+CNN_SPECS = [
+    CNNSpec(kernel=3, conv_layers=3, channels=4, input_size=32),
+    CNNSpec(kernel=5, conv_layers=4, channels=2, input_size=8, fc_hidden=5),
+    CNNSpec(kernel=3, conv_layers=9, channels=3, input_size=16),
+    CNNSpec(kernel=5, conv_layers=3, channels=3, input_size=24, fc_hidden=4),
+]
+
+
+def _cnns(spec: CNNSpec, rows: int, scale: float = 0.3) -> list[CNN]:
+    """`rows` sequential CNNs with every parameter non-zero (the output layer starts at
+    zero), so every term of the backward counts."""
+    models = [build_model(spec, seed, torch.device("cpu")) for seed in range(rows)]
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for model in models:
+            for tensor in model.parameters():
+                tensor.add_(scale * torch.randn(tensor.shape, generator=generator))
+    return models  # type: ignore[return-value]
+
+
+def _cnn_batch(spec: CNNSpec, rows: int, batch: int) -> Batch:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 2, (rows, batch, spec.input_bits), generator=generator).float()
+    y = torch.randint(0, 2, (rows, batch), generator=generator)
+    weight = torch.full((rows, batch), 1 / batch)
+    weight[-1, batch // 2 :], weight[-1, : batch // 2] = 0.0, 1 / (batch // 2)  # a partial batch
+    return Batch(x, y, weight)
+
+
+def _autograd_gradients(models: list[CNN], spec: CNNSpec, batch: Batch) -> list[torch.Tensor]:
+    """Each sequential model's gradient of its weighted cross-entropy, stacked by row."""
+    per_row = []
+    for row, model in enumerate(models):
+        images = batch.x[row].view(-1, 1, spec.input_size, spec.input_size)
+        losses = torch.nn.functional.cross_entropy(model(images), batch.y[row], reduction="none")
+        per_row.append(torch.autograd.grad((losses * batch.weight[row]).sum(),
+                                           list(model.parameters())))  # fmt: skip
+    return [torch.stack(tensors) for tensors in zip(*per_row, strict=True)]
+
+
+def _shape(spec: CNNSpec) -> native.CNNShape:
+    return native.CNNShape(spec.conv_layers, spec.kernel, spec.channels, spec.input_size,
+                           spec.fc_hidden, pool_after(spec.conv_layers))  # fmt: skip
+
+
+@pytest.mark.parametrize("rows", [1, 3])  # 1: fewer rows than threads, a batch in parts
+@pytest.mark.parametrize("spec", CNN_SPECS, ids=repr)
+def test_the_cnn_gradient_is_autograds_of_the_sequential_models(spec: CNNSpec, rows: int) -> None:
+    models, batch = _cnns(spec, rows), _cnn_batch(spec, rows, 12)
+    stack = StackedCNN(spec, models)
+    shape = _shape(spec)
+    grads = shape.split(_kernels().cnn_gradient(shape, stack.params, batch.x, batch.y,
+                                                batch.weight))  # fmt: skip
+    # float32 sums in another order, through up to 9 layers
+    for mine, theirs in zip(grads, _autograd_gradients(models, spec, batch), strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_ties_in_a_pool_take_torchs_choice() -> None:
+    # integer weights on 0/1 images: many pool windows hold their maximum twice, and the
+    # gradient goes to the first in row-major order, as torch's max_pool2d sends it
+    spec = CNNSpec(kernel=3, conv_layers=3, channels=2, input_size=16)
+    models, batch = _cnns(spec, 2), _cnn_batch(spec, 2, 8)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for model in models:
+            for conv in model.convs:
+                conv.weight.copy_(torch.randint(-1, 3, conv.weight.shape, generator=generator))
+                conv.bias.zero_()
+    first = torch.relu(models[0].convs[0](batch.x[0].view(-1, 1, 16, 16)))
+    windows = first.unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2)  # (B, C, 8, 8, 4)
+    top = windows.amax(-1, keepdim=True)
+    assert ((windows == top).sum(-1) > 1)[top.squeeze(-1) > 0].any(), "the test needs ties"
+    stack, shape = StackedCNN(spec, models), _shape(spec)
+    grads = shape.split(_kernels().cnn_gradient(shape, stack.params, batch.x, batch.y,
+                                                batch.weight))  # fmt: skip
+    for mine, theirs in zip(grads, _autograd_gradients(models, spec, batch), strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spec", CNN_SPECS, ids=repr)
+def test_the_cnn_logits_are_the_sequential_models(spec: CNNSpec) -> None:
+    models, batch = _cnns(spec, 3), _cnn_batch(spec, 3, 10)
+    stack, shape = StackedCNN(spec, models), _shape(spec)
+    with torch.no_grad():
+        shared = _kernels().cnn_logits(shape, stack.params, batch.x[0])  # every row, one set
+        own = _kernels().cnn_logits(shape, stack.params, batch.x)  # each row its own
+        for row, model in enumerate(models):  # sums in another order, through 9 layers
+            images = batch.x.view(3, -1, 1, spec.input_size, spec.input_size)
+            torch.testing.assert_close(shared[row], model(images[0]), atol=5e-5, rtol=1e-4)
+            torch.testing.assert_close(own[row], model(images[row]), atol=5e-5, rtol=1e-4)
+
+
+def test_a_nan_in_one_cnn_reaches_its_logits_only() -> None:
+    spec = CNN_SPECS[0]
+    models, batch = _cnns(spec, 3), _cnn_batch(spec, 3, 4)
+    stack, shape = StackedCNN(spec, models), _shape(spec)
+    stack.params[2][1, 0, 0, 1, 1] = float("nan")  # row 1's second convolution
+    logits = _kernels().cnn_logits(shape, stack.params, batch.x[0])
+    assert torch.isnan(logits[1]).all() and torch.isfinite(logits[[0, 2]]).all()
+    grads = _kernels().cnn_gradient(shape, stack.params, batch.x, batch.y, batch.weight)
+    assert torch.isnan(grads[1]).any() and torch.isfinite(grads[[0, 2]]).all()
+
+
+def test_tensors_the_cnn_kernel_cannot_read_are_refused() -> None:
+    spec = CNN_SPECS[1]
+    models, batch = _cnns(spec, 2), _cnn_batch(spec, 2, 4)
+    stack, shape, kernels = StackedCNN(spec, models), _shape(spec), _kernels()
+    with pytest.raises(ValueError, match="parameter tensors"):
+        kernels.cnn_gradient(shape, stack.params[:-1], batch.x, batch.y, batch.weight)
+    with pytest.raises(ValueError, match="a parameter of shape"):
+        kernels.cnn_logits(shape, [stack.params[0][:, :1].contiguous(), *stack.params[1:]],
+                           batch.x[0])  # fmt: skip
+    with pytest.raises(ValueError, match="int64 labels"):
+        kernels.cnn_gradient(shape, stack.params, batch.x, batch.y.int(), batch.weight)
+    with pytest.raises(ValueError, match="images"):
+        kernels.cnn_gradient(shape, stack.params, batch.x[:, :, :10].contiguous(), batch.y,
+                             batch.weight)  # fmt: skip
+    with pytest.raises(ValueError, match="images of shape"):
+        kernels.cnn_logits(shape, stack.params, batch.x[:1])  # 1 set of images for 2 rows
+
+
 def test_without_a_compiler_the_step_runs_in_torch_ops(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -169,7 +296,7 @@ def test_without_a_compiler_the_step_runs_in_torch_ops(
 def test_a_build_is_kept_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CAPACITY_KERNEL_CACHE", str(tmp_path))
     first = native.kernels()
-    (library,) = tmp_path.glob("kernels/recurrent_kernels-*.so")
+    (library,) = tmp_path.glob("kernels/kernels-*.so")
     built_at = library.stat().st_mtime_ns
     native._load.cache_clear()  # a new process: finds the build instead of compiling
     assert native.kernels() is not None and first is not None
@@ -187,5 +314,5 @@ def test_workers_starting_together_share_one_build(tmp_path: Path) -> None:
     results = [worker.communicate(timeout=300) for worker in workers]
     assert [out.strip() for out, _ in results] == ["True"] * 2, results
     assert [p.name for p in (tmp_path / "kernels").iterdir()] == [
-        next((tmp_path / "kernels").glob("recurrent_kernels-*.so")).name
+        next((tmp_path / "kernels").glob("kernels-*.so")).name
     ]

@@ -11,8 +11,8 @@ trial's result matches `train.train_memorization` up to floating-point reassocia
 - `stacked`: the stacked parameters and the autograd step every kind shares.
 - `fcdnn`, `cnn`, `recurrent`: one module per kind.
 - `memory`: the default K of a device, and the check that K trials fit it.
-- `native`: the recurrent kinds' fused CPU kernels (`recurrent_kernels.c`), built at
-  first use.
+- `native`: the fused CPU kernels of the recurrent kinds (`recurrent_kernels.c`) and the
+  CNN (`cnn_kernels.c`), built at first use.
 """
 
 from __future__ import annotations

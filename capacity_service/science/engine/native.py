@@ -1,14 +1,16 @@
-"""Fused CPU kernels for the stacked recurrent steps, compiled from C at first use.
+"""Fused CPU kernels for the stacked recurrent and CNN steps, compiled from C at first use.
 
 On a CPU an LSTM step's elementwise work (the gate activations, the cell, and their
 backward) is about ten passes over memory in torch ops, and this build's `torch.tanh`
 runs scalar; `recurrent_kernels.c` does the LSTM's in one vectorized, OpenMP-parallel
-pass (the GRU's likewise), and the tanh RNN's activation with the same vectorized tanh. The
-source is compiled with the machine's C compiler into a cache directory keyed by the
-source, the flags and the CPU's features, so workers on one machine share one build and a
-machine with another CPU gets its own. Where no compiler is found or the build fails, or
-`CAPACITY_NATIVE_KERNELS=0`, `kernels()` is None and the engine runs the same steps in
-torch ops (a warning says why, once).
+pass (the GRU's likewise), and the tanh RNN's activation with the same vectorized tanh.
+`cnn_kernels.c` takes a stacked CNN's whole gradient and its accuracy pass, one sample at
+a time through direct convolutions (oneDNN's grouped convolutions of a few channels run at
+a fraction of this CPU's speed). The sources are compiled with the machine's C compiler
+into a cache directory keyed by the sources, the flags and the CPU's features, so workers
+on one machine share one build and a machine with another CPU gets its own. Where no
+compiler is found or the build fails, or `CAPACITY_NATIVE_KERNELS=0`, `kernels()` is None
+and the engine runs the same steps in torch ops (a warning says why, once).
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ import ctypes
 import functools
 import hashlib
 import logging
+import math
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +34,14 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("recurrent_kernels.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("recurrent_kernels.c",
+                                                             "cnn_kernels.c"))  # fmt: skip
 # -fno-trapping-math lets gcc turn the clamps into vector selects (without it the loops
-# stay scalar); -march=native: the build is keyed by this CPU's features
-FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-std=c11", "-shared",
-         "-fPIC"]  # fmt: skip
-KINDS = ("lstm", "gru", "rnn")  # the recurrent kinds whose CPU steps use them
+# stay scalar); -ffp-contract=fast: a * b + c as one FMA (ISO C mode keeps them apart);
+# -march=native: the build is keyed by this CPU's features
+FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-ffp-contract=fast", "-fopenmp",
+         "-std=c11", "-shared", "-fPIC"]  # fmt: skip
+KINDS = ("lstm", "gru", "rnn", "cnn")  # the kinds whose CPU steps use them
 _ENABLED = "CAPACITY_NATIVE_KERNELS"  # "0" runs the torch-op step instead
 _CACHE = "CAPACITY_KERNEL_CACHE"  # where builds are kept (default ~/.cache/capacity_service)
 
@@ -42,8 +49,8 @@ _float_p, _long = ctypes.c_void_p, ctypes.c_long
 
 
 class Kernels:
-    """The entry points of `recurrent_kernels.c` on contiguous float32 CPU tensors; the
-    layout and meaning of each argument are the C source's."""
+    """The entry points of the C sources on contiguous float32 CPU tensors; the layout
+    and meaning of each argument are the C source's."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
         pointers, size, flag = _float_p, _long, ctypes.c_int
@@ -53,6 +60,11 @@ class Kernels:
         self._gru_forward = _bind(library.gru_forward, [pointers] * 7 + [size] * 3)
         self._gru_backward = _bind(library.gru_backward, [pointers] * 8 + [size, size])
         self._tanh = _bind(library.tanh_inplace, [pointers, size])
+        net = [ctypes.c_int] * 6  # layers, kernel, channels, side, hidden, pools
+        self._cnn_gradient = _bind(library.cnn_gradient, [pointers] * 5 + [size, size] + net,
+                                   ctypes.c_int)  # fmt: skip
+        self._cnn_logits = _bind(library.cnn_logits, [pointers, pointers, size, pointers,
+                                                      size, size, *net], ctypes.c_int)  # fmt: skip
 
     def lstm_forward(
         self,
@@ -130,6 +142,55 @@ class Kernels:
                            _address(d_h), _address(d_gates), _address(d_recurrent),
                            _address(d_h_direct), rows, hidden * batch, _threads())  # fmt: skip
 
+    def cnn_gradient(
+        self,
+        net: CNNShape,
+        params: Sequence[torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weight: torch.Tensor,
+    ) -> torch.Tensor:
+        """The gradient (R, row parameters) of every row's weighted cross-entropy: x (R, B,
+        S * S), y (R, B) int64 labels, weight (R, B); each row's part is laid out as its
+        parameters in order (`CNNShape.split` makes the views)."""
+        rows, batch = y.shape
+        _checked_params(net, params, rows)
+        for tensor in (x, weight):
+            _check(tensor)
+        if y.dtype != torch.int64 or not y.is_contiguous():
+            raise ValueError("the CNN kernel takes contiguous int64 labels")
+        if tuple(x.shape) != (rows, batch, net.side**2) or weight.shape != y.shape:
+            raise ValueError(f"images {tuple(x.shape)} and weights {tuple(weight.shape)} "
+                             f"for labels {tuple(y.shape)} and side {net.side}")  # fmt: skip
+        grads = torch.empty(rows, net.row_params())
+        done = self._cnn_gradient(_pointers(params), x.data_ptr(), y.data_ptr(),
+                                  weight.data_ptr(), grads.data_ptr(), rows, batch,
+                                  *net.arguments(), _threads())  # fmt: skip
+        if not done:
+            raise MemoryError("no memory for the CNN kernel's scratch")
+        return grads
+
+    def cnn_logits(
+        self, net: CNNShape, params: Sequence[torch.Tensor], x: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits (R, n, 2) of images x through every row: x (n, S * S), the same for
+        every row, or (R, n, S * S)."""
+        rows = params[0].shape[0]
+        _checked_params(net, params, rows)
+        _check(x)
+        shared = x.dim() == 2
+        n = x.shape[-2]
+        if x.shape[-1] != net.side**2 or (not shared and x.shape[0] != rows):
+            raise ValueError(f"images of shape {tuple(x.shape)} for {rows} rows of side "
+                             f"{net.side}")  # fmt: skip
+        logits = torch.empty(rows, n, 2)
+        row_stride = 0 if shared else n * net.side**2
+        done = self._cnn_logits(_pointers(params), x.data_ptr(), row_stride, logits.data_ptr(),
+                                rows, n, *net.arguments(), _threads())  # fmt: skip
+        if not done:
+            raise MemoryError("no memory for the CNN kernel's scratch")
+        return logits
+
     def tanh_(self, x: torch.Tensor) -> torch.Tensor:
         """x = tanh(x) in place; x."""
         _check(x)
@@ -137,11 +198,68 @@ class Kernels:
         return x
 
 
-def _bind(function: Any, argtypes: list[Any]) -> Any:
+def _bind(function: Any, argtypes: list[Any], restype: Any = None) -> Any:
     """A C function with its arguments' types and, last, its thread count."""
     function.argtypes = [*argtypes, ctypes.c_int]
-    function.restype = None
+    function.restype = restype
     return function
+
+
+@dataclass(frozen=True)
+class CNNShape:
+    """What the CNN kernel needs of a models.CNN: its spec's numbers, and which
+    convolutions a pool follows."""
+
+    layers: int
+    kernel: int
+    channels: int
+    side: int
+    hidden: int
+    pools: frozenset[int]
+
+    def arguments(self) -> tuple[int, ...]:
+        mask = sum(1 << layer for layer in self.pools)
+        return (self.layers, self.kernel, self.channels, self.side, self.hidden, mask)
+
+    def param_shapes(self) -> list[tuple[int, ...]]:
+        """One row's parameter shapes, in models.CNN.parameters() order."""
+        shapes: list[tuple[int, ...]] = []
+        side = self.side
+        for layer in range(self.layers):
+            shapes += [(self.channels, 1 if layer == 0 else self.channels, self.kernel,
+                        self.kernel), (self.channels,)]  # fmt: skip
+            side = side // 2 if layer in self.pools else side
+        features = self.channels * side * side
+        if self.hidden:
+            shapes += [(self.hidden, features), (self.hidden,)]
+        return [*shapes, (2, self.hidden or features), (2,)]
+
+    def row_params(self) -> int:
+        return sum(math.prod(shape) for shape in self.param_shapes())
+
+    def split(self, grads: torch.Tensor) -> list[torch.Tensor]:
+        """(R, row parameters) -> one (R, *shape) view per parameter."""
+        views, at = [], 0
+        for shape in self.param_shapes():
+            size = math.prod(shape)
+            views.append(grads[:, at : at + size].view(grads.shape[0], *shape))
+            at += size
+        return views
+
+
+def _checked_params(net: CNNShape, params: Sequence[torch.Tensor], rows: int) -> None:
+    shapes = net.param_shapes()
+    if len(params) != len(shapes):
+        raise ValueError(f"{len(params)} parameter tensors for a CNN of {len(shapes)}")
+    for tensor, shape in zip(params, shapes, strict=True):
+        _check(tensor)
+        if tuple(tensor.shape) != (rows, *shape):
+            raise ValueError(f"a parameter of shape {tuple(tensor.shape)}, not {(rows, *shape)}")
+
+
+def _pointers(tensors: Sequence[torch.Tensor]) -> Any:
+    """A C array of the tensors' addresses (kept alive by the caller's tensors)."""
+    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
 
 
 def _threads() -> int:
@@ -203,7 +321,7 @@ def _load(cache_settings: tuple[str, str], compiler: str) -> Kernels | None:
     try:
         return Kernels(ctypes.CDLL(str(_build(_cache_dir(*cache_settings), compiler))))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:  # RuntimeError: no home
-        log.warning("fused recurrent kernels unavailable (%s): the LSTM, GRU and tanh RNN "
+        log.warning("fused CPU kernels unavailable (%s): the LSTM, GRU, tanh RNN and CNN "
                     "steps run in torch ops, slower on a CPU; the kernels need a C compiler "
                     "(gcc, or CC) and a writable CAPACITY_KERNEL_CACHE", error)  # fmt: skip
         return None
@@ -220,10 +338,10 @@ def _build(cache: Path, compiler: str) -> Path:
     cc = compiler or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise OSError("no C compiler found (set CC)")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join([cc, *FLAGS]).encode(),
+    sources = [source.read_bytes() for source in SOURCES]
+    key = hashlib.sha256(b"\0".join([*sources, " ".join([cc, *FLAGS]).encode(),
                                      _cpu_features().encode()])).hexdigest()[:16]  # fmt: skip
-    library = cache / f"{SOURCE.stem}-{key}.so"
+    library = cache / f"kernels-{key}.so"
     if library.exists():
         return library
     cache.mkdir(parents=True, exist_ok=True)
@@ -231,7 +349,7 @@ def _build(cache: Path, compiler: str) -> Path:
     # build, and each rename is atomic
     with tempfile.TemporaryDirectory(dir=cache) as scratch:
         built = Path(scratch) / library.name
-        run = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
+        run = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", str(built), "-lm"],
                              capture_output=True, text=True, timeout=120)  # fmt: skip
         if run.returncode != 0:
             raise OSError(f"{cc} failed: {run.stderr.strip()[-500:]}")

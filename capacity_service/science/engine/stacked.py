@@ -5,8 +5,9 @@ tensors (batched matrix products, grouped convolutions); the step here takes the
 of every row's own mean cross-entropy by autograd, once for the whole stack, and applies
 each row's SGD-with-momentum update (the sequential trainer's `MomentumSGD`: v = m v + g;
 w -= lr v) with its own learning rate and momentum. A kind may override `step` with a
-hand-written backward pass where that pays (the FCDNN and the recurrent kinds do; the
-CNN's grouped convolutions use autograd).
+hand-written backward pass where that pays (the FCDNN and the recurrent kinds do, and the
+CNN on a CPU where its C kernel builds; elsewhere the CNN's grouped convolutions use
+autograd).
 """
 
 from __future__ import annotations
