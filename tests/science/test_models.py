@@ -8,6 +8,7 @@ from capacity_service.science.models import (
     RecurrentCell,
     build_model,
     count_parameters,
+    initial_parameters,
     pool_after,
 )
 from capacity_service.specs import CNNSpec, FCDNNSpec, RNNSpec, parameter_total
@@ -118,6 +119,28 @@ def test_he_initialization_is_seeded_and_scaled() -> None:
     # He: std = sqrt(2 / fan_in) = sqrt(2 / 256) = 0.0884
     assert float(wa.detach().std()) == pytest.approx((2 / 256) ** 0.5, rel=0.05)
     assert float(a.state_dict()["hidden.0.bias"].abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        FCDNNSpec(width=12, depth=2, n_in=14),
+        CNNSpec(kernel=3, conv_layers=3, channels=2),
+        RNNSpec(kind="lstm", hidden=6),
+        RNNSpec(kind="gru", hidden=6),
+    ],
+    ids=repr,
+)
+def test_a_model_starts_from_its_initial_parameters(
+    spec: FCDNNSpec | CNNSpec | RNNSpec,
+) -> None:
+    # the batched engine stacks initial_parameters without building the model: both
+    # start every trial from the same weights
+    drawn = initial_parameters(spec, seed=5)
+    built = list(build_model(spec, seed=5).parameters())
+    assert [tuple(t.shape) for t in drawn] == [tuple(t.shape) for t in built]
+    for mine, theirs in zip(drawn, built, strict=True):
+        assert torch.equal(mine, theirs.detach())
 
 
 def test_a_cnn_starts_with_a_zero_output_layer_and_he_convolutions() -> None:

@@ -180,6 +180,10 @@ def _cnns(spec: CNNSpec, rows: int, scale: float = 0.3) -> list[CNN]:
     return models  # type: ignore[return-value]
 
 
+def _stacked(spec: CNNSpec, models: list[CNN]) -> StackedCNN:
+    return StackedCNN(spec, [list(model.parameters()) for model in models])
+
+
 def _cnn_batch(spec: CNNSpec, rows: int, batch: int) -> Batch:
     generator = torch.Generator().manual_seed(1)
     x = torch.randint(0, 2, (rows, batch, spec.input_bits), generator=generator).float()
@@ -209,7 +213,7 @@ def _shape(spec: CNNSpec) -> native.CNNShape:
 @pytest.mark.parametrize("spec", CNN_SPECS, ids=repr)
 def test_the_cnn_gradient_is_autograds_of_the_sequential_models(spec: CNNSpec, rows: int) -> None:
     models, batch = _cnns(spec, rows), _cnn_batch(spec, rows, 12)
-    stack = StackedCNN(spec, models)
+    stack = _stacked(spec, models)
     shape = _shape(spec)
     grads = shape.split(_kernels().cnn_gradient(shape, stack.params, batch.x, batch.y,
                                                 batch.weight))  # fmt: skip
@@ -233,7 +237,7 @@ def test_ties_in_a_pool_take_torchs_choice() -> None:
     windows = first.unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2)  # (B, C, 8, 8, 4)
     top = windows.amax(-1, keepdim=True)
     assert ((windows == top).sum(-1) > 1)[top.squeeze(-1) > 0].any(), "the test needs ties"
-    stack, shape = StackedCNN(spec, models), _shape(spec)
+    stack, shape = _stacked(spec, models), _shape(spec)
     grads = shape.split(_kernels().cnn_gradient(shape, stack.params, batch.x, batch.y,
                                                 batch.weight))  # fmt: skip
     for mine, theirs in zip(grads, _autograd_gradients(models, spec, batch), strict=True):
@@ -243,7 +247,7 @@ def test_ties_in_a_pool_take_torchs_choice() -> None:
 @pytest.mark.parametrize("spec", CNN_SPECS, ids=repr)
 def test_the_cnn_logits_are_the_sequential_models(spec: CNNSpec) -> None:
     models, batch = _cnns(spec, 3), _cnn_batch(spec, 3, 10)
-    stack, shape = StackedCNN(spec, models), _shape(spec)
+    stack, shape = _stacked(spec, models), _shape(spec)
     with torch.no_grad():
         shared = _kernels().cnn_logits(shape, stack.params, batch.x[0])  # every row, one set
         own = _kernels().cnn_logits(shape, stack.params, batch.x)  # each row its own
@@ -256,7 +260,7 @@ def test_the_cnn_logits_are_the_sequential_models(spec: CNNSpec) -> None:
 def test_a_nan_in_one_cnn_reaches_its_logits_only() -> None:
     spec = CNN_SPECS[0]
     models, batch = _cnns(spec, 3), _cnn_batch(spec, 3, 4)
-    stack, shape = StackedCNN(spec, models), _shape(spec)
+    stack, shape = _stacked(spec, models), _shape(spec)
     stack.params[2][1, 0, 0, 1, 1] = float("nan")  # row 1's second convolution
     logits = _kernels().cnn_logits(shape, stack.params, batch.x[0])
     assert torch.isnan(logits[1]).all() and torch.isfinite(logits[[0, 2]]).all()
@@ -267,7 +271,7 @@ def test_a_nan_in_one_cnn_reaches_its_logits_only() -> None:
 def test_tensors_the_cnn_kernel_cannot_read_are_refused() -> None:
     spec = CNN_SPECS[1]
     models, batch = _cnns(spec, 2), _cnn_batch(spec, 2, 4)
-    stack, shape, kernels = StackedCNN(spec, models), _shape(spec), _kernels()
+    stack, shape, kernels = _stacked(spec, models), _shape(spec), _kernels()
     with pytest.raises(ValueError, match="parameter tensors"):
         kernels.cnn_gradient(shape, stack.params[:-1], batch.x, batch.y, batch.weight)
     with pytest.raises(ValueError, match="a parameter of shape"):
@@ -280,6 +284,12 @@ def test_tensors_the_cnn_kernel_cannot_read_are_refused() -> None:
                              batch.weight)  # fmt: skip
     with pytest.raises(ValueError, match="images of shape"):
         kernels.cnn_logits(shape, stack.params, batch.x[:1])  # 1 set of images for 2 rows
+    with pytest.raises(ValueError, match="1 to 9 layers"):
+        native.CNNShape(10, 3, 2, 8, 0, frozenset({2, 5, 9}))
+    # an empty batch (every row's samples masked out of the step) is a zero gradient
+    none = [t[:, :0].contiguous() for t in (batch.x, batch.y, batch.weight)]
+    empty = kernels.cnn_gradient(shape, stack.params, *none)
+    assert empty.shape == (2, shape.row_params()) and not empty.any()
 
 
 def test_without_a_compiler_the_step_runs_in_torch_ops(

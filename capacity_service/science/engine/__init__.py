@@ -32,7 +32,7 @@ from capacity_service.science.engine.stack import (
     TrialConfig,
 )
 from capacity_service.science.engine.stacked import StackedModel
-from capacity_service.science.models import ModelSpecT, build_model
+from capacity_service.science.models import ModelSpecT, initial_parameters
 from capacity_service.science.train import TrainOutcome
 from capacity_service.specs import CNNSpec, FCDNNSpec
 from capacity_service.stopping import StopCheck
@@ -56,14 +56,15 @@ class EngineRun:
 
 def stack_models(model: ModelSpecT, configs: Sequence[TrialConfig], pool: Dataset) -> StackedModel:
     """The stacked model of `configs`: row k initialized as trial k's sequential model."""
-    models = [build_model(model, c.init_seed, pool.x.device) for c in configs]
+    trials = [initial_parameters(model, c.init_seed) for c in configs]
+    device = pool.x.device
     stacked: StackedModel
     if isinstance(model, FCDNNSpec):
-        stacked = StackedFCDNN(models)
+        stacked = StackedFCDNN(trials, device)
     elif isinstance(model, CNNSpec):
-        stacked = StackedCNN(model, models)
+        stacked = StackedCNN(model, trials, device)
     else:
-        stacked = StackedRNN(model, models)
+        stacked = StackedRNN(model, trials, device)
     stacked.floats_per_sample = activation_floats(model)
     return stacked
 

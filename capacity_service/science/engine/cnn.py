@@ -47,8 +47,13 @@ CPU_EVAL_SAMPLES = 1024  # rows x samples of one CPU accuracy chunk
 class StackedCNN(StackedModel):
     cpu_eval_samples = CPU_EVAL_SAMPLES
 
-    def __init__(self, spec: CNNSpec, models: Sequence[nn.Module]) -> None:
-        super().__init__(models)
+    def __init__(
+        self,
+        spec: CNNSpec,
+        trials: Sequence[Sequence[torch.Tensor]],
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__(trials, device)
         self.spec = spec
         self.pools = pool_after(spec.conv_layers)
         self.padding = spec.kernel // 2

@@ -24,7 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_LAYERS 9
+#define MAX_LAYERS 9 /* native.CNNShape refuses more, and even or larger kernels */
+#define MAX_KERNEL 5
 #define LANES 8 /* floats an inner loop keeps in one accumulator: a vector register */
 
 typedef struct {
@@ -221,8 +222,8 @@ static inline void weight_taps(const float *d, long d_plane, int d_stride, const
                                float *g, int co, int ci, int ky0, int rows, int c_in, int s,
                                int k) {
     int ps = s + k - 1, whole = s / LANES * LANES;
-    vec acc[25];
-    float rest[25];
+    vec acc[MAX_KERNEL * MAX_KERNEL];
+    float rest[MAX_KERNEL * MAX_KERNEL];
     for (int t = 0; t < rows * k; t++) { acc[t] = (vec){0}; rest[t] = 0.0f; }
     for (int y = 0; y < s; y++) {
         const float *dr = d + co * d_plane + (long)y * d_stride;
@@ -252,9 +253,12 @@ static void conv_weight_gradient(const float *d, long d_plane, int d_stride, con
     for (int co = 0; co < c_out; co++)
         for (int ci = 0; ci < c_in; ci++)
             if (k == 3) weight_taps(d, d_plane, d_stride, in, g, co, ci, 0, 3, c_in, s, 3);
-            else
+            else if (k == 5)
                 for (int ky = 0; ky < k; ky++)
                     weight_taps(d, d_plane, d_stride, in, g, co, ci, ky, 1, c_in, s, 5);
+            else  /* any other odd k up to MAX_KERNEL, one kernel row at a time */
+                for (int ky = 0; ky < k; ky++)
+                    weight_taps(d, d_plane, d_stride, in, g, co, ci, ky, 1, c_in, s, k);
 }
 
 /* w (C_out, C_in, k, k) -> flipped (C_in, C_out, k, k) with both kernel axes reversed:
@@ -443,6 +447,10 @@ int cnn_gradient(float *const *params, const float *x, const long *y, const floa
     Net net;
     describe(&net, layers, kernel, channels, side, hidden, pools);
     long pixels = (long)side * side, per_row = net.row_params;
+    if (rows <= 0 || batch <= 0) {  /* nothing to learn from: a zero gradient */
+        memset(grads, 0, sizeof(float) * (rows > 0 ? rows : 0) * per_row);
+        return 1;
+    }
     /* fewer rows than threads: each row's batch in parts, summed after */
     long split = rows >= threads ? 1 : (threads + rows - 1) / rows;
     if (split > batch) split = batch;

@@ -217,6 +217,13 @@ class CNNShape:
     hidden: int
     pools: frozenset[int]
 
+    def __post_init__(self) -> None:
+        # what cnn_kernels.c is sized for (CNNSpec allows 3..9 layers of 3x3 or 5x5)
+        if not 1 <= self.layers <= 9 or self.kernel not in (1, 3, 5):
+            size = f"{self.kernel}x{self.kernel}"
+            raise ValueError(f"the CNN kernel takes 1 to 9 layers of 1x1, 3x3 or 5x5 "
+                             f"kernels, not {self.layers} of {size}")  # fmt: skip
+
     def arguments(self) -> tuple[int, ...]:
         mask = sum(1 << layer for layer in self.pools)
         return (self.layers, self.kernel, self.channels, self.side, self.hidden, mask)

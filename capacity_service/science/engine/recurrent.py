@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from capacity_service.science.engine import native
 from capacity_service.science.engine.stacked import Batch, StackedModel, output_gradient
@@ -32,8 +31,13 @@ CPU_EVAL_SAMPLES = 4096
 class StackedRNN(StackedModel):
     cpu_eval_samples = CPU_EVAL_SAMPLES
 
-    def __init__(self, spec: RNNSpec, models: Sequence[nn.Module]) -> None:
-        super().__init__(models)
+    def __init__(
+        self,
+        spec: RNNSpec,
+        trials: Sequence[Sequence[torch.Tensor]],
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__(trials, device)
         self.spec = spec
 
     def forward(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:

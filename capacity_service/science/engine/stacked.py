@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 # Floats of activations one accuracy pass may hold (128 MiB of float32): the pass over all
 # N samples of every row is cut into chunks of samples that fit (measured on LSTM-32, K = 32:
@@ -41,11 +40,14 @@ class StackedModel:
     # sizes the chunks of the accuracy pass
     floats_per_sample: int = 1
 
-    def __init__(self, models: Sequence[nn.Module]) -> None:
-        """Stack the parameters of `models` (built and initialized like the sequential
-        trainer's, so row r starts from trial r's exact weights)."""
-        per_model = [[p.detach() for p in model.parameters()] for model in models]
-        self.params = [torch.stack(tensors) for tensors in zip(*per_model, strict=True)]
+    def __init__(
+        self, trials: Sequence[Sequence[torch.Tensor]], device: torch.device | str = "cpu"
+    ) -> None:
+        """Stack each trial's parameters (`models.initial_parameters`, as the sequential
+        trainer's model starts from them, so row r starts from trial r's exact weights)
+        onto `device`."""
+        self.params = [torch.stack([t.detach() for t in tensors]).to(device)
+                       for tensors in zip(*trials, strict=True)]  # fmt: skip
         self.velocity = [torch.zeros_like(p) for p in self.params]
 
     def forward(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
