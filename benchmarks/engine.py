@@ -21,9 +21,10 @@ achieved GFLOP/s against this device's measured float32 matmul peak.
     .venv/bin/python benchmarks/engine.py --kinds lstm,gru --device cuda
     .venv/bin/python benchmarks/engine.py --json > now.json
     .venv/bin/python benchmarks/engine.py --baseline before.json   # compare speedups
-    # the recurrent kinds' fused CPU kernels against their torch-op steps:
-    CAPACITY_NATIVE_KERNELS=0 .venv/bin/python benchmarks/engine.py --kinds lstm,gru,rnn --json >ops
-    .venv/bin/python benchmarks/engine.py --kinds lstm,gru,rnn --baseline ops
+    # the C kernels (recurrent kinds and CNN) against their torch-op steps:
+    export KINDS=lstm,gru,rnn,cnn
+    CAPACITY_NATIVE_KERNELS=0 .venv/bin/python benchmarks/engine.py --kinds $KINDS --json >ops
+    .venv/bin/python benchmarks/engine.py --kinds $KINDS --baseline ops
 """
 
 from __future__ import annotations
@@ -454,7 +455,7 @@ def print_table(rows: list[dict[str, Any]], baseline: dict[Any, float], repeat: 
             line += f"  {before:.1f}x ({row['speedup'] / before - 1:+.0%})"
         print(line)
     print("speedup: plain loop time / engine time; stack: plain loop time / stacked-model time;"
-          " +C: the step's fused C kernels")  # fmt: skip
+          " +C: the step's C kernels")  # fmt: skip
 
 
 def int_list(text: str) -> list[int]:
