@@ -8,6 +8,7 @@ from capacity_service.science.engine import (
     StackedModel,
     TrialConfig,
     cnn,
+    native,
     recurrent,
     stack_models,
     train_trials,
@@ -231,6 +232,19 @@ def test_a_cnn_step_in_chunks_of_rows_is_the_whole_stacks_step(
         torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-5)
     # the accuracy pass too goes a few rows x samples at a time on a CPU
     assert chunked.eval_chunk(rows) == cnn.CPU_EVAL_SAMPLES // rows
+
+
+def test_a_cnn_steps_in_c_where_that_measured_faster() -> None:
+    # 3x3 kernels, and 5x5 up to 6 channels; the accuracy pass runs in C wherever it builds
+    assert cnn.c_step_pays(CNNSpec(kernel=3, channels=16))
+    assert cnn.c_step_pays(CNNSpec(kernel=5, channels=4))
+    assert not cnn.c_step_pays(CNNSpec(kernel=5, channels=8))
+    spec = CNNSpec(kernel=5, conv_layers=3, channels=8, input_size=8)
+    pool = make_dataset(spec, 16, seed=0)
+    stack = stack_models(spec, [_config(16, 0.1, 0.9, 8, 1)], pool)
+    assert isinstance(stack, cnn.StackedCNN)
+    assert stack.step_kernels is None
+    assert stack.kernels is not None or native.kernels() is None
 
 
 class _Refill:

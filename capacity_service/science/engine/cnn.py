@@ -6,12 +6,13 @@ pass feeds every row the same images the same way (measured: a first layer of on
 convolution with K*C outputs over the shared images was 2x slower than the grouped one,
 and left the pools in the slow NCHW layout).
 
-On a CPU, where the C kernels build (native.py, cnn_kernels.c), they take the step's
-gradient and the accuracy pass: each row's samples one at a time through direct
-convolutions, every activation of a sample in the caches. Measured at 4 channels, 2 cores,
-against the grouped convolutions below in the same session: a step 59-66K sample-rows/s
-at K = 32 and K = 4, batch 64 or 128 (grouped: 21.6K / 34.1K at K = 32, batch 64 / 128;
-28.2K / 32.3K at K = 4); the accuracy pass 148K sample-rows/s (grouped: 74K).
+On a CPU, where the C kernels build (native.py, cnn_kernels.c), they take the accuracy
+pass and, where that measured faster (`c_step_pays`), the step's gradient: each row's
+samples one at a time through direct convolutions, every activation of a sample in the
+caches. Measured at 4 channels of 3x3, 2 cores, against the grouped convolutions below in
+the same session: a step 59-66K sample-rows/s at K = 32 and K = 4, batch 64 or 128
+(grouped: 21.6K / 34.1K at K = 32, batch 64 / 128; 28.2K / 32.3K at K = 4); the accuracy
+pass 148K sample-rows/s (grouped: 74K).
 
 Without them (or on a GPU) every convolution of the stack is one grouped convolution.
 On a CPU that stack's step and accuracy pass go through its rows a few at a time: a
@@ -44,6 +45,16 @@ CPU_STEP_SAMPLES = 512  # rows x batch of one CPU step's chunk (K = 4 at batch 1
 CPU_EVAL_SAMPLES = 1024  # rows x samples of one CPU accuracy chunk
 
 
+def c_step_pays(spec: CNNSpec) -> bool:
+    """Whether the C kernel's step beats the grouped convolutions' on a CPU. Measured at
+    K = 32, batch 64, 2 cores, sample-rows/s of a step, C against grouped: 3x3 kernels at
+    4 / 8 / 12 / 16 channels 59-66K / 25.4K / 13.1K / 8.4K against 21.6K / 22.5K / 12.5K /
+    6.7K; 5x5 at 4 / 6 / 8 channels 30.2K / 16.3K / 11.3K against 23.9K / 16.0K / 15.5K
+    (oneDNN's larger grouped convolutions run well). The accuracy pass in C was 1.2-3.6x
+    the grouped one in each, so it runs in C wherever the kernels build."""
+    return spec.kernel == 3 or spec.channels <= 6
+
+
 class StackedCNN(StackedModel):
     cpu_eval_samples = CPU_EVAL_SAMPLES
 
@@ -58,6 +69,7 @@ class StackedCNN(StackedModel):
         self.pools = pool_after(spec.conv_layers)
         self.padding = spec.kernel // 2
         self.kernels = native.kernels_for(self.params[0].device)
+        self.step_kernels = self.kernels if c_step_pays(spec) else None
         self.shape = native.CNNShape(spec.conv_layers, spec.kernel, spec.channels,
                                      spec.input_size, spec.fc_hidden, self.pools)  # fmt: skip
 
@@ -66,8 +78,8 @@ class StackedCNN(StackedModel):
         chunk of rows at a time on a CPU (each row's step reads only its own parameters
         and samples, so chunking changes no result)."""
         rows, size = batch.x.shape[:2]
-        if self.kernels is not None:
-            grads = self.kernels.cnn_gradient(self.shape, self.params,
+        if self.step_kernels is not None:
+            grads = self.step_kernels.cnn_gradient(self.shape, self.params,
                                               batch.x.reshape(rows, size, -1), batch.y,
                                               batch.weight)  # fmt: skip
             momentum_update(self.params, self.velocity, self.shape.split(grads), neg_lr,

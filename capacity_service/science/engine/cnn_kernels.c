@@ -253,9 +253,11 @@ static void conv_weight_gradient(const float *d, long d_plane, int d_stride, con
     for (int co = 0; co < c_out; co++)
         for (int ci = 0; ci < c_in; ci++)
             if (k == 3) weight_taps(d, d_plane, d_stride, in, g, co, ci, 0, 3, c_in, s, 3);
-            else if (k == 5)
-                for (int ky = 0; ky < k; ky++)
-                    weight_taps(d, d_plane, d_stride, in, g, co, ci, ky, 1, c_in, s, 5);
+            else if (k == 5) {  /* kernel rows 0-1, 2-3, 4: 10 sums fit the registers */
+                weight_taps(d, d_plane, d_stride, in, g, co, ci, 0, 2, c_in, s, 5);
+                weight_taps(d, d_plane, d_stride, in, g, co, ci, 2, 2, c_in, s, 5);
+                weight_taps(d, d_plane, d_stride, in, g, co, ci, 4, 1, c_in, s, 5);
+            }
             else  /* any other odd k up to MAX_KERNEL, one kernel row at a time */
                 for (int ky = 0; ky < k; ky++)
                     weight_taps(d, d_plane, d_stride, in, g, co, ci, ky, 1, c_in, s, k);
