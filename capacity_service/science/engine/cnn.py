@@ -47,11 +47,12 @@ CPU_EVAL_SAMPLES = 1024  # rows x samples of one CPU accuracy chunk
 
 def c_step_pays(spec: CNNSpec) -> bool:
     """Whether the C kernel's step beats the grouped convolutions' on a CPU. Measured at
-    K = 32, batch 64, 2 cores, sample-rows/s of a step, C against grouped: 3x3 kernels at
-    4 / 8 / 12 / 16 channels 59-66K / 25.4K / 13.1K / 8.4K against 21.6K / 22.5K / 12.5K /
-    6.7K; 5x5 at 4 / 6 / 8 channels 30.2K / 16.3K / 11.3K against 23.9K / 16.0K / 15.5K
-    (oneDNN's larger grouped convolutions run well). The accuracy pass in C was 1.2-3.6x
-    the grouped one in each, so it runs in C wherever the kernels build."""
+    K = 32, batch 64, 2 cores, sample-rows/s of a step, C against grouped in the same
+    session: 3x3 kernels at 4 / 8 / 12 / 16 channels 59-66K / 25.8K / 13.8K / 8.4K against
+    21.6K / 22.5K / 8.2-12.5K / 6.7-7.4K; 5x5 at 4 / 6 / 8 channels 35.7K / 19.1K / 15.1K
+    against 24.7K / 15.8K / 15.1K (oneDNN's larger grouped convolutions run well). The
+    accuracy pass in C was 1.3-2.6x the grouped one in each, so it runs in C wherever the
+    kernels build."""
     return spec.kernel == 3 or spec.channels <= 6
 
 
