@@ -75,14 +75,14 @@ class StackedCNN(StackedModel):
                                      spec.input_size, spec.fc_hidden, self.pools)  # fmt: skip
 
     def step(self, batch: Batch, neg_lr: torch.Tensor, momentum: torch.Tensor) -> None:
-        """The step of every row: by the C kernel where it runs; else by autograd, a
-        chunk of rows at a time on a CPU (each row's step reads only its own parameters
-        and samples, so chunking changes no result)."""
+        """The step of every row: by the C kernel where it builds and pays
+        (`c_step_pays`); else by autograd, a chunk of rows at a time on a CPU (each row's
+        step reads only its own parameters and samples, so chunking changes no result)."""
         rows, size = batch.x.shape[:2]
         if self.step_kernels is not None:
-            grads = self.step_kernels.cnn_gradient(self.shape, self.params,
-                                              batch.x.reshape(rows, size, -1), batch.y,
-                                              batch.weight)  # fmt: skip
+            images = batch.x.reshape(rows, size, -1)
+            grads = self.step_kernels.cnn_gradient(self.shape, self.params, images, batch.y,
+                                                   batch.weight)  # fmt: skip
             momentum_update(self.params, self.velocity, self.shape.split(grads), neg_lr,
                             momentum)  # fmt: skip
             return
