@@ -200,6 +200,11 @@ def initial_parameters(spec: ModelSpecT, seed: int) -> list[torch.Tensor]:
     return tensors
 
 
+def parameter_shapes(spec: ModelSpecT) -> tuple[torch.Size, ...]:
+    """The shape of each of the model's parameters, in `parameters()` order."""
+    return tuple(shape for shape, _ in _initial_layout(spec))
+
+
 @functools.cache
 def _initial_layout(spec: ModelSpecT) -> tuple[tuple[torch.Size, bool], ...]:
     """Each parameter's shape and whether it is drawn (He) or starts at zero."""

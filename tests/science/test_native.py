@@ -17,7 +17,7 @@ from capacity_service.science.data import make_dataset
 from capacity_service.science.engine import TrialConfig, native, stack_models
 from capacity_service.science.engine.cnn import StackedCNN
 from capacity_service.science.engine.stacked import Batch
-from capacity_service.science.models import CNN, build_model, pool_after
+from capacity_service.science.models import CNN, build_model
 from capacity_service.specs import CNNSpec, RNNSpec, TrainSpec
 
 pytestmark = pytest.mark.skipif(
@@ -204,17 +204,12 @@ def _autograd_gradients(models: list[CNN], spec: CNNSpec, batch: Batch) -> list[
     return [torch.stack(tensors) for tensors in zip(*per_row, strict=True)]
 
 
-def _shape(spec: CNNSpec) -> native.CNNShape:
-    return native.CNNShape(spec.conv_layers, spec.kernel, spec.channels, spec.input_size,
-                           spec.fc_hidden, pool_after(spec.conv_layers))  # fmt: skip
-
-
 @pytest.mark.parametrize("rows", [1, 3])  # 1: fewer rows than threads, a batch in parts
 @pytest.mark.parametrize("spec", CNN_SPECS, ids=repr)
 def test_the_cnn_gradient_is_autograds_of_the_sequential_models(spec: CNNSpec, rows: int) -> None:
     models, batch = _cnns(spec, rows), _cnn_batch(spec, rows, 12)
     stack = _stacked(spec, models)
-    shape = _shape(spec)
+    shape = stack.shape
     grads = shape.split(_kernels().cnn_gradient(shape, stack.params, batch.x, batch.y,
                                                 batch.weight))  # fmt: skip
     # float32 sums in another order, through up to 9 layers
@@ -237,7 +232,8 @@ def test_ties_in_a_pool_take_torchs_choice() -> None:
     windows = first.unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2)  # (B, C, 8, 8, 4)
     top = windows.amax(-1, keepdim=True)
     assert ((windows == top).sum(-1) > 1)[top.squeeze(-1) > 0].any(), "the test needs ties"
-    stack, shape = _stacked(spec, models), _shape(spec)
+    stack = _stacked(spec, models)
+    shape = stack.shape
     grads = shape.split(_kernels().cnn_gradient(shape, stack.params, batch.x, batch.y,
                                                 batch.weight))  # fmt: skip
     for mine, theirs in zip(grads, _autograd_gradients(models, spec, batch), strict=True):
@@ -247,7 +243,8 @@ def test_ties_in_a_pool_take_torchs_choice() -> None:
 @pytest.mark.parametrize("spec", CNN_SPECS, ids=repr)
 def test_the_cnn_logits_are_the_sequential_models(spec: CNNSpec) -> None:
     models, batch = _cnns(spec, 3), _cnn_batch(spec, 3, 10)
-    stack, shape = _stacked(spec, models), _shape(spec)
+    stack = _stacked(spec, models)
+    shape = stack.shape
     with torch.no_grad():
         shared = _kernels().cnn_logits(shape, stack.params, batch.x[0])  # every row, one set
         own = _kernels().cnn_logits(shape, stack.params, batch.x)  # each row its own
@@ -260,7 +257,8 @@ def test_the_cnn_logits_are_the_sequential_models(spec: CNNSpec) -> None:
 def test_a_nan_in_one_cnn_reaches_its_logits_only() -> None:
     spec = CNN_SPECS[0]
     models, batch = _cnns(spec, 3), _cnn_batch(spec, 3, 4)
-    stack, shape = _stacked(spec, models), _shape(spec)
+    stack = _stacked(spec, models)
+    shape = stack.shape
     stack.params[2][1, 0, 0, 1, 1] = float("nan")  # row 1's second convolution
     logits = _kernels().cnn_logits(shape, stack.params, batch.x[0])
     assert torch.isnan(logits[1]).all() and torch.isfinite(logits[[0, 2]]).all()
@@ -271,7 +269,8 @@ def test_a_nan_in_one_cnn_reaches_its_logits_only() -> None:
 def test_tensors_the_cnn_kernel_cannot_read_are_refused() -> None:
     spec = CNN_SPECS[1]
     models, batch = _cnns(spec, 2), _cnn_batch(spec, 2, 4)
-    stack, shape, kernels = _stacked(spec, models), _shape(spec), _kernels()
+    stack, kernels = _stacked(spec, models), _kernels()
+    shape = stack.shape
     with pytest.raises(ValueError, match="parameter tensors"):
         kernels.cnn_gradient(shape, stack.params[:-1], batch.x, batch.y, batch.weight)
     with pytest.raises(ValueError, match="a parameter of shape"):
@@ -285,7 +284,7 @@ def test_tensors_the_cnn_kernel_cannot_read_are_refused() -> None:
     with pytest.raises(ValueError, match="images of shape"):
         kernels.cnn_logits(shape, stack.params, batch.x[:1])  # 1 set of images for 2 rows
     with pytest.raises(ValueError, match="1 to 9 layers"):
-        native.CNNShape(10, 3, 2, 8, 0, frozenset({2, 5, 9}))
+        native.CNNShape(10, 3, 2, 8, 0, frozenset({2, 5, 9}), ())
     # an empty batch (every row's samples masked out of the step) is a zero gradient
     none = [t[:, :0].contiguous() for t in (batch.x, batch.y, batch.weight)]
     empty = kernels.cnn_gradient(shape, stack.params, *none)

@@ -57,14 +57,13 @@ class EngineRun:
 def stack_models(model: ModelSpecT, configs: Sequence[TrialConfig], pool: Dataset) -> StackedModel:
     """The stacked model of `configs`: row k initialized as trial k's sequential model."""
     trials = [initial_parameters(model, c.init_seed) for c in configs]
-    device = pool.x.device
     stacked: StackedModel
     if isinstance(model, FCDNNSpec):
-        stacked = StackedFCDNN(trials, device)
+        stacked = StackedFCDNN(model, trials, pool.x.device)
     elif isinstance(model, CNNSpec):
-        stacked = StackedCNN(model, trials, device)
+        stacked = StackedCNN(model, trials, pool.x.device)
     else:
-        stacked = StackedRNN(model, trials, device)
+        stacked = StackedRNN(model, trials, pool.x.device)
     stacked.floats_per_sample = activation_floats(model)
     return stacked
 

@@ -38,7 +38,6 @@ from capacity_service.science.engine.stacked import (
     StackedModel,
     momentum_update,
 )
-from capacity_service.science.models import pool_after
 from capacity_service.specs import CNNSpec
 
 CPU_STEP_SAMPLES = 512  # rows x batch of one CPU step's chunk (K = 4 at batch 128)
@@ -59,20 +58,19 @@ def c_step_pays(spec: CNNSpec) -> bool:
 class StackedCNN(StackedModel):
     cpu_eval_samples = CPU_EVAL_SAMPLES
 
+    spec: CNNSpec
+
     def __init__(
         self,
         spec: CNNSpec,
         trials: Sequence[Sequence[torch.Tensor]],
         device: torch.device | str = "cpu",
     ) -> None:
-        super().__init__(trials, device)
-        self.spec = spec
-        self.pools = pool_after(spec.conv_layers)
+        super().__init__(spec, trials, device)
         self.padding = spec.kernel // 2
         self.kernels = native.kernels_for(self.params[0].device)
         self.step_kernels = self.kernels if c_step_pays(spec) else None
-        self.shape = native.CNNShape(spec.conv_layers, spec.kernel, spec.channels,
-                                     spec.input_size, spec.fc_hidden, self.pools)  # fmt: skip
+        self.shape = native.CNNShape.of(spec)
 
     def step(self, batch: Batch, neg_lr: torch.Tensor, momentum: torch.Tensor) -> None:
         """The step of every row: by the C kernel where it builds and pays
@@ -122,7 +120,7 @@ class StackedCNN(StackedModel):
                              groups=rows)  # fmt: skip
             # relu(pool(h)) == pool(relu(h)) exactly (relu is monotonic), on a 4x
             # smaller tensor
-            if layer in self.pools:
+            if layer in self.shape.pools:
                 h = nn.functional.max_pool2d(h, 2)
             h = torch.relu(h)
         batch = h.shape[0]

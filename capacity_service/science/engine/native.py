@@ -32,6 +32,9 @@ from typing import Any
 
 import torch
 
+from capacity_service.science.models import parameter_shapes, pool_after
+from capacity_service.specs import CNNSpec
+
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("recurrent_kernels.c",
@@ -207,8 +210,9 @@ def _bind(function: Any, argtypes: list[Any], restype: Any = None) -> Any:
 
 @dataclass(frozen=True)
 class CNNShape:
-    """What the CNN kernel needs of a models.CNN: its spec's numbers, and which
-    convolutions a pool follows."""
+    """What the CNN kernel needs of a models.CNN: its spec's numbers, which convolutions a
+    pool follows, and one row's parameter shapes (models.parameter_shapes), against which
+    the stacked tensors are checked and the gradient is split."""
 
     layers: int
     kernel: int
@@ -216,6 +220,13 @@ class CNNShape:
     side: int
     hidden: int
     pools: frozenset[int]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, spec: CNNSpec) -> CNNShape:
+        shapes = tuple(tuple(shape) for shape in parameter_shapes(spec))
+        return cls(spec.conv_layers, spec.kernel, spec.channels, spec.input_size,
+                   spec.fc_hidden, pool_after(spec.conv_layers), shapes)  # fmt: skip
 
     def __post_init__(self) -> None:
         # what cnn_kernels.c is sized for (CNNSpec allows 3..9 layers of 3x3 or 5x5)
@@ -228,26 +239,13 @@ class CNNShape:
         mask = sum(1 << layer for layer in self.pools)
         return (self.layers, self.kernel, self.channels, self.side, self.hidden, mask)
 
-    def param_shapes(self) -> list[tuple[int, ...]]:
-        """One row's parameter shapes, in models.CNN.parameters() order."""
-        shapes: list[tuple[int, ...]] = []
-        side = self.side
-        for layer in range(self.layers):
-            shapes += [(self.channels, 1 if layer == 0 else self.channels, self.kernel,
-                        self.kernel), (self.channels,)]  # fmt: skip
-            side = side // 2 if layer in self.pools else side
-        features = self.channels * side * side
-        if self.hidden:
-            shapes += [(self.hidden, features), (self.hidden,)]
-        return [*shapes, (2, self.hidden or features), (2,)]
-
     def row_params(self) -> int:
-        return sum(math.prod(shape) for shape in self.param_shapes())
+        return sum(math.prod(shape) for shape in self.shapes)
 
     def split(self, grads: torch.Tensor) -> list[torch.Tensor]:
         """(R, row parameters) -> one (R, *shape) view per parameter."""
         views, at = [], 0
-        for shape in self.param_shapes():
+        for shape in self.shapes:
             size = math.prod(shape)
             views.append(grads[:, at : at + size].view(grads.shape[0], *shape))
             at += size
@@ -255,7 +253,7 @@ class CNNShape:
 
 
 def _checked_params(net: CNNShape, params: Sequence[torch.Tensor], rows: int) -> None:
-    shapes = net.param_shapes()
+    shapes = net.shapes
     if len(params) != len(shapes):
         raise ValueError(f"{len(params)} parameter tensors for a CNN of {len(shapes)}")
     for tensor, shape in zip(params, shapes, strict=True):

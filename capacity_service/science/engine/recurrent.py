@@ -31,14 +31,7 @@ CPU_EVAL_SAMPLES = 4096
 class StackedRNN(StackedModel):
     cpu_eval_samples = CPU_EVAL_SAMPLES
 
-    def __init__(
-        self,
-        spec: RNNSpec,
-        trials: Sequence[Sequence[torch.Tensor]],
-        device: torch.device | str = "cpu",
-    ) -> None:
-        super().__init__(trials, device)
-        self.spec = spec
+    spec: RNNSpec
 
     def forward(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         """x (R, B, T, n_in) -> logits (R, B, 2)."""

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from capacity_service.science.models import ModelSpecT
+
 # Floats of activations one accuracy pass may hold (128 MiB of float32): the pass over all
 # N samples of every row is cut into chunks of samples that fit (measured on LSTM-32, K = 32:
 # 32 MiB and 256 MiB chunks were slower).
@@ -41,11 +43,15 @@ class StackedModel:
     floats_per_sample: int = 1
 
     def __init__(
-        self, trials: Sequence[Sequence[torch.Tensor]], device: torch.device | str = "cpu"
+        self,
+        spec: ModelSpecT,
+        trials: Sequence[Sequence[torch.Tensor]],
+        device: torch.device | str = "cpu",
     ) -> None:
         """Stack each trial's parameters (`models.initial_parameters`, as the sequential
-        trainer's model starts from them, so row r starts from trial r's exact weights)
-        onto `device`."""
+        trainer's model of `spec` starts from them, so row r starts from trial r's exact
+        weights) onto `device`."""
+        self.spec = spec
         self.params = [torch.stack([t.detach() for t in tensors]).to(device)
                        for tensors in zip(*trials, strict=True)]  # fmt: skip
         self.velocity = [torch.zeros_like(p) for p in self.params]
