@@ -193,6 +193,13 @@ def _cnn_batch(spec: CNNSpec, rows: int, batch: int) -> Batch:
     return Batch(x, y, weight)
 
 
+def _kernel_gradients(spec: CNNSpec, models: list[CNN], batch: Batch) -> list[torch.Tensor]:
+    """The C kernel's gradient of the stacked models, one (R, *shape) tensor per parameter."""
+    stack = _stacked(spec, models)
+    return stack.shape.split(_kernels().cnn_gradient(stack.shape, stack.params, batch.x,
+                                                     batch.y, batch.weight))  # fmt: skip
+
+
 def _autograd_gradients(models: list[CNN], spec: CNNSpec, batch: Batch) -> list[torch.Tensor]:
     """Each sequential model's gradient of its weighted cross-entropy, stacked by row."""
     per_row = []
@@ -208,10 +215,7 @@ def _autograd_gradients(models: list[CNN], spec: CNNSpec, batch: Batch) -> list[
 @pytest.mark.parametrize("spec", CNN_SPECS, ids=repr)
 def test_the_cnn_gradient_is_autograds_of_the_sequential_models(spec: CNNSpec, rows: int) -> None:
     models, batch = _cnns(spec, rows), _cnn_batch(spec, rows, 12)
-    stack = _stacked(spec, models)
-    shape = stack.shape
-    grads = shape.split(_kernels().cnn_gradient(shape, stack.params, batch.x, batch.y,
-                                                batch.weight))  # fmt: skip
+    grads = _kernel_gradients(spec, models, batch)
     # float32 sums in another order, through up to 9 layers
     for mine, theirs in zip(grads, _autograd_gradients(models, spec, batch), strict=True):
         torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
@@ -232,10 +236,7 @@ def test_ties_in_a_pool_take_torchs_choice() -> None:
     windows = first.unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2)  # (B, C, 8, 8, 4)
     top = windows.amax(-1, keepdim=True)
     assert ((windows == top).sum(-1) > 1)[top.squeeze(-1) > 0].any(), "the test needs ties"
-    stack = _stacked(spec, models)
-    shape = stack.shape
-    grads = shape.split(_kernels().cnn_gradient(shape, stack.params, batch.x, batch.y,
-                                                batch.weight))  # fmt: skip
+    grads = _kernel_gradients(spec, models, batch)
     for mine, theirs in zip(grads, _autograd_gradients(models, spec, batch), strict=True):
         torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
 
