@@ -19,7 +19,8 @@ from capacity_service.science.engine.memory import (
     default_k,
     training_bytes,
 )
-from capacity_service.science.engine.stacked import Batch, output_gradient
+from capacity_service.science.engine.recurrent import StackedRNN
+from capacity_service.science.engine.stacked import EVAL_FLOATS, Batch, output_gradient
 from capacity_service.science.models import build_model
 from capacity_service.science.train import train_memorization
 from capacity_service.specs import CNNSpec, FCDNNSpec, RNNSpec, TrainSpec
@@ -163,18 +164,35 @@ def test_k_trials_that_cannot_fit_are_refused_naming_the_field() -> None:
     assert default_k(torch.device("cpu")) == 8 and default_k(torch.device("cuda")) == 256
 
 
-@pytest.mark.parametrize(("kind", "native_kernels"),
-                         [("lstm", "1"), ("lstm", "0"), ("gru", "1"), ("gru", "0"),
-                          ("rnn", "1"), ("rnn", "0")])  # fmt: skip
+# how a CPU runs a recurrent stack: a row at a time in C (recurrent_rows.c, where torch's
+# BLAS is found), step by step with the cells' math in C, or in torch ops (as on a GPU)
+RECURRENT_PATHS = ("rows", "cells", "torch")
+
+
+def _stack_on_path(
+    spec: RNNSpec, configs: list[TrialConfig], pool: Dataset, path: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> StackedModel:  # fmt: skip
+    monkeypatch.setenv("CAPACITY_NATIVE_KERNELS", "0" if path == "torch" else "1")
+    stack = stack_models(spec, configs, pool)
+    assert isinstance(stack, StackedRNN)
+    if path == "cells":
+        stack.row_kernels = None
+    elif path == "rows" and stack.row_kernels is None:
+        pytest.skip("the per-row C kernels need a C compiler and torch's BLAS sgemm")
+    return stack
+
+
+@pytest.mark.parametrize("path", RECURRENT_PATHS)
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_the_hand_written_recurrent_step_is_autograds(
-    kind: str, native_kernels: str, monkeypatch: pytest.MonkeyPatch
+    kind: str, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # each step in fused CPU kernels where they build, and in torch ops (as on a GPU)
-    monkeypatch.setenv("CAPACITY_NATIVE_KERNELS", native_kernels)
     spec = RNNSpec(kind=kind, hidden=6, n_in=5, steps=3)
     pool = make_dataset(spec, 48, seed=0)
     configs = [_config(48, 0.1, 0.9, 16, seed) for seed in range(3)]
-    hand, reference = stack_models(spec, configs, pool), stack_models(spec, configs, pool)
+    hand = _stack_on_path(spec, configs, pool, path, monkeypatch)
+    reference = stack_models(spec, configs, pool)
     generator = torch.Generator().manual_seed(0)
     for tensor in hand.params:  # non-zero biases, so every term of the backward counts
         tensor.add_(0.3 * torch.randn(tensor.shape, generator=generator))
@@ -190,11 +208,15 @@ def test_the_hand_written_recurrent_step_is_autograds(
         torch.testing.assert_close(mine, theirs.detach(), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("path", RECURRENT_PATHS)
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
-def test_the_recurrent_accuracy_pass_in_chunks_is_the_autograd_forward(kind: str) -> None:
+def test_the_recurrent_accuracy_pass_in_chunks_is_the_autograd_forward(
+    kind: str, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = RNNSpec(kind=kind, hidden=6, n_in=5, steps=3)
     pool = make_dataset(spec, 40, seed=0)
-    stack = stack_models(spec, [_config(40, 0.1, 0.9, 16, seed) for seed in range(3)], pool)
+    configs = [_config(40, 0.1, 0.9, 16, seed) for seed in range(3)]
+    stack = _stack_on_path(spec, configs, pool, path, monkeypatch)
     generator = torch.Generator().manual_seed(0)
     for tensor in stack.params:  # non-zero biases, so every term counts
         tensor.add_(0.3 * torch.randn(tensor.shape, generator=generator))
@@ -203,7 +225,9 @@ def test_the_recurrent_accuracy_pass_in_chunks_is_the_autograd_forward(kind: str
     with torch.no_grad():
         chunks = [stack.evaluate(x[start : start + 16], params) for start in range(0, 40, 16)]
     torch.testing.assert_close(torch.cat(chunks, dim=1), reference.detach())
-    assert stack.eval_chunk(8) == recurrent.CPU_EVAL_SAMPLES // 8  # a CPU's chunks
+    # a CPU's chunks: cache-sized for the step-by-step pass; the C rows block them inside
+    expected = EVAL_FLOATS // (2 * 8) if path == "rows" else recurrent.CPU_EVAL_SAMPLES // 8
+    assert stack.eval_chunk(8) == expected
 
 
 def test_a_cnn_step_in_chunks_of_rows_is_the_whole_stacks_step(

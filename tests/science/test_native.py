@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -168,16 +169,16 @@ CNN_SPECS = [
 ]
 
 
-def _cnns(spec: CNNSpec, rows: int, scale: float = 0.3) -> list[CNN]:
-    """`rows` sequential CNNs with every parameter non-zero (the output layer starts at
-    zero), so every term of the backward counts."""
+def _models(spec: CNNSpec | RNNSpec, rows: int, scale: float = 0.3) -> list[Any]:
+    """`rows` sequential models with every parameter non-zero (biases start at zero, a
+    CNN's output layer too), so every term of the backward counts."""
     models = [build_model(spec, seed, torch.device("cpu")) for seed in range(rows)]
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for model in models:
             for tensor in model.parameters():
                 tensor.add_(scale * torch.randn(tensor.shape, generator=generator))
-    return models  # type: ignore[return-value]
+    return models
 
 
 def _stacked(spec: CNNSpec, models: list[CNN]) -> StackedCNN:
@@ -200,12 +201,16 @@ def _kernel_gradients(spec: CNNSpec, models: list[CNN], batch: Batch) -> list[to
                                                      batch.y, batch.weight))  # fmt: skip
 
 
-def _autograd_gradients(models: list[CNN], spec: CNNSpec, batch: Batch) -> list[torch.Tensor]:
+def _autograd_gradients(
+    models: list[Any], spec: CNNSpec | RNNSpec, batch: Batch
+) -> list[torch.Tensor]:
     """Each sequential model's gradient of its weighted cross-entropy, stacked by row."""
     per_row = []
     for row, model in enumerate(models):
-        images = batch.x[row].view(-1, 1, spec.input_size, spec.input_size)
-        losses = torch.nn.functional.cross_entropy(model(images), batch.y[row], reduction="none")
+        x = batch.x[row]
+        if isinstance(spec, CNNSpec):
+            x = x.view(-1, 1, spec.input_size, spec.input_size)
+        losses = torch.nn.functional.cross_entropy(model(x), batch.y[row], reduction="none")
         per_row.append(torch.autograd.grad((losses * batch.weight[row]).sum(),
                                            list(model.parameters())))  # fmt: skip
     return [torch.stack(tensors) for tensors in zip(*per_row, strict=True)]
@@ -214,7 +219,7 @@ def _autograd_gradients(models: list[CNN], spec: CNNSpec, batch: Batch) -> list[
 @pytest.mark.parametrize("rows", [1, 3])  # 1: fewer rows than threads, a batch in parts
 @pytest.mark.parametrize("spec", CNN_SPECS, ids=repr)
 def test_the_cnn_gradient_is_autograds_of_the_sequential_models(spec: CNNSpec, rows: int) -> None:
-    models, batch = _cnns(spec, rows), _cnn_batch(spec, rows, 12)
+    models, batch = _models(spec, rows), _cnn_batch(spec, rows, 12)
     grads = _kernel_gradients(spec, models, batch)
     # float32 sums in another order, through up to 9 layers
     for mine, theirs in zip(grads, _autograd_gradients(models, spec, batch), strict=True):
@@ -225,7 +230,7 @@ def test_ties_in_a_pool_take_torchs_choice() -> None:
     # integer weights on 0/1 images: many pool windows hold their maximum twice, and the
     # gradient goes to the first in row-major order, as torch's max_pool2d sends it
     spec = CNNSpec(kernel=3, conv_layers=3, channels=2, input_size=16)
-    models, batch = _cnns(spec, 2), _cnn_batch(spec, 2, 8)
+    models, batch = _models(spec, 2), _cnn_batch(spec, 2, 8)
     generator = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for model in models:
@@ -243,7 +248,7 @@ def test_ties_in_a_pool_take_torchs_choice() -> None:
 
 @pytest.mark.parametrize("spec", CNN_SPECS, ids=repr)
 def test_the_cnn_logits_are_the_sequential_models(spec: CNNSpec) -> None:
-    models, batch = _cnns(spec, 3), _cnn_batch(spec, 3, 10)
+    models, batch = _models(spec, 3), _cnn_batch(spec, 3, 10)
     stack = _stacked(spec, models)
     shape = stack.shape
     with torch.no_grad():
@@ -257,7 +262,7 @@ def test_the_cnn_logits_are_the_sequential_models(spec: CNNSpec) -> None:
 
 def test_a_nan_in_one_cnn_reaches_its_logits_only() -> None:
     spec = CNN_SPECS[0]
-    models, batch = _cnns(spec, 3), _cnn_batch(spec, 3, 4)
+    models, batch = _models(spec, 3), _cnn_batch(spec, 3, 4)
     stack = _stacked(spec, models)
     shape = stack.shape
     stack.params[2][1, 0, 0, 1, 1] = float("nan")  # row 1's second convolution
@@ -269,7 +274,7 @@ def test_a_nan_in_one_cnn_reaches_its_logits_only() -> None:
 
 def test_tensors_the_cnn_kernel_cannot_read_are_refused() -> None:
     spec = CNN_SPECS[1]
-    models, batch = _cnns(spec, 2), _cnn_batch(spec, 2, 4)
+    models, batch = _models(spec, 2), _cnn_batch(spec, 2, 4)
     stack, kernels = _stacked(spec, models), _kernels()
     shape = stack.shape
     with pytest.raises(ValueError, match="parameter tensors"):
@@ -285,10 +290,97 @@ def test_tensors_the_cnn_kernel_cannot_read_are_refused() -> None:
     with pytest.raises(ValueError, match="images of shape"):
         kernels.cnn_logits(shape, stack.params, batch.x[:1])  # 1 set of images for 2 rows
     with pytest.raises(ValueError, match="1 to 9 layers"):
-        native.CNNShape(10, 3, 2, 8, 0, frozenset({2, 5, 9}), ())
+        native.CNNShape((), 10, 3, 2, 8, 0, frozenset({2, 5, 9}))
     # an empty batch (every row's samples masked out of the step) is a zero gradient
     none = [t[:, :0].contiguous() for t in (batch.x, batch.y, batch.weight)]
     empty = kernels.cnn_gradient(shape, stack.params, *none)
+    assert empty.shape == (2, shape.row_params()) and not empty.any()
+
+
+# one small network of each cell; batches of 130 cross the kernel's blocks of 128 samples
+RNN_SPECS = [RNNSpec(kind=kind, hidden=5, n_in=4, steps=3) for kind in ("lstm", "gru", "rnn")]
+
+
+def _rnn_batch(spec: RNNSpec, rows: int, batch: int) -> Batch:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 2, (rows, batch, spec.steps, spec.n_in), generator=generator).float()
+    y = torch.randint(0, 2, (rows, batch), generator=generator)
+    weight = torch.full((rows, batch), 1 / batch)
+    weight[-1, batch // 2 :], weight[-1, : batch // 2] = 0.0, 1 / (batch // 2)  # a partial batch
+    return Batch(x, y, weight)
+
+
+def _row_kernels() -> native.Kernels:
+    kernels = _kernels()
+    if not kernels.has_blas:
+        pytest.skip("this torch build exports no BLAS sgemm")
+    return kernels
+
+
+def _stacked_rnn(
+    spec: RNNSpec, models: list[Any]
+) -> tuple[native.RecurrentShape, list[torch.Tensor]]:
+    rows = zip(*(model.parameters() for model in models), strict=True)
+    params = [torch.stack(tensors).detach().contiguous() for tensors in rows]
+    return native.RecurrentShape.of(spec), params
+
+
+@pytest.mark.parametrize("rows", [1, 3])  # 1: fewer rows than threads, a batch in parts
+@pytest.mark.parametrize("batch", [9, 130])
+@pytest.mark.parametrize("spec", RNN_SPECS, ids=lambda spec: spec.kind)
+def test_the_recurrent_row_gradient_is_autograds_of_the_sequential_models(
+    spec: RNNSpec, batch: int, rows: int
+) -> None:
+    models, data = _models(spec, rows), _rnn_batch(spec, rows, batch)
+    shape, params = _stacked_rnn(spec, models)
+    grads = shape.split(_row_kernels().recurrent_gradient(shape, params, data.x, data.y,
+                                                          data.weight))  # fmt: skip
+    # the sequential cell's exact sigmoid and tanh against the kernel's rational ones
+    for mine, theirs in zip(grads, _autograd_gradients(models, spec, data), strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("spec", RNN_SPECS, ids=lambda spec: spec.kind)
+def test_the_recurrent_row_logits_are_the_sequential_models(spec: RNNSpec) -> None:
+    models, data = _models(spec, 3), _rnn_batch(spec, 3, 130)
+    shape, params = _stacked_rnn(spec, models)
+    with torch.no_grad():
+        shared = _row_kernels().recurrent_logits(shape, params, data.x[0])  # every row, one set
+        own = _row_kernels().recurrent_logits(shape, params, data.x)  # each row its own
+        for row, model in enumerate(models):
+            torch.testing.assert_close(shared[row], model(data.x[0]), atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(own[row], model(data.x[row]), atol=1e-5, rtol=1e-4)
+
+
+def test_a_nan_in_one_recurrent_row_reaches_its_logits_and_gradient_only() -> None:
+    spec = RNN_SPECS[0]
+    shape, params = _stacked_rnn(spec, _models(spec, 3))
+    data = _rnn_batch(spec, 3, 6)
+    params[1][1, 0, 0] = float("nan")  # row 1's W_hh
+    logits = _row_kernels().recurrent_logits(shape, params, data.x[0])
+    assert torch.isnan(logits[1]).all() and torch.isfinite(logits[[0, 2]]).all()
+    grads = _row_kernels().recurrent_gradient(shape, params, data.x, data.y, data.weight)
+    assert torch.isnan(grads[1]).any() and torch.isfinite(grads[[0, 2]]).all()
+
+
+def test_tensors_the_recurrent_row_kernel_cannot_read_are_refused() -> None:
+    spec, kernels = RNN_SPECS[1], _row_kernels()
+    shape, params = _stacked_rnn(spec, _models(spec, 2))
+    data = _rnn_batch(spec, 2, 4)
+    with pytest.raises(ValueError, match="parameter tensors"):
+        kernels.recurrent_gradient(shape, params[:-1], data.x, data.y, data.weight)
+    with pytest.raises(ValueError, match="a parameter of shape"):
+        kernels.recurrent_logits(shape, [params[0][:, :1].contiguous(), *params[1:]], data.x[0])
+    with pytest.raises(ValueError, match="int64 labels"):
+        kernels.recurrent_gradient(shape, params, data.x, data.y.int(), data.weight)
+    with pytest.raises(ValueError, match="inputs"):
+        kernels.recurrent_gradient(shape, params, data.x[:, :, :2].contiguous(), data.y,
+                                   data.weight)  # fmt: skip
+    with pytest.raises(ValueError, match="inputs of shape"):
+        kernels.recurrent_logits(shape, params, data.x[:1])  # 1 set of inputs for 2 rows
+    # an empty batch (every row's samples masked out of the step) is a zero gradient
+    none = [t[:, :0].contiguous() for t in (data.x, data.y, data.weight)]
+    empty = kernels.recurrent_gradient(shape, params, *none)
     assert empty.shape == (2, shape.row_params()) and not empty.any()
 
 

@@ -4,7 +4,10 @@ On a CPU an LSTM step's elementwise work (the gate activations, the cell, and th
 backward) is about ten passes over memory in torch ops, and this build's `torch.tanh`
 runs scalar; `recurrent_kernels.c` does the LSTM's in one vectorized, OpenMP-parallel
 pass (the GRU's likewise), and the tanh RNN's activation with the same vectorized tanh.
-`cnn_kernels.c` takes a stacked CNN's whole gradient and its accuracy pass, one sample at
+`recurrent_rows.c` goes further where torch's BLAS `sgemm_` is found (MKL, on x86
+builds): a recurrent stack's whole gradient and accuracy pass, one row (trial) at a time
+with every activation in that core's L2 cache, the products by that sgemm; the torch-op
+step moves each step's gates of all rows through L3 between a dozen calls. `cnn_kernels.c` takes a stacked CNN's whole gradient and its accuracy pass, one sample at
 a time through direct convolutions (oneDNN's grouped convolutions of a few channels run at
 a fraction of this CPU's speed). The sources are compiled with the machine's C compiler
 into a cache directory keyed by the sources, the flags and the CPU's features, so workers
@@ -33,12 +36,13 @@ from typing import Any
 import torch
 
 from capacity_service.science.models import parameter_shapes, pool_after
-from capacity_service.specs import CNNSpec
+from capacity_service.specs import CNNSpec, RNNSpec
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("recurrent_kernels.c",
-                                                             "cnn_kernels.c"))  # fmt: skip
+SOURCES = tuple(Path(__file__).with_name(name) for name in (
+    "recurrent_kernels.c", "recurrent_rows.c", "cnn_kernels.c"))  # fmt: skip
+HEADERS = (Path(__file__).with_name("recurrent_cells.h"),)  # part of the build's key
 # -fno-trapping-math lets gcc turn the clamps into vector selects (without it the loops
 # stay scalar); -ffp-contract=fast: a * b + c as one FMA (ISO C mode keeps them apart);
 # -march=native: the build is keyed by this CPU's features
@@ -68,6 +72,19 @@ class Kernels:
                                    ctypes.c_int)  # fmt: skip
         self._cnn_logits = _bind(library.cnn_logits, [pointers, pointers, size, pointers,
                                                       size, size, *net], ctypes.c_int)  # fmt: skip
+        cell = [ctypes.c_int, size, size, size]  # kind, hidden, n_in, steps
+        self._recurrent_gradient = _bind(library.recurrent_gradient,
+                                         [pointers] * 5 + [size, size, *cell],
+                                         ctypes.c_int)  # fmt: skip
+        self._recurrent_logits = _bind(library.recurrent_logits, [pointers, pointers, size,
+                                       pointers, size, size, *cell], ctypes.c_int)  # fmt: skip
+        # the per-row recurrent step calls the BLAS that torch links; without one found,
+        # the recurrent kinds run the per-step kernels above
+        sgemm = _blas_sgemm()
+        if sgemm is not None:
+            library.set_sgemm.argtypes = [ctypes.c_void_p]
+            library.set_sgemm(sgemm)
+        self.has_blas = sgemm is not None
 
     def lstm_forward(
         self,
@@ -157,11 +174,10 @@ class Kernels:
         S * S), y (R, B) int64 labels, weight (R, B); each row's part is laid out as its
         parameters in order (`CNNShape.split` makes the views)."""
         rows, batch = y.shape
-        _checked_params(net, params, rows)
+        net.check(params, rows)
         for tensor in (x, weight):
             _check(tensor)
-        if y.dtype != torch.int64 or not y.is_contiguous():
-            raise ValueError("the CNN kernel takes contiguous int64 labels")
+        _check_labels(y)
         if tuple(x.shape) != (rows, batch, net.side**2) or weight.shape != y.shape:
             raise ValueError(f"images {tuple(x.shape)} and weights {tuple(weight.shape)} "
                              f"for labels {tuple(y.shape)} and side {net.side}")  # fmt: skip
@@ -179,7 +195,7 @@ class Kernels:
         """Logits (R, n, 2) of images x through every row: x (n, S * S), the same for
         every row, or (R, n, S * S)."""
         rows = params[0].shape[0]
-        _checked_params(net, params, rows)
+        net.check(params, rows)
         _check(x)
         shared = x.dim() == 2
         n = x.shape[-2]
@@ -193,6 +209,63 @@ class Kernels:
         if not done:
             raise MemoryError("no memory for the CNN kernel's scratch")
         return logits
+
+    def recurrent_gradient(
+        self,
+        net: RecurrentShape,
+        params: Sequence[torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weight: torch.Tensor,
+    ) -> torch.Tensor:
+        """The gradient (R, row parameters) of every row's weighted cross-entropy, one
+        row at a time (recurrent_rows.c): x (R, B, T, n_in), y (R, B) int64 labels,
+        weight (R, B); each row's part is laid out as its parameters (`split`)."""
+        self._need_blas()
+        rows, batch = y.shape
+        net.check(params, rows)
+        _check(x)
+        _check(weight)
+        _check_labels(y)
+        if tuple(x.shape) != (rows, batch, net.steps, net.n_in) or weight.shape != y.shape:
+            raise ValueError(f"inputs {tuple(x.shape)} and weights {tuple(weight.shape)} "
+                             f"for labels {tuple(y.shape)}, {net.steps} steps of "
+                             f"{net.n_in}")  # fmt: skip
+        grads = torch.empty(rows, net.row_params())
+        done = self._recurrent_gradient(_pointers(params), x.data_ptr(), y.data_ptr(),
+                                        weight.data_ptr(), grads.data_ptr(), rows, batch,
+                                        *net.arguments(), _threads())  # fmt: skip
+        if not done:
+            raise MemoryError("no memory for the recurrent kernel's scratch")
+        return grads
+
+    def recurrent_logits(
+        self, net: RecurrentShape, params: Sequence[torch.Tensor], x: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits (R, n, 2) of sequences x through every row: x (n, T, n_in), the same
+        for every row, or (R, n, T, n_in)."""
+        self._need_blas()
+        rows = params[0].shape[0]
+        net.check(params, rows)
+        _check(x)
+        shared = x.dim() == 3
+        n = x.shape[-3]
+        if tuple(x.shape[-2:]) != (net.steps, net.n_in) or (not shared and x.shape[0] != rows):
+            raise ValueError(f"inputs of shape {tuple(x.shape)} for {rows} rows of "
+                             f"{net.steps} steps of {net.n_in}")  # fmt: skip
+        logits = torch.empty(rows, n, 2)
+        row_stride = 0 if shared else n * net.steps * net.n_in
+        done = self._recurrent_logits(_pointers(params), x.data_ptr(), row_stride,
+                                      logits.data_ptr(), rows, n, *net.arguments(),
+                                      _threads())  # fmt: skip
+        if not done:
+            raise MemoryError("no memory for the recurrent kernel's scratch")
+        return logits
+
+    def _need_blas(self) -> None:
+        if not self.has_blas:
+            raise RuntimeError("the per-row recurrent kernels need torch's BLAS sgemm, "
+                               "which this torch build does not export")  # fmt: skip
 
     def tanh_(self, x: torch.Tensor) -> torch.Tensor:
         """x = tanh(x) in place; x."""
@@ -209,35 +282,11 @@ def _bind(function: Any, argtypes: list[Any], restype: Any = None) -> Any:
 
 
 @dataclass(frozen=True)
-class CNNShape:
-    """What the CNN kernel needs of a models.CNN: its spec's numbers, which convolutions a
-    pool follows, and one row's parameter shapes (models.parameter_shapes), against which
-    the stacked tensors are checked and the gradient is split."""
+class RowLayout:
+    """One row's parameter shapes (models.parameter_shapes), against which a kernel's
+    stacked parameters are checked and its flat gradient (R, row parameters) is split."""
 
-    layers: int
-    kernel: int
-    channels: int
-    side: int
-    hidden: int
-    pools: frozenset[int]
     shapes: tuple[tuple[int, ...], ...]
-
-    @classmethod
-    def of(cls, spec: CNNSpec) -> CNNShape:
-        shapes = tuple(tuple(shape) for shape in parameter_shapes(spec))
-        return cls(spec.conv_layers, spec.kernel, spec.channels, spec.input_size,
-                   spec.fc_hidden, pool_after(spec.conv_layers), shapes)  # fmt: skip
-
-    def __post_init__(self) -> None:
-        # what cnn_kernels.c is sized for (CNNSpec allows 3..9 layers of 3x3 or 5x5)
-        if not 1 <= self.layers <= 9 or self.kernel not in (1, 3, 5):
-            size = f"{self.kernel}x{self.kernel}"
-            raise ValueError(f"the CNN kernel takes 1 to 9 layers of 1x1, 3x3 or 5x5 "
-                             f"kernels, not {self.layers} of {size}")  # fmt: skip
-
-    def arguments(self) -> tuple[int, ...]:
-        mask = sum(1 << layer for layer in self.pools)
-        return (self.layers, self.kernel, self.channels, self.side, self.hidden, mask)
 
     def row_params(self) -> int:
         return sum(math.prod(shape) for shape in self.shapes)
@@ -251,15 +300,69 @@ class CNNShape:
             at += size
         return views
 
+    def check(self, params: Sequence[torch.Tensor], rows: int) -> None:
+        """What C cannot check of the stacked parameters: their count and shapes."""
+        if len(params) != len(self.shapes):
+            raise ValueError(f"{len(params)} parameter tensors for a model of "
+                             f"{len(self.shapes)}")  # fmt: skip
+        for tensor, shape in zip(params, self.shapes, strict=True):
+            _check(tensor)
+            if tuple(tensor.shape) != (rows, *shape):
+                raise ValueError(f"a parameter of shape {tuple(tensor.shape)}, not "
+                                 f"{(rows, *shape)}")  # fmt: skip
 
-def _checked_params(net: CNNShape, params: Sequence[torch.Tensor], rows: int) -> None:
-    shapes = net.shapes
-    if len(params) != len(shapes):
-        raise ValueError(f"{len(params)} parameter tensors for a CNN of {len(shapes)}")
-    for tensor, shape in zip(params, shapes, strict=True):
-        _check(tensor)
-        if tuple(tensor.shape) != (rows, *shape):
-            raise ValueError(f"a parameter of shape {tuple(tensor.shape)}, not {(rows, *shape)}")
+
+def _shapes(spec: CNNSpec | RNNSpec) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(shape) for shape in parameter_shapes(spec))
+
+
+@dataclass(frozen=True)
+class CNNShape(RowLayout):
+    """What the CNN kernel needs of a models.CNN: its spec's numbers and which
+    convolutions a pool follows."""
+
+    layers: int = 0
+    kernel: int = 0
+    channels: int = 0
+    side: int = 0
+    hidden: int = 0
+    pools: frozenset[int] = frozenset()
+
+    @classmethod
+    def of(cls, spec: CNNSpec) -> CNNShape:
+        return cls(_shapes(spec), spec.conv_layers, spec.kernel, spec.channels,
+                   spec.input_size, spec.fc_hidden, pool_after(spec.conv_layers))  # fmt: skip
+
+    def __post_init__(self) -> None:
+        # what cnn_kernels.c is sized for (CNNSpec allows 3..9 layers of 3x3 or 5x5)
+        if not 1 <= self.layers <= 9 or self.kernel not in (1, 3, 5):
+            size = f"{self.kernel}x{self.kernel}"
+            raise ValueError(f"the CNN kernel takes 1 to 9 layers of 1x1, 3x3 or 5x5 "
+                             f"kernels, not {self.layers} of {size}")  # fmt: skip
+
+    def arguments(self) -> tuple[int, ...]:
+        mask = sum(1 << layer for layer in self.pools)
+        return (self.layers, self.kernel, self.channels, self.side, self.hidden, mask)
+
+
+_CELL_CODES = {"lstm": 0, "gru": 1, "rnn": 2}  # recurrent_rows.c's LSTM, GRU, TANH
+
+
+@dataclass(frozen=True)
+class RecurrentShape(RowLayout):
+    """What the per-row recurrent kernel needs of a models.RecurrentNet."""
+
+    kind: str = "lstm"
+    hidden: int = 0
+    n_in: int = 0
+    steps: int = 0
+
+    @classmethod
+    def of(cls, spec: RNNSpec) -> RecurrentShape:
+        return cls(_shapes(spec), spec.kind, spec.hidden, spec.n_in, spec.steps)
+
+    def arguments(self) -> tuple[int, ...]:
+        return (_CELL_CODES[self.kind], self.hidden, self.n_in, self.steps)
 
 
 def _pointers(tensors: Sequence[torch.Tensor]) -> Any:
@@ -269,6 +372,11 @@ def _pointers(tensors: Sequence[torch.Tensor]) -> Any:
 
 def _threads() -> int:
     return torch.get_num_threads()  # as torch's own CPU kernels (torch.set_num_threads)
+
+
+def _check_labels(y: torch.Tensor) -> None:
+    if y.dtype != torch.int64 or not y.is_contiguous() or y.device.type != "cpu":
+        raise ValueError("the kernels take contiguous int64 labels on the CPU")
 
 
 def _check(tensor: torch.Tensor) -> None:
@@ -304,6 +412,18 @@ def _same_shape(gates: torch.Tensor, *others: torch.Tensor) -> None:
 
 def _address(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
+
+
+def _blas_sgemm() -> int | None:
+    """The address of the BLAS `sgemm_` that torch's CPU library links (MKL on x86
+    builds), or None where it exports none."""
+    library = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    for handle in (str(library), None):  # None: what the process has loaded globally
+        try:
+            return ctypes.cast(ctypes.CDLL(handle).sgemm_, ctypes.c_void_p).value
+        except (OSError, AttributeError):
+            continue
+    return None
 
 
 def kernels_for(device: torch.device) -> Kernels | None:
@@ -343,7 +463,7 @@ def _build(cache: Path, compiler: str) -> Path:
     cc = compiler or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise OSError("no C compiler found (set CC)")
-    sources = [source.read_bytes() for source in SOURCES]
+    sources = [source.read_bytes() for source in (*SOURCES, *HEADERS)]
     key = hashlib.sha256(b"\0".join([*sources, " ".join([cc, *FLAGS]).encode(),
                                      _cpu_features().encode()])).hexdigest()[:16]  # fmt: skip
     library = cache / f"kernels-{key}.so"

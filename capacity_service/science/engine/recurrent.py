@@ -10,6 +10,13 @@ the activations computed in place and, in training, a hand-written backward pass
 time; `forward` is the plain autograd version, which a test pins the hand-written
 gradients to. On a CPU each step's elementwise work runs in fused C kernels where they
 build (native.py), otherwise in the torch ops written here (as on a GPU).
+
+On a CPU where torch's BLAS is found, the C kernels take the whole step and accuracy
+pass instead (`row_kernels`, recurrent_rows.c): each row through every step forward and
+back with its activations in its core's L2 cache. Measured on 2 cores, K = 32, batch 128,
+against the step-by-step path below in the same run: a step 1.3-1.45x faster (LSTM-32 9.1
+-> 6.2-6.5 ms, GRU-38 9.4 -> 6.6-6.8 ms, RNN-75 8.0-8.2 -> 5.9-6.0 ms), the accuracy
+pass over 2,048 samples 1.25-1.5x.
 """
 
 from __future__ import annotations
@@ -19,7 +26,12 @@ from collections.abc import Sequence
 import torch
 
 from capacity_service.science.engine import native
-from capacity_service.science.engine.stacked import Batch, StackedModel, output_gradient
+from capacity_service.science.engine.stacked import (
+    EVAL_FLOATS,
+    Batch,
+    StackedModel,
+    output_gradient,
+)
 from capacity_service.specs import GATE_BLOCKS, RNNSpec
 
 # On a CPU the accuracy pass takes at most this many rows x samples a chunk: measured best
@@ -33,6 +45,20 @@ class StackedRNN(StackedModel):
 
     spec: RNNSpec
 
+    def __init__(
+        self,
+        spec: RNNSpec,
+        trials: Sequence[Sequence[torch.Tensor]],
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__(spec, trials, device)
+        self.shape = native.RecurrentShape.of(spec)
+        kernels = native.kernels_for(self.params[0].device)
+        # the whole step and accuracy pass a row at a time in C (recurrent_rows.c) where
+        # torch's BLAS is found; else the step below, its elementwise work in C (or, on
+        # a GPU or without the kernels, in torch ops)
+        self.row_kernels = kernels if kernels is not None and kernels.has_blas else None
+
     def forward(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         """x (R, B, T, n_in) -> logits (R, B, 2)."""
         w_ih, bias = params[0], params[2]
@@ -43,9 +69,16 @@ class StackedRNN(StackedModel):
         # unbind, not indexing: its backward is one stack, not a zero fill per step
         return self._steps(inputs.view(rows, batch, steps, -1).unbind(2), params)
 
+    def eval_chunk(self, rows: int) -> int:
+        if self.row_kernels is not None:  # the kernel works through a chunk in blocks
+            return max(1, EVAL_FLOATS // (2 * rows))
+        return super().eval_chunk(rows)
+
     def evaluate(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         """Shared samples x (B, T, n_in): every row's input term of a step is one dense
         product; the recurrence is the training step's (feature-major, no graph)."""
+        if self.row_kernels is not None:
+            return self.row_kernels.recurrent_logits(self.shape, params, x)
         w_ih, bias = params[0], params[2]
         rows, features = w_ih.shape[0], w_ih.shape[1]
         batch, steps, _ = x.shape
@@ -95,6 +128,11 @@ class StackedRNN(StackedModel):
     def step(self, batch: Batch, neg_lr: torch.Tensor, momentum: torch.Tensor) -> None:
         """Forward, hand-written backward through time, and the update, without an
         autograd graph (measured faster than autograd: fewer passes over memory)."""
+        if self.row_kernels is not None:
+            flat = self.row_kernels.recurrent_gradient(self.shape, self.params, batch.x,
+                                                       batch.y, batch.weight)  # fmt: skip
+            self.update(self.shape.split(flat), neg_lr, momentum)
+            return
         cell = _CELLS[self.spec.kind].training(self.spec, self.params, batch.x)
         w_out, b_out = self.params[-2], self.params[-1]
         h_t = cell.forward()  # (R, H, B)
