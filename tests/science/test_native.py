@@ -395,6 +395,24 @@ def test_without_a_compiler_the_step_runs_in_torch_ops(
     assert not list(tmp_path.glob("kernels/*.so"))
 
 
+def test_without_torchs_blas_a_recurrent_stack_runs_step_by_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAPACITY_KERNEL_CACHE", str(tmp_path))  # a fresh load
+    monkeypatch.setattr(native, "_blas_sgemm", lambda: None)
+    kernels = _kernels()
+    assert not kernels.has_blas
+    spec = RNN_SPECS[0]
+    shape, params = _stacked_rnn(spec, _models(spec, 2))
+    with pytest.raises(RuntimeError, match="BLAS sgemm"):
+        kernels.recurrent_logits(shape, params, _rnn_batch(spec, 2, 3).x[0])
+    pool = make_dataset(spec, 8, seed=0)
+    train = TrainSpec(epochs=1, batch_size=4)
+    stack = stack_models(spec, [TrialConfig(n=8, train=train, init_seed=0, shuffle_seed=0)],
+                         pool)  # fmt: skip
+    assert getattr(stack, "row_kernels", "missing") is None
+
+
 def test_a_build_is_kept_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CAPACITY_KERNEL_CACHE", str(tmp_path))
     first = native.kernels()

@@ -6,8 +6,9 @@ runs scalar; `recurrent_kernels.c` does the LSTM's in one vectorized, OpenMP-par
 pass (the GRU's likewise), and the tanh RNN's activation with the same vectorized tanh.
 `recurrent_rows.c` goes further where torch's BLAS `sgemm_` is found (MKL, on x86
 builds): a recurrent stack's whole gradient and accuracy pass, one row (trial) at a time
-with every activation in that core's L2 cache, the products by that sgemm; the torch-op
-step moves each step's gates of all rows through L3 between a dozen calls. `cnn_kernels.c` takes a stacked CNN's whole gradient and its accuracy pass, one sample at
+with every activation in that core's L2 cache, the products by that sgemm (the torch-op
+step moves each step's gates of all rows through L3 between a dozen calls).
+`cnn_kernels.c` takes a stacked CNN's whole gradient and its accuracy pass, one sample at
 a time through direct convolutions (oneDNN's grouped convolutions of a few channels run at
 a fraction of this CPU's speed). The sources are compiled with the machine's C compiler
 into a cache directory keyed by the sources, the flags and the CPU's features, so workers
@@ -80,11 +81,12 @@ class Kernels:
                                        pointers, size, size, *cell], ctypes.c_int)  # fmt: skip
         # the per-row recurrent step calls the BLAS that torch links; without one found,
         # the recurrent kinds run the per-step kernels above
+        library.set_sgemm.argtypes, library.set_sgemm.restype = [ctypes.c_void_p], ctypes.c_int
         sgemm = _blas_sgemm()
-        if sgemm is not None:
-            library.set_sgemm.argtypes = [ctypes.c_void_p]
-            library.set_sgemm(sgemm)
-        self.has_blas = sgemm is not None
+        self.has_blas = sgemm is not None and bool(library.set_sgemm(sgemm))
+        if sgemm is not None and not self.has_blas:
+            log.warning("torch's BLAS sgemm_ failed a check product: the recurrent kinds "
+                        "run their steps step by step")  # fmt: skip
 
     def lstm_forward(
         self,

@@ -8,8 +8,8 @@
    block of up to BLOCK of its samples) through every step forward and back with all of
    its activations in scratch (about 0.6 MiB for that LSTM), so they stay in its core's L2
    cache; the products are the BLAS sgemm that torch itself links (its address is given by
-   set_sgemm; on one thread, inside the OpenMP team). OpenMP runs rows in parallel, or,
-   for fewer rows than threads, parts of each row's batch, summed after.
+   set_sgemm; it runs on one thread, inside the OpenMP team). OpenMP runs rows in
+   parallel, or, for fewer rows than threads, parts of each row's batch, summed after.
 
    Layout of one block of nb samples is the torch-op step's feature-major one: a gate
    term is a (G H) x nb matrix, a state an H x nb one, so the cells' elementwise math
@@ -25,25 +25,40 @@
 enum { LSTM = 0, GRU = 1, TANH = 2 };
 enum { BLOCK = 128 }; /* samples a thread takes through the steps at once */
 
-typedef void sgemm_t(const char *trans_a, const char *trans_b, const int *m, const int *n,
-                     const int *k, const float *alpha, const float *a, const int *lda,
-                     const float *b, const int *ldb, const float *beta, float *c,
-                     const int *ldc);
+/* The Fortran BLAS sgemm. Its integers are passed as 64-bit values: a 32-bit (LP64)
+   BLAS reads their low halves, which on a little-endian CPU are the same numbers, and a
+   64-bit (ILP64) one reads them whole, so either interface gets the right sizes. */
+typedef void sgemm_t(const char *trans_a, const char *trans_b, const long *m, const long *n,
+                     const long *k, const float *alpha, const float *a, const long *lda,
+                     const float *b, const long *ldb, const float *beta, float *c,
+                     const long *ldc);
 static sgemm_t *sgemm;
-
-/* The BLAS sgemm (Fortran interface, 32-bit integers) the products call. */
-void set_sgemm(void *function) { sgemm = (sgemm_t *)function; }
 
 /* Row-major c (m x n, leading dimension ldc) = op(a) op(b) + beta c, op transposing where
    t_a / t_b is set. BLAS is column-major, where a row-major matrix is its transpose: so
    this is c^T = op(b)^T op(a)^T there. */
 static void gemm(int t_a, int t_b, long m, long n, long k, const float *a, long lda,
                  const float *b, long ldb, float beta, float *c, long ldc) {
-    const int mm = (int)n, nn = (int)m, kk = (int)k, la = (int)lda, lb = (int)ldb;
-    const int lc = (int)ldc;
     const float one = 1.0f;
-    sgemm(t_b ? "T" : "N", t_a ? "T" : "N", &mm, &nn, &kk, &one, b, &lb, a, &la, &beta, c,
-          &lc);
+    sgemm(t_b ? "T" : "N", t_a ? "T" : "N", &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c,
+          &ldc);
+}
+
+/* Takes the BLAS sgemm the products call, after checking it on a small product (a
+   non-square one, with transposes and beta); returns whether it passed. */
+int set_sgemm(void *function) {
+    sgemm = (sgemm_t *)function;
+    const float a[6] = {1, 2, 3, 4, 5, 6};     /* 2 x 3 */
+    const float b[6] = {1, 0, -1, 2, 0.5f, 1}; /* 2 x 3 */
+    float c[4] = {1, 1, 1, 1};
+    gemm(0, 1, 2, 2, 3, a, 3, b, 3, 1.0f, c, 2); /* c = a b^T + c */
+    const float want[4] = {1 - 2, 1 + 2 + 1 + 3, 1 + 4 - 6, 1 + 8 + 2.5f + 6};
+    for (int i = 0; i < 4; i++)
+        if (c[i] != want[i]) {
+            sgemm = NULL;
+            return 0;
+        }
+    return 1;
 }
 
 typedef struct {
