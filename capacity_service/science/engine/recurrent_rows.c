@@ -7,8 +7,8 @@
    travel through the L3 cache between its dozen calls. Here one thread takes one row (or a
    block of up to BLOCK of its samples) through every step forward and back with all of
    its activations in scratch (about 0.6 MiB for that LSTM), so they stay in its core's L2
-   cache; the products are the BLAS sgemm that torch itself links (its address is given by
-   set_sgemm; it runs on one thread, inside the OpenMP team). OpenMP runs rows in
+   cache; the products are the BLAS sgemm that torch itself links (blas.c; it runs on one
+   thread, inside the OpenMP team). OpenMP runs rows in
    parallel, or, for fewer rows than threads, parts of each row's batch, summed after.
 
    Layout of one block of nb samples is the torch-op step's feature-major one: a gate
@@ -20,46 +20,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas.h"
 #include "recurrent_cells.h"
 
 enum { LSTM = 0, GRU = 1, TANH = 2 };
 enum { BLOCK = 128 }; /* samples a thread takes through the steps at once */
-
-/* The Fortran BLAS sgemm. Its integers are passed as 64-bit values: a 32-bit (LP64)
-   BLAS reads their low halves, which on a little-endian CPU are the same numbers, and a
-   64-bit (ILP64) one reads them whole, so either interface gets the right sizes. */
-typedef void sgemm_t(const char *trans_a, const char *trans_b, const long *m, const long *n,
-                     const long *k, const float *alpha, const float *a, const long *lda,
-                     const float *b, const long *ldb, const float *beta, float *c,
-                     const long *ldc);
-static sgemm_t *sgemm;
-
-/* Row-major c (m x n, leading dimension ldc) = op(a) op(b) + beta c, op transposing where
-   t_a / t_b is set. BLAS is column-major, where a row-major matrix is its transpose: so
-   this is c^T = op(b)^T op(a)^T there. */
-static void gemm(int t_a, int t_b, long m, long n, long k, const float *a, long lda,
-                 const float *b, long ldb, float beta, float *c, long ldc) {
-    const float one = 1.0f;
-    sgemm(t_b ? "T" : "N", t_a ? "T" : "N", &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c,
-          &ldc);
-}
-
-/* Takes the BLAS sgemm the products call, after checking it on a small product (a
-   non-square one, with transposes and beta); returns whether it passed. */
-int set_sgemm(void *function) {
-    sgemm = (sgemm_t *)function;
-    const float a[6] = {1, 2, 3, 4, 5, 6};     /* 2 x 3 */
-    const float b[6] = {1, 0, -1, 2, 0.5f, 1}; /* 2 x 3 */
-    float c[4] = {1, 1, 1, 1};
-    gemm(0, 1, 2, 2, 3, a, 3, b, 3, 1.0f, c, 2); /* c = a b^T + c */
-    const float want[4] = {1 - 2, 1 + 2 + 1 + 3, 1 + 4 - 6, 1 + 8 + 2.5f + 6};
-    for (int i = 0; i < 4; i++)
-        if (c[i] != want[i]) {
-            sgemm = NULL;
-            return 0;
-        }
-    return 1;
-}
 
 typedef struct {
     int kind;
@@ -173,18 +138,19 @@ static const float *forward(const Net *net, const Params *w, const float *x, lon
         float *g = s->gates + t * gh * nb;
         for (long j = 0; j < gh; j++)
             for (long b = 0; b < nb; b++) g[j * nb + b] = w->bias[j];
-        gemm(0, 1, gh, nb, net->n_in, w->w_ih, net->n_in, x + t * net->n_in, x_stride, 1.0f,
-             g, nb);
+        blas_gemm(0, 1, gh, nb, net->n_in, w->w_ih, net->n_in, x + t * net->n_in, x_stride,
+                  1.0f, g, nb);
         float *a = s->a + t * n, *bb = s->b + t * n, *h = s->h + t * n;
         if (net->kind == LSTM) {
-            if (h_prev) gemm(0, 0, gh, nb, hidden, w->w_hh, hidden, h_prev, nb, 1.0f, g, nb);
+            if (h_prev)
+                blas_gemm(0, 0, gh, nb, hidden, w->w_hh, hidden, h_prev, nb, 1.0f, g, nb);
             if (h_prev)
                 lstm_forward_row(g, g + n, g + 2 * n, g + 3 * n, a - n, a, bb, h, n, 1);
             else
                 lstm_forward_row(g, g + n, g + 2 * n, g + 3 * n, NULL, a, bb, h, n, 0);
         } else if (net->kind == GRU) {
             if (h_prev) {
-                gemm(0, 0, gh, nb, hidden, w->w_hh, hidden, h_prev, nb, 0.0f, s->rec, nb);
+                blas_gemm(0, 0, gh, nb, hidden, w->w_hh, hidden, h_prev, nb, 0.0f, s->rec, nb);
                 gru_forward_row(g, g + n, g + 2 * n, s->rec, w->b_hn, h_prev, a, bb, h, hidden,
                                 nb, 1);
             } else {
@@ -192,7 +158,8 @@ static const float *forward(const Net *net, const Params *w, const float *x, lon
                                 0);
             }
         } else {
-            if (h_prev) gemm(0, 0, gh, nb, hidden, w->w_hh, hidden, h_prev, nb, 1.0f, g, nb);
+            if (h_prev)
+                blas_gemm(0, 0, gh, nb, hidden, w->w_hh, hidden, h_prev, nb, 1.0f, g, nb);
             for (long k = 0; k < n; k++) g[k] = fast_tanh(g[k]);
             h = g; /* the tanh RNN's state is its activated gate term */
         }
@@ -275,16 +242,16 @@ static void backward(const Net *net, const Params *w, const Params *g, const flo
             for (long k = 0; k < n; k++) d_g[k] = d_h[k] * (1.0f - gt[k] * gt[k]);
         }
         row_sums(d_g, gh, nb, g->bias);
-        gemm(0, 0, gh, net->n_in, nb, d_g, nb, x_t, x_stride, 1.0f, g->w_ih, net->n_in);
+        blas_gemm(0, 0, gh, net->n_in, nb, d_g, nb, x_t, x_stride, 1.0f, g->w_ih, net->n_in);
         if (!has_prev) break;
-        gemm(0, 1, gh, hidden, nb, d_rec, nb, h_prev, nb, 1.0f, g->w_hh, hidden);
+        blas_gemm(0, 1, gh, hidden, nb, d_rec, nb, h_prev, nb, 1.0f, g->w_hh, hidden);
         if (net->kind == GRU) {
             /* d h_(t-1) = W_hh^T d_rec + d_h z, summed into `other`, which becomes d_h */
-            gemm(1, 0, hidden, nb, gh, w->w_hh, hidden, d_rec, nb, 1.0f, other, nb);
+            blas_gemm(1, 0, hidden, nb, gh, w->w_hh, hidden, d_rec, nb, 1.0f, other, nb);
             float *swap = d_h;
             d_h = other, other = swap;
         } else {
-            gemm(1, 0, hidden, nb, gh, w->w_hh, hidden, d_rec, nb, 0.0f, d_h, nb);
+            blas_gemm(1, 0, hidden, nb, gh, w->w_hh, hidden, d_rec, nb, 0.0f, d_h, nb);
         }
     }
 }
