@@ -353,7 +353,7 @@ _CELL_CODES = {"lstm": 0, "gru": 1, "rnn": 2}  # recurrent_rows.c's LSTM, GRU, T
 
 @dataclass(frozen=True)
 class RecurrentShape(RowLayout):
-    """What the per-row recurrent kernel needs of a models.RecurrentNet."""
+    """What the per-row recurrent kernel needs of a models.RNN: its cell and sizes."""
 
     kind: str = "lstm"
     hidden: int = 0
