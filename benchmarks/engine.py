@@ -25,6 +25,10 @@ achieved GFLOP/s against this device's measured float32 matmul peak.
     export KINDS=lstm,gru,rnn,cnn
     CAPACITY_NATIVE_KERNELS=0 .venv/bin/python benchmarks/engine.py --kinds $KINDS --json >ops
     .venv/bin/python benchmarks/engine.py --kinds $KINDS --baseline ops
+    # against an earlier commit, run from a worktree of it with this venv:
+    git worktree add /tmp/before COMMIT && (cd /tmp/before && PYTHONPATH=. \
+        $OLDPWD/.venv/bin/python benchmarks/engine.py --kinds lstm --json) > before
+    .venv/bin/python benchmarks/engine.py --kinds lstm --baseline before
 """
 
 from __future__ import annotations
