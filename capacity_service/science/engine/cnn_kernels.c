@@ -24,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "row_parts.h"
+
 #define MAX_LAYERS 9 /* native.CNNShape refuses more, and even or larger kernels */
 #define MAX_KERNEL 5
 #define LANES 8 /* floats an inner loop keeps in one accumulator: a vector register */
@@ -497,16 +499,11 @@ int cnn_gradient(float *const *params, const float *x, const long *y, const floa
         memset(grads, 0, sizeof(float) * (rows > 0 ? rows : 0) * per_row);
         return 1;
     }
-    /* fewer rows than threads: each row's batch in parts, summed after */
-    long split = rows >= threads ? 1 : (threads + rows - 1) / rows;
-    if (split > batch) split = batch;
-    if (split < 1) split = 1;
-    long items = rows * split;
-    float *partial = split > 1 ? calloc((size_t)(items * per_row), sizeof(float)) : NULL;
-    if (split > 1 && !partial) return 0;
+    RowParts parts;
+    if (!row_parts_init(&parts, rows, batch, per_row, threads)) return 0;
     Scratch *scratch = scratch_all(&net, threads);
     if (!scratch) {
-        free(partial);
+        row_parts_free(&parts);
         return 0;
     }
     memset(grads, 0, sizeof(float) * rows * per_row);
@@ -514,15 +511,16 @@ int cnn_gradient(float *const *params, const float *x, const long *y, const floa
     {
         Scratch *s = &scratch[omp_get_thread_num()];
 #pragma omp for schedule(dynamic, 1)
-            for (long item = 0; item < items; item++) {
-                long r = item / split, part = item % split;
-                long from = batch * part / split, to = batch * (part + 1) / split;
+            for (long item = 0; item < parts.items; item++) {
+                long from, to;
+                float *flat;
+                long r = row_parts_item(&parts, item, grads, &from, &to, &flat);
                 const float *w[2 * MAX_LAYERS + 4];
                 float *g[2 * MAX_LAYERS + 4];
                 row_params(&net, params, r, w);
                 for (int l = 1; l < net.layers; l++)
                     flip(w[2 * l], s->flipped[l], net.in_channels[l], net.channels, net.kernel);
-                flat_params(&net, split > 1 ? partial + item * per_row : grads + r * per_row, g);
+                flat_params(&net, flat, g);
                 for (long b = from; b < to; b++) {
                     long at = r * batch + b;
                     float logits[2];
@@ -533,15 +531,7 @@ int cnn_gradient(float *const *params, const float *x, const long *y, const floa
             }
     }
     scratch_free(scratch, threads);
-    if (partial) {
-        for (long r = 0; r < rows; r++)
-            for (long part = 0; part < split; part++) {
-                const float *from = partial + (r * split + part) * per_row;
-                float *to = grads + r * per_row;
-                for (long i = 0; i < per_row; i++) to[i] += from[i];
-            }
-        free(partial);
-    }
+    row_parts_sum(&parts, grads);
     return 1;
 }
 

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 SOURCES = tuple(Path(__file__).with_name(name) for name in (
     "recurrent_kernels.c", "blas.c", "recurrent_rows.c", "cnn_kernels.c"))  # fmt: skip
 HEADERS = tuple(Path(__file__).with_name(name)  # part of the build's key
-                for name in ("recurrent_cells.h", "blas.h"))  # fmt: skip
+                for name in ("recurrent_cells.h", "blas.h", "row_parts.h"))  # fmt: skip
 # -fno-trapping-math lets gcc turn the clamps into vector selects (without it the loops
 # stay scalar); -ffp-contract=fast: a * b + c as one FMA (ISO C mode keeps them apart);
 # -march=native: the build is keyed by this CPU's features

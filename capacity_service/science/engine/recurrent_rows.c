@@ -22,6 +22,7 @@
 
 #include "blas.h"
 #include "recurrent_cells.h"
+#include "row_parts.h"
 
 enum { LSTM = 0, GRU = 1, TANH = 2 };
 enum { BLOCK = 128 }; /* samples a thread takes through the steps at once */
@@ -270,27 +271,22 @@ int recurrent_gradient(float *const *params, const float *x, const long *y,
     long per_row = net.row_params, x_stride = steps * n_in;
     memset(grads, 0, sizeof(float) * (rows > 0 ? rows : 0) * per_row);
     if (rows <= 0 || batch <= 0) return 1; /* nothing to learn from: a zero gradient */
-    /* fewer rows than threads: each row's batch in parts, summed after */
-    long split = rows >= threads ? 1 : (threads + rows - 1) / rows;
-    if (split > batch) split = batch;
-    long items = rows * split;
-    float *partial = split > 1 ? calloc((size_t)(items * per_row), sizeof(float)) : NULL;
-    if (split > 1 && !partial) return 0;
+    RowParts parts;
+    if (!row_parts_init(&parts, rows, batch, per_row, threads)) return 0;
     Scratch *scratch = scratch_all(&net, threads);
     if (!scratch) {
-        free(partial);
+        row_parts_free(&parts);
         return 0;
     }
 #pragma omp parallel num_threads(threads)
     {
         Scratch *s = &scratch[omp_get_thread_num()];
 #pragma omp for schedule(dynamic, 1)
-        for (long item = 0; item < items; item++) {
-            long r = item / split, part = item % split;
-            long from = batch * part / split, to = batch * (part + 1) / split;
-            Params w = stacked_params(&net, params, r);
-            Params g = flat_params(&net, split > 1 ? partial + item * per_row
-                                                   : grads + r * per_row);
+        for (long item = 0; item < parts.items; item++) {
+            long from, to;
+            float *flat;
+            long r = row_parts_item(&parts, item, grads, &from, &to, &flat);
+            Params w = stacked_params(&net, params, r), g = flat_params(&net, flat);
             for (long start = from; start < to; start += BLOCK) {
                 long nb = to - start < BLOCK ? to - start : BLOCK;
                 long at = r * batch + start;
@@ -304,15 +300,7 @@ int recurrent_gradient(float *const *params, const float *x, const long *y,
         }
     }
     scratch_free(scratch, threads);
-    if (partial) {
-        for (long r = 0; r < rows; r++)
-            for (long part = 0; part < split; part++) {
-                const float *from = partial + (r * split + part) * per_row;
-                float *to = grads + r * per_row;
-                for (long i = 0; i < per_row; i++) to[i] += from[i];
-            }
-        free(partial);
-    }
+    row_parts_sum(&parts, grads);
     return 1;
 }
 
