@@ -8,12 +8,12 @@
    block of up to BLOCK of its samples) through every step forward and back with all of
    its activations in scratch (about 0.6 MiB for that LSTM), so they stay in its core's L2
    cache; the products are the BLAS sgemm that torch itself links (blas.c; it runs on one
-   thread, inside the OpenMP team). OpenMP runs rows in
-   parallel, or, for fewer rows than threads, parts of each row's batch, summed after.
+   thread, inside the OpenMP team). OpenMP runs rows in parallel, or, for fewer rows than
+   threads, parts of each row's batch, summed after (row_parts.h).
 
    Layout of one block of nb samples is the torch-op step's feature-major one: a gate
    term is a (G H) x nb matrix, a state an H x nb one, so the cells' elementwise math
-   (recurrent_cells.h) is shared. Parameters of row r, in models.RecurrentCell's order:
+   (recurrent_cells.h) is shared. Parameters of row r, in models.RNN's order:
    w_ih (G H, n_in), w_hh (G H, H), bias (G H), the GRU's b_hn (H), w_out (2, H), b_out (2).
    A row's gradient is laid out the same, flat. Compiled and loaded by native.py. */
 #include <omp.h>
