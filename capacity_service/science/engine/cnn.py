@@ -26,18 +26,13 @@ batch 128 in chunks of 4 rows: 21.0K a step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from functools import cached_property
 
 import torch
 from torch import nn
 
 from capacity_service.science.engine import native
-from capacity_service.science.engine.stacked import (
-    EVAL_FLOATS,
-    Batch,
-    StackedModel,
-    momentum_update,
-)
+from capacity_service.science.engine.stacked import Batch, StackedModel, momentum_update
 from capacity_service.specs import CNNSpec
 
 CPU_STEP_SAMPLES = 512  # rows x batch of one CPU step's chunk (K = 4 at batch 128)
@@ -60,17 +55,14 @@ class StackedCNN(StackedModel):
 
     spec: CNNSpec
 
-    def __init__(
-        self,
-        spec: CNNSpec,
-        trials: Sequence[Sequence[torch.Tensor]],
-        device: torch.device | str = "cpu",
-    ) -> None:
-        super().__init__(spec, trials, device)
-        self.padding = spec.kernel // 2
-        self.kernels = native.kernels_for(self.params[0].device)
-        self.step_kernels = self.kernels if c_step_pays(spec) else None
-        self.shape = native.CNNShape.of(spec)
+    @cached_property
+    def shape(self) -> native.CNNShape:
+        return native.CNNShape.of(self.spec)
+
+    @cached_property
+    def step_kernels(self) -> native.Kernels | None:
+        """The C kernels for the step, where they pay (`c_step_pays`)."""
+        return self.kernels if c_step_pays(self.spec) else None
 
     def step(self, batch: Batch, neg_lr: torch.Tensor, momentum: torch.Tensor) -> None:
         """The step of every row: by the C kernel where it builds and pays
@@ -93,10 +85,9 @@ class StackedCNN(StackedModel):
                 neg_lr[part], momentum[part],
             )  # fmt: skip
 
-    def eval_chunk(self, rows: int) -> int:
-        if self.kernels is not None:  # the kernel holds one sample's activations per thread
-            return max(1, EVAL_FLOATS // (2 * rows))
-        return super().eval_chunk(rows)
+    @property
+    def logits_in_c(self) -> bool:
+        return self.kernels is not None
 
     def evaluate(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         if self.kernels is not None:
@@ -116,7 +107,7 @@ class StackedCNN(StackedModel):
         convs = self.spec.conv_layers
         for layer in range(convs):
             weight, bias = params[2 * layer], params[2 * layer + 1]  # (R, C, C_in, k, k), (R, C)
-            h = torch.conv2d(h, weight.flatten(0, 1), bias.flatten(), padding=self.padding,
+            h = torch.conv2d(h, weight.flatten(0, 1), bias.flatten(), padding=self.spec.kernel // 2,
                              groups=rows)  # fmt: skip
             # relu(pool(h)) == pool(relu(h)) exactly (relu is monotonic), on a 4x
             # smaller tensor

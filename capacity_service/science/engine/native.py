@@ -176,42 +176,14 @@ class Kernels:
         """The gradient (R, row parameters) of every row's weighted cross-entropy: x (R, B,
         S * S), y (R, B) int64 labels, weight (R, B); each row's part is laid out as its
         parameters in order (`CNNShape.split` makes the views)."""
-        rows, batch = y.shape
-        net.check(params, rows)
-        for tensor in (x, weight):
-            _check(tensor)
-        _check_labels(y)
-        if tuple(x.shape) != (rows, batch, net.side**2) or weight.shape != y.shape:
-            raise ValueError(f"images {tuple(x.shape)} and weights {tuple(weight.shape)} "
-                             f"for labels {tuple(y.shape)} and side {net.side}")  # fmt: skip
-        grads = torch.empty(rows, net.row_params())
-        done = self._cnn_gradient(_pointers(params), x.data_ptr(), y.data_ptr(),
-                                  weight.data_ptr(), grads.data_ptr(), rows, batch,
-                                  *net.arguments(), _threads())  # fmt: skip
-        if not done:
-            raise MemoryError("no memory for the CNN kernel's scratch")
-        return grads
+        return self._gradient(self._cnn_gradient, net, params, x, y, weight)
 
     def cnn_logits(
         self, net: CNNShape, params: Sequence[torch.Tensor], x: torch.Tensor
     ) -> torch.Tensor:
         """Logits (R, n, 2) of images x through every row: x (n, S * S), the same for
         every row, or (R, n, S * S)."""
-        rows = params[0].shape[0]
-        net.check(params, rows)
-        _check(x)
-        shared = x.dim() == 2
-        n = x.shape[-2]
-        if x.shape[-1] != net.side**2 or (not shared and x.shape[0] != rows):
-            raise ValueError(f"images of shape {tuple(x.shape)} for {rows} rows of side "
-                             f"{net.side}")  # fmt: skip
-        logits = torch.empty(rows, n, 2)
-        row_stride = 0 if shared else n * net.side**2
-        done = self._cnn_logits(_pointers(params), x.data_ptr(), row_stride, logits.data_ptr(),
-                                rows, n, *net.arguments(), _threads())  # fmt: skip
-        if not done:
-            raise MemoryError("no memory for the CNN kernel's scratch")
-        return logits
+        return self._logits(self._cnn_logits, net, params, x)
 
     def recurrent_gradient(
         self,
@@ -225,22 +197,7 @@ class Kernels:
         row at a time (recurrent_rows.c): x (R, B, T, n_in), y (R, B) int64 labels,
         weight (R, B); each row's part is laid out as its parameters (`split`)."""
         self._need_blas()
-        rows, batch = y.shape
-        net.check(params, rows)
-        _check(x)
-        _check(weight)
-        _check_labels(y)
-        if tuple(x.shape) != (rows, batch, net.steps, net.n_in) or weight.shape != y.shape:
-            raise ValueError(f"inputs {tuple(x.shape)} and weights {tuple(weight.shape)} "
-                             f"for labels {tuple(y.shape)}, {net.steps} steps of "
-                             f"{net.n_in}")  # fmt: skip
-        grads = torch.empty(rows, net.row_params())
-        done = self._recurrent_gradient(_pointers(params), x.data_ptr(), y.data_ptr(),
-                                        weight.data_ptr(), grads.data_ptr(), rows, batch,
-                                        *net.arguments(), _threads())  # fmt: skip
-        if not done:
-            raise MemoryError("no memory for the recurrent kernel's scratch")
-        return grads
+        return self._gradient(self._recurrent_gradient, net, params, x, y, weight)
 
     def recurrent_logits(
         self, net: RecurrentShape, params: Sequence[torch.Tensor], x: torch.Tensor
@@ -248,21 +205,53 @@ class Kernels:
         """Logits (R, n, 2) of sequences x through every row: x (n, T, n_in), the same
         for every row, or (R, n, T, n_in)."""
         self._need_blas()
+        return self._logits(self._recurrent_logits, net, params, x)
+
+    def _gradient(
+        self,
+        function: Any,
+        net: KernelShape,
+        params: Sequence[torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weight: torch.Tensor,
+    ) -> torch.Tensor:
+        """A gradient kernel's call, after the checks C cannot make."""
+        rows, batch = y.shape
+        net.check(params, rows)
+        _check(x)
+        _check(weight)
+        _check_labels(y)
+        if tuple(x.shape) != (rows, batch, *net.sample_shape) or weight.shape != y.shape:
+            raise ValueError(f"{net.samples} {tuple(x.shape)} and weights "
+                             f"{tuple(weight.shape)} for labels {tuple(y.shape)} and "
+                             f"samples of shape {net.sample_shape}")  # fmt: skip
+        grads = torch.empty(rows, net.row_params())
+        done = function(_pointers(params), x.data_ptr(), y.data_ptr(), weight.data_ptr(),
+                        grads.data_ptr(), rows, batch, *net.arguments(), _threads())  # fmt: skip
+        if not done:
+            raise MemoryError(f"no memory for the {net.name} kernel's scratch")
+        return grads
+
+    def _logits(
+        self, function: Any, net: KernelShape, params: Sequence[torch.Tensor], x: torch.Tensor
+    ) -> torch.Tensor:
+        """A logits kernel's call on samples shared by every row or each row's own."""
         rows = params[0].shape[0]
         net.check(params, rows)
         _check(x)
-        shared = x.dim() == 3
-        n = x.shape[-3]
-        if tuple(x.shape[-2:]) != (net.steps, net.n_in) or (not shared and x.shape[0] != rows):
-            raise ValueError(f"inputs of shape {tuple(x.shape)} for {rows} rows of "
-                             f"{net.steps} steps of {net.n_in}")  # fmt: skip
+        sample = net.sample_shape
+        shared = x.dim() == 1 + len(sample)
+        if tuple(x.shape[1 + (not shared) :]) != sample or (not shared and x.shape[0] != rows):
+            raise ValueError(f"{net.samples} of shape {tuple(x.shape)} for {rows} rows of "
+                             f"samples of shape {sample}")  # fmt: skip
+        n = x.shape[0 if shared else 1]
         logits = torch.empty(rows, n, 2)
-        row_stride = 0 if shared else n * net.steps * net.n_in
-        done = self._recurrent_logits(_pointers(params), x.data_ptr(), row_stride,
-                                      logits.data_ptr(), rows, n, *net.arguments(),
-                                      _threads())  # fmt: skip
+        row_stride = 0 if shared else n * math.prod(sample)
+        done = function(_pointers(params), x.data_ptr(), row_stride, logits.data_ptr(), rows,
+                        n, *net.arguments(), _threads())  # fmt: skip
         if not done:
-            raise MemoryError("no memory for the recurrent kernel's scratch")
+            raise MemoryError(f"no memory for the {net.name} kernel's scratch")
         return logits
 
     def _need_blas(self) -> None:
@@ -343,6 +332,12 @@ class CNNShape(RowLayout):
             raise ValueError(f"the CNN kernel takes 1 to 9 layers of 1x1, 3x3 or 5x5 "
                              f"kernels, not {self.layers} of {size}")  # fmt: skip
 
+    name, samples = "CNN", "images"  # for messages
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.side**2,)
+
     def arguments(self) -> tuple[int, ...]:
         mask = sum(1 << layer for layer in self.pools)
         return (self.layers, self.kernel, self.channels, self.side, self.hidden, mask)
@@ -360,12 +355,21 @@ class RecurrentShape(RowLayout):
     n_in: int = 0
     steps: int = 0
 
+    name, samples = "recurrent", "inputs"  # for messages
+
     @classmethod
     def of(cls, spec: RNNSpec) -> RecurrentShape:
         return cls(_shapes(spec), spec.kind, spec.hidden, spec.n_in, spec.steps)
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.steps, self.n_in)
+
     def arguments(self) -> tuple[int, ...]:
         return (_CELL_CODES[self.kind], self.hidden, self.n_in, self.steps)
+
+
+KernelShape = CNNShape | RecurrentShape
 
 
 def _pointers(tensors: Sequence[torch.Tensor]) -> Any:

@@ -22,16 +22,12 @@ pass over 2,048 samples 1.25-1.5x.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 
 import torch
 
 from capacity_service.science.engine import native
-from capacity_service.science.engine.stacked import (
-    EVAL_FLOATS,
-    Batch,
-    StackedModel,
-    output_gradient,
-)
+from capacity_service.science.engine.stacked import Batch, StackedModel, output_gradient
 from capacity_service.specs import GATE_BLOCKS, RNNSpec
 
 # On a CPU the accuracy pass takes at most this many rows x samples a chunk: measured best
@@ -45,19 +41,17 @@ class StackedRNN(StackedModel):
 
     spec: RNNSpec
 
-    def __init__(
-        self,
-        spec: RNNSpec,
-        trials: Sequence[Sequence[torch.Tensor]],
-        device: torch.device | str = "cpu",
-    ) -> None:
-        super().__init__(spec, trials, device)
-        self.shape = native.RecurrentShape.of(spec)
-        kernels = native.kernels_for(self.params[0].device)
-        # the whole step and accuracy pass a row at a time in C (recurrent_rows.c) where
-        # torch's BLAS is found; else the step below, its elementwise work in C (or, on
-        # a GPU or without the kernels, in torch ops)
-        self.row_kernels = kernels if kernels is not None and kernels.has_blas else None
+    @cached_property
+    def shape(self) -> native.RecurrentShape:
+        return native.RecurrentShape.of(self.spec)
+
+    @cached_property
+    def row_kernels(self) -> native.Kernels | None:
+        """The C kernels that take the whole step and accuracy pass a row at a time
+        (recurrent_rows.c), where torch's BLAS is found; else None, and the step below
+        runs, its elementwise work in C (or, on a GPU or without the kernels, in torch
+        ops)."""
+        return self.kernels if self.kernels is not None and self.kernels.has_blas else None
 
     def forward(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         """x (R, B, T, n_in) -> logits (R, B, 2)."""
@@ -69,10 +63,9 @@ class StackedRNN(StackedModel):
         # unbind, not indexing: its backward is one stack, not a zero fill per step
         return self._steps(inputs.view(rows, batch, steps, -1).unbind(2), params)
 
-    def eval_chunk(self, rows: int) -> int:
-        if self.row_kernels is not None:  # the kernel works through a chunk in blocks
-            return max(1, EVAL_FLOATS // (2 * rows))
-        return super().eval_chunk(rows)
+    @property
+    def logits_in_c(self) -> bool:
+        return self.row_kernels is not None
 
     def evaluate(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         """Shared samples x (B, T, n_in): every row's input term of a step is one dense
@@ -86,7 +79,8 @@ class StackedRNN(StackedModel):
         pre = torch.empty(steps, rows * features, batch, device=x.device)
         for t in range(steps):
             torch.addmm(bias.reshape(-1, 1), weights, x[:, t].T, out=pre[t])
-        cell = _CELLS[self.spec.kind](self.spec, params, pre.view(steps, rows, features, batch))
+        cell = _CELLS[self.spec.kind](self.spec, params, pre.view(steps, rows, features, batch),
+                                      self.kernels)  # fmt: skip
         w_out, b_out = params[-2], params[-1]
         return torch.baddbmm(b_out.unsqueeze(1), cell.forward().transpose(1, 2),
                              w_out.transpose(1, 2))  # fmt: skip
@@ -133,7 +127,7 @@ class StackedRNN(StackedModel):
                                                        batch.y, batch.weight)  # fmt: skip
             self.update(self.shape.split(flat), neg_lr, momentum)
             return
-        cell = _CELLS[self.spec.kind].training(self.spec, self.params, batch.x)
+        cell = _CELLS[self.spec.kind].training(self.spec, self.params, batch.x, self.kernels)
         w_out, b_out = self.params[-2], self.params[-1]
         h_t = cell.forward()  # (R, H, B)
         logits = torch.baddbmm(b_out.unsqueeze(1), h_t.transpose(1, 2), w_out.transpose(1, 2))
@@ -158,21 +152,28 @@ class _Steps:
         spec: RNNSpec,
         params: list[torch.Tensor],
         pre: torch.Tensor,
+        kernels: native.Kernels | None,
         x: torch.Tensor | None = None,
     ) -> None:
         """`pre` (T, R, G H, B): each step's input term with its bias, which the forward
-        pass turns into the activated gates in place; `x` (T, R, n_in, B): the inputs,
-        for W_ih's gradient (a training step's)."""
+        pass turns into the activated gates in place; `kernels`: the stack's fused C
+        kernels (None: torch ops); `x` (T, R, n_in, B): the inputs, for W_ih's gradient
+        (a training step's)."""
         self.steps, self.rows, _, self.size = pre.shape
         self.gates, self.hidden = GATE_BLOCKS[spec.kind], spec.hidden
         self.params, self.pre, self.x = params, pre, x
         self.w_ih, self.w_hh = params[0], params[1]  # (R, G H, n_in | H)
         self.h: list[torch.Tensor | None] = [None]  # h_t (R, H, B); h_0 is the zero state
-        # on a CPU, the fused C kernels where they build (native.py); else torch ops
-        self.kernels = native.kernels_for(pre.device)
+        self.kernels = kernels
 
     @classmethod
-    def training(cls, spec: RNNSpec, params: list[torch.Tensor], x: torch.Tensor) -> _Steps:
+    def training(
+        cls,
+        spec: RNNSpec,
+        params: list[torch.Tensor],
+        x: torch.Tensor,
+        kernels: native.Kernels | None,
+    ) -> _Steps:
         """A training step's recurrence on each row's own samples x (R, B, T, n_in)."""
         rows, size, steps, _ = x.shape
         x_t = x.permute(2, 0, 3, 1).contiguous()  # (T, R, n_in, B)
@@ -180,7 +181,7 @@ class _Steps:
         pre = torch.empty(steps, rows, w_ih.shape[1], size, device=x.device)
         for t in range(steps):
             torch.baddbmm(bias, w_ih, x_t[t], out=pre[t])
-        return cls(spec, params, pre, x_t)
+        return cls(spec, params, pre, kernels, x_t)
 
     def new_states(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Three uninitialized (R, H, B) states, for a fused kernel to fill."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from capacity_service.science.engine import native
 from capacity_service.science.models import ModelSpecT
 
 # Floats of activations one accuracy pass may hold (128 MiB of float32): the pass over all
@@ -55,6 +56,9 @@ class StackedModel:
         self.params = [torch.stack([t.detach() for t in tensors]).to(device)
                        for tensors in zip(*trials, strict=True)]  # fmt: skip
         self.velocity = [torch.zeros_like(p) for p in self.params]
+        # the fused CPU kernels for the stack's device (None on a GPU or where they do not
+        # build), for the kinds that have them
+        self.kernels = native.kernels_for(self.params[0].device)
 
     def forward(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         """x (R, B, *input) -> logits (R, B, 2), row r with parameters params[.][r]."""
@@ -88,9 +92,17 @@ class StackedModel:
     # runs faster in cache-sized chunks (None: the float budget alone)
     cpu_eval_samples: int | None = None
 
+    @property
+    def logits_in_c(self) -> bool:
+        """Whether a C kernel takes the accuracy pass (it keeps only the logits)."""
+        return False
+
     def eval_chunk(self, rows: int) -> int:
-        """Samples per chunk of the accuracy pass over `rows` rows (their activations
-        fit EVAL_FLOATS, and on a CPU at most `cpu_eval_samples` rows x samples)."""
+        """Samples per chunk of the accuracy pass over `rows` rows: where a C kernel takes
+        it, as many as their logits fit EVAL_FLOATS; else as many as their activations
+        fit it, and on a CPU at most `cpu_eval_samples` rows x samples."""
+        if self.logits_in_c:
+            return max(1, EVAL_FLOATS // (2 * rows))
         chunk = max(1, EVAL_FLOATS // (rows * self.floats_per_sample))
         if self.cpu_eval_samples is not None and self._on_cpu():
             chunk = max(1, min(chunk, self.cpu_eval_samples // rows))
