@@ -4,14 +4,27 @@ One rule, used by the sequential trainer (`train.train_memorization`) and by eve
 the batched engine, so the two cannot drift apart. After each epoch the trainer reports
 the accuracy over all N samples; the schedule keeps the best one, multiplies the learning
 rate by `lr_decay` after `patience` epochs without a better accuracy, and ends training at
-100%, at the plateau after `max_decays` decays, or when the epoch budget is spent.
+100%, at the plateau after `max_decays` decays, or when the epoch budget is spent;
+`TrainOutcome` is what either trainer reports of a trial it ended.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from capacity_service.specs import TrainSpec
+from capacity_service.specs import Ending, TrainSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOutcome:
+    accuracy: float  # of the weights the model keeps, over all N samples
+    epochs: int
+    diverged: bool
+    wall_seconds: float
+    final_lr: float
+    # what ended it: its own schedule (100%, plateau, epoch budget, divergence), a rung of
+    # the successive-halving search, or the search's deadline
+    ended: Ending = "schedule"
 
 
 @dataclass(kw_only=True)

@@ -14,6 +14,7 @@ import torch
 from capacity_service.science.engine import TrialConfig
 from capacity_service.science.halving import SuccessiveHalving
 from capacity_service.science.metrics import mutual_information
+from capacity_service.science.schedule import TrainOutcome
 from capacity_service.science.search_space import (
     BUCKET,
     CANDIDATES,
@@ -37,7 +38,6 @@ from capacity_service.science.search_space import (
     stack_rows,
 )
 from capacity_service.science.seeds import derive_seed
-from capacity_service.science.train import TrainOutcome
 from capacity_service.specs import CapacitySpec, TrainSpec, TrialRecord
 from capacity_service.stopping import StopCheck
 

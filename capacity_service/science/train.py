@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from capacity_service.science.data import Dataset
-from capacity_service.science.schedule import Schedule
-from capacity_service.specs import Ending, TrainSpec
+from capacity_service.science.schedule import Schedule, TrainOutcome
+from capacity_service.specs import TrainSpec
 
 EVAL_CHUNK = 65536  # samples per forward pass when measuring accuracy
 
@@ -33,18 +33,6 @@ class EpochProgress:
 
 
 ProgressCallback = Callable[[EpochProgress], None]
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainOutcome:
-    accuracy: float  # of the weights the model keeps, over all N samples
-    epochs: int
-    diverged: bool
-    wall_seconds: float
-    final_lr: float
-    # what ended it: its own schedule (100%, plateau, epoch budget, divergence), a rung of
-    # the successive-halving search, or the search's deadline
-    ended: Ending = "schedule"
 
 
 @torch.no_grad()

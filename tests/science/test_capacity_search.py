@@ -9,11 +9,11 @@ from capacity_service.science.data import make_dataset
 from capacity_service.science.engine import TrialConfig, train_trials
 from capacity_service.science.metrics import mutual_information
 from capacity_service.science.models import count_parameters
+from capacity_service.science.schedule import TrainOutcome
 from capacity_service.science.search import assess, prior_n, search_capacity
 from capacity_service.science.search_plan import SearchPlan, known_beyond_chance
 from capacity_service.science.search_space import first_rung
 from capacity_service.science.seeds import derive_seed
-from capacity_service.science.train import TrainOutcome
 from capacity_service.specs import CapacitySpec, TrainSpec, TrialRecord
 from capacity_service.stopping import Stopped
 

@@ -33,7 +33,7 @@ from capacity_service.science.engine.stack import (
 )
 from capacity_service.science.engine.stacked import StackedModel
 from capacity_service.science.models import ModelSpecT, initial_parameters
-from capacity_service.science.train import TrainOutcome
+from capacity_service.science.schedule import TrainOutcome
 from capacity_service.specs import CNNSpec, FCDNNSpec
 from capacity_service.stopping import StopCheck
 

@@ -25,8 +25,7 @@ import torch
 
 from capacity_service.science.data import Dataset
 from capacity_service.science.engine.stacked import Batch, StackedModel
-from capacity_service.science.schedule import Schedule
-from capacity_service.science.train import TrainOutcome
+from capacity_service.science.schedule import Schedule, TrainOutcome
 from capacity_service.specs import Ending, TrainSpec
 from capacity_service.stopping import StopCheck
 
