@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from capacity_service.science.data import make_dataset
 from capacity_service.science.engine import TrialConfig, native, stack_models
@@ -338,6 +339,39 @@ def test_the_recurrent_row_gradient_is_autograds_of_the_sequential_models(
     # the sequential cell's exact sigmoid and tanh against the kernel's rational ones
     for mine, theirs in zip(grads, _autograd_gradients(models, spec, data), strict=True):
         torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("spec", RNN_SPECS, ids=lambda spec: spec.kind)
+def test_the_recurrent_row_loss_is_each_rows_weighted_cross_entropy(
+    spec: RNNSpec, rows: int
+) -> None:
+    models, data = _models(spec, rows), _rnn_batch(spec, rows, 130)
+    shape, params = _stacked_rnn(spec, models)
+    loss = torch.full((rows,), float("nan"))  # every row's must be written
+    with_loss = _row_kernels().recurrent_gradient(shape, params, data.x, data.y, data.weight,
+                                                  loss)  # fmt: skip
+    without = _row_kernels().recurrent_gradient(shape, params, data.x, data.y, data.weight)
+    assert torch.equal(with_loss, without)
+    with torch.no_grad():
+        expected = torch.stack([
+            (nn.functional.cross_entropy(model(x), y, reduction="none") * weight).sum()
+            for model, x, y, weight in zip(models, data.x, data.y, data.weight, strict=True)
+        ])  # fmt: skip
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_nan_weight_gives_a_nan_loss_and_a_wrong_loss_shape_is_refused() -> None:
+    spec = RNN_SPECS[2]
+    shape, params = _stacked_rnn(spec, _models(spec, 2))
+    data = _rnn_batch(spec, 2, 5)
+    params[0][0, 0, 0] = float("nan")  # row 0's W_ih
+    loss = torch.zeros(2)
+    _row_kernels().recurrent_gradient(shape, params, data.x, data.y, data.weight, loss)
+    assert torch.isnan(loss[0]) and torch.isfinite(loss[1])
+    with pytest.raises(ValueError, match="loss of shape"):
+        _row_kernels().recurrent_gradient(shape, params, data.x, data.y, data.weight,
+                                          torch.zeros(3))  # fmt: skip
 
 
 @pytest.mark.parametrize("spec", RNN_SPECS, ids=lambda spec: spec.kind)

@@ -76,7 +76,7 @@ class Kernels:
                                                       size, size, *net], ctypes.c_int)  # fmt: skip
         cell = [ctypes.c_int, size, size, size]  # kind, hidden, n_in, steps
         self._recurrent_gradient = _bind(library.recurrent_gradient,
-                                         [pointers] * 5 + [size, size, *cell],
+                                         [pointers] * 6 + [size, size, *cell],
                                          ctypes.c_int)  # fmt: skip
         self._recurrent_logits = _bind(library.recurrent_logits, [pointers, pointers, size,
                                        pointers, size, size, *cell], ctypes.c_int)  # fmt: skip
@@ -192,12 +192,20 @@ class Kernels:
         x: torch.Tensor,
         y: torch.Tensor,
         weight: torch.Tensor,
+        loss: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The gradient (R, row parameters) of every row's weighted cross-entropy, one
         row at a time (recurrent_rows.c): x (R, B, T, n_in), y (R, B) int64 labels,
-        weight (R, B); each row's part is laid out as its parameters (`split`)."""
+        weight (R, B); each row's part is laid out as its parameters (`split`). Where
+        `loss` (R,) is given, it receives each row's weighted cross-entropy."""
         self._need_blas()
-        return self._gradient(self._recurrent_gradient, net, params, x, y, weight)
+        rows = y.shape[0]
+        if loss is not None:
+            _check(loss)
+            if tuple(loss.shape) != (rows,):
+                raise ValueError(f"a loss of shape {tuple(loss.shape)} for {rows} rows")
+        return self._gradient(self._recurrent_gradient, net, params, x, y, weight,
+                              _address(loss))  # fmt: skip
 
     def recurrent_logits(
         self, net: RecurrentShape, params: Sequence[torch.Tensor], x: torch.Tensor
@@ -215,8 +223,10 @@ class Kernels:
         x: torch.Tensor,
         y: torch.Tensor,
         weight: torch.Tensor,
+        *outputs: int | None,
     ) -> torch.Tensor:
-        """A gradient kernel's call, after the checks C cannot make."""
+        """A gradient kernel's call, after the checks C cannot make; `outputs`: the
+        addresses of the kernel's further outputs (None for NULL), after the gradient's."""
         rows, batch = y.shape
         net.check(params, rows)
         _check(x)
@@ -228,7 +238,8 @@ class Kernels:
                              f"samples of shape {net.sample_shape}")  # fmt: skip
         grads = torch.empty(rows, net.row_params())
         done = function(_pointers(params), x.data_ptr(), y.data_ptr(), weight.data_ptr(),
-                        grads.data_ptr(), rows, batch, *net.arguments(), _threads())  # fmt: skip
+                        grads.data_ptr(), *outputs, rows, batch, *net.arguments(),
+                        _threads())  # fmt: skip
         if not done:
             raise MemoryError(f"no memory for the {net.name} kernel's scratch")
         return grads
