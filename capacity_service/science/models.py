@@ -166,6 +166,7 @@ class RecurrentCell(nn.Module):
 class RNN(MemorizationModel):
     def __init__(self, spec: RNNSpec) -> None:
         super().__init__()
+        self.spec = spec  # the C kernels' path (kernel_path.py) reads its sizes
         self.cell = RecurrentCell(spec.kind, spec.n_in, spec.hidden)
         self.output = nn.Linear(spec.hidden, N_CLASSES)
 

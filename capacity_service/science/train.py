@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from capacity_service.science.data import Dataset
+from capacity_service.science.kernel_path import KernelPath
 from capacity_service.science.schedule import Schedule, TrainOutcome
 from capacity_service.specs import TrainSpec
 
@@ -38,11 +39,13 @@ ProgressCallback = Callable[[EpochProgress], None]
 @torch.no_grad()
 def accuracy(model: nn.Module, data: Dataset) -> float:
     """Fraction of the N samples whose label the model predicts."""
+    path = KernelPath.find(model, data.x.device)
+    forward = model if path is None else path.logits
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=data.y.device)
     for start in range(0, data.n, EVAL_CHUNK):
-        logits = model(data.x[start : start + EVAL_CHUNK])
+        logits = forward(data.x[start : start + EVAL_CHUNK])
         correct += (logits.argmax(dim=1) == data.y[start : start + EVAL_CHUNK]).sum()
     model.train(was_training)
     return int(correct) / data.n
@@ -62,12 +65,14 @@ def train_memorization(
 
     The model keeps the weights with the best accuracy seen (the starting ones included).
     The plateau, decay and stop rule is `schedule.Schedule`'s, shared with the batched
-    engine. A NaN or infinite loss ends training as diverged.
+    engine. A NaN or infinite loss ends training as diverged. A recurrent model on a CPU
+    trains through the engine's C kernels where they are found (`kernel_path`).
     """
     started = time.perf_counter()
     device = data.x.device
     generator = torch.Generator(device=device).manual_seed(seed)
     optimizer = MomentumSGD(list(model.parameters()), lr=train.lr, momentum=train.momentum)
+    path = KernelPath.find(model, device)
     # The starting weights count too: retraining a quantized model must not end worse
     # than it began, and one that already memorizes everything needs no epoch.
     schedule = Schedule.start(train, accuracy(model, data))
@@ -75,7 +80,7 @@ def train_memorization(
     model.train()
     over = schedule.done_before_start
     while not over:
-        loss = _train_one_epoch(model, data, optimizer, train.batch_size, generator)
+        loss = _train_one_epoch(model, data, optimizer, train.batch_size, generator, path)
         if not math.isfinite(loss):
             schedule.diverge()
             break
@@ -142,16 +147,21 @@ def _train_one_epoch(
     optimizer: MomentumSGD,
     batch_size: int,
     generator: torch.Generator,
+    path: KernelPath | None = None,
 ) -> float:
-    """One shuffled pass over the data; returns the mean loss (one host sync per epoch)."""
+    """One shuffled pass over the data; returns the mean loss (one host sync per epoch).
+    With a `path`, its kernels take each step's loss and gradient."""
     order = torch.randperm(data.n, generator=generator, device=data.x.device)
     x, y = data.x[order], data.y[order]  # one gather per epoch, then contiguous slices
     total = torch.zeros((), device=data.x.device)
     for start in range(0, data.n, batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        loss = nn.functional.cross_entropy(model(xb), yb)
         optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
+        if path is not None:
+            loss = path.backward(xb, yb)
+        else:
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         total += loss.detach() * yb.shape[0]
     return float(total) / data.n
