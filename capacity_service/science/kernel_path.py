@@ -1,11 +1,13 @@
-"""The sequential trainer's step and accuracy pass through the engine's C row kernels.
+"""The sequential trainer's step and accuracy pass through the engine's C kernels.
 
-A recurrent model (LSTM, GRU, tanh RNN) on a CPU where torch's BLAS is found trains as a
-stack of one row of `recurrent_rows.c`, the batched engine's kernels: one call gives the
-batch's gradient and loss, another the logits. Measured against the module's own forward
-(torch.lstm / gru / rnn_tanh) and autograd, N = 4,096, one thread: an epoch 3-5x faster
-(LSTM-32 batch 128 27-43 -> 9 ms, batch 32 67 -> 16 ms; GRU-38 36 -> 10 ms; RNN-75
-20 -> 8 ms), the accuracy pass 1.3-3x, to the same accuracy after 5 epochs.
+A recurrent model (LSTM, GRU, tanh RNN; where torch's BLAS is found) or a CNN (where the
+engine's C step pays, `cnn.c_step_pays`) on a CPU trains as a stack of one row of the
+batched engine's kernels (`recurrent_rows.c`, `cnn_kernels.c`): one call gives a batch's
+gradient and loss, another the logits. Measured against the model's own forward and
+autograd, one thread (two in brackets), an epoch: LSTM-32 (N = 4,096, batch 128) 27-43 ->
+9 ms (25-31 -> 7), batch 32 67 -> 16 ms, GRU-38 36 -> 10 ms, RNN-75 20 -> 8 ms; CNN 3x3
+of 4 channels (N = 1,024, batch 64) 78 -> 39 ms (50 -> 20), 5x5 103 -> 50 ms; the
+accuracy pass 1.3-3x; the same accuracy after 3-5 epochs.
 
 The kernels compute with the weights the model's forward would use: a parametrized
 weight (a fixed-point precision, `fixed_point`) is read through its parametrization, and
@@ -15,35 +17,45 @@ fixed-point weights the straight-through path), as autograd would send it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from capacity_service.science.engine import native
-from capacity_service.science.models import RNN
+from capacity_service.science.engine.cnn import c_step_pays
+from capacity_service.science.models import CNN, RNN, MemorizationModel, parameter_names
+
+Gradient = Callable[..., torch.Tensor]  # Kernels.recurrent_gradient / cnn_gradient
+Logits = Callable[..., torch.Tensor]  # Kernels.recurrent_logits / cnn_logits
 
 
 class KernelPath:
-    """One recurrent model's loss, gradient and logits in the row kernels."""
+    """One model's loss, gradient and logits in the engine's C kernels."""
 
-    def __init__(self, model: RNN, kernels: native.Kernels) -> None:
-        self.model, self.kernels = model, kernels
-        self.shape = native.RecurrentShape.of(model.spec)
-        cell = "cell.weight_ih", "cell.weight_hh", "cell.bias"
-        gru = ("cell.bias_hn",) if model.spec.kind == "gru" else ()
-        # the kernels' parameter order (models.RNN's, before any parametrization moves
-        # a weight to the end of named_parameters())
-        self.names = (*cell, *gru, "output.weight", "output.bias")
+    def __init__(
+        self, model: MemorizationModel, shape: native.KernelShape, gradient: Gradient,
+        logits: Logits,
+    ) -> None:  # fmt: skip
+        self.model, self.shape = model, shape
+        self._gradient, self._logits = gradient, logits
+        self.names = parameter_names(model.spec)  # the kernels' parameter order
 
     @classmethod
     def find(cls, model: torch.nn.Module, device: torch.device) -> KernelPath | None:
         """The path for `model` on `device`, or None where the model trains through its
-        own forward: not a recurrent model, not on a CPU, the kernels turned off or not
-        built, or no BLAS `sgemm_` found in torch."""
-        if not isinstance(model, RNN):
-            return None
+        own forward: an FCDNN, not on a CPU, the kernels turned off or not built, a
+        recurrent model where torch exports no BLAS `sgemm_`, a CNN where the C step does
+        not pay."""
         kernels = native.kernels_for(device)
-        if kernels is None or not kernels.has_blas:
+        if kernels is None:
             return None
-        return cls(model, kernels)
+        if isinstance(model, RNN) and kernels.has_blas:
+            shape: native.KernelShape = native.RecurrentShape.of(model.spec)
+            return cls(model, shape, kernels.recurrent_gradient, kernels.recurrent_logits)
+        if isinstance(model, CNN) and c_step_pays(model.spec):
+            shape = native.CNNShape.of(model.spec)
+            return cls(model, shape, kernels.cnn_gradient, kernels.cnn_logits)
+        return None
 
     def weights(self) -> list[torch.Tensor]:
         """The weights the forward pass computes with, in the kernels' order."""
@@ -54,15 +66,15 @@ class KernelPath:
         return found
 
     def backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The mean cross-entropy of the batch x (B, T, n_in), y (B,) as a 0-d tensor,
-        its gradient added to the parameters' .grad, as `loss.backward()` would."""
+        """The mean cross-entropy of the batch x (B, *input shape), y (B,) as a 0-d
+        tensor, its gradient added to the parameters' .grad, as `loss.backward()` would."""
         weights = self.weights()
         batch = y.shape[0]
         loss = torch.empty(1)
         share = torch.full((1, batch), 1.0 / batch)  # the mean's weight of each sample
         stacked = [w.detach().unsqueeze(0) for w in weights]
-        flat = self.kernels.recurrent_gradient(self.shape, stacked, x.unsqueeze(0),
-                                               y.unsqueeze(0), share, loss)  # fmt: skip
+        samples = x.reshape(1, batch, *self.shape.sample_shape)
+        flat = self._gradient(self.shape, stacked, samples, y.unsqueeze(0), share, loss)
         grads = [g[0] for g in self.shape.split(flat)]
         through: list[tuple[torch.Tensor, torch.Tensor]] = []
         for weight, grad in zip(weights, grads, strict=True):
@@ -77,6 +89,6 @@ class KernelPath:
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (n, 2) of x (n, T, n_in)."""
+        """Logits (n, 2) of x (n, *input shape)."""
         stacked = [w.detach().unsqueeze(0) for w in self.weights()]
-        return self.kernels.recurrent_logits(self.shape, stacked, x)[0]
+        return self._logits(self.shape, stacked, x.reshape(x.shape[0], *self.shape.sample_shape))[0]

@@ -35,6 +35,7 @@ ModelSpecT = FCDNNSpec | CNNSpec | RNNSpec
 class MemorizationModel(nn.Module):
     """A model that maps a batch of inputs to 2 logits and can describe its parameters."""
 
+    spec: ModelSpecT  # what it was built from
     # whether its output weights start at zero rather than He (see `he_initialize`)
     zero_output: ClassVar[bool] = False
 
@@ -62,6 +63,7 @@ class MemorizationModel(nn.Module):
 class FCDNN(MemorizationModel):
     def __init__(self, spec: FCDNNSpec) -> None:
         super().__init__()
+        self.spec: FCDNNSpec = spec
         widths = [spec.input_bits] + [spec.width] * spec.depth
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
         self.output = nn.Linear(spec.width, N_CLASSES)
@@ -95,6 +97,7 @@ class CNN(MemorizationModel):
 
     def __init__(self, spec: CNNSpec) -> None:
         super().__init__()
+        self.spec: CNNSpec = spec
         channels = [1] + [spec.channels] * spec.conv_layers
         self.convs = nn.ModuleList(
             nn.Conv2d(a, b, spec.kernel, padding=spec.kernel // 2)
@@ -166,7 +169,7 @@ class RecurrentCell(nn.Module):
 class RNN(MemorizationModel):
     def __init__(self, spec: RNNSpec) -> None:
         super().__init__()
-        self.spec = spec  # the C kernels' path (kernel_path.py) reads its sizes
+        self.spec: RNNSpec = spec
         self.cell = RecurrentCell(spec.kind, spec.n_in, spec.hidden)
         self.output = nn.Linear(spec.hidden, N_CLASSES)
 
@@ -204,6 +207,16 @@ def initial_parameters(spec: ModelSpecT, seed: int) -> list[torch.Tensor]:
 def parameter_shapes(spec: ModelSpecT) -> tuple[torch.Size, ...]:
     """The shape of each of the model's parameters, in `parameters()` order."""
     return tuple(shape for shape, _ in _initial_layout(spec))
+
+
+@functools.cache
+def parameter_names(spec: ModelSpecT) -> tuple[str, ...]:
+    """The name of each of the model's parameters, in `parameters()` order, as they are
+    before a parametrization (a fixed-point precision) moves one under
+    `parametrizations.`: e.g. "cell.weight_ih"; `getattr` along the name reads the weight
+    the forward pass computes with."""
+    with torch.device("meta"):
+        return tuple(name for name, _ in _construct(spec).named_parameters())
 
 
 @functools.cache

@@ -341,22 +341,24 @@ def test_the_recurrent_row_gradient_is_autograds_of_the_sequential_models(
         torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("rows", [1, 3])
-@pytest.mark.parametrize("spec", RNN_SPECS, ids=lambda spec: spec.kind)
-def test_the_recurrent_row_loss_is_each_rows_weighted_cross_entropy(
-    spec: RNNSpec, rows: int
-) -> None:
-    models, data = _models(spec, rows), _rnn_batch(spec, rows, 130)
-    shape, params = _stacked_rnn(spec, models)
+@pytest.mark.parametrize("rows", [1, 3])  # 1: a batch in parts, their losses summed
+@pytest.mark.parametrize("spec", [CNN_SPECS[0], *RNN_SPECS], ids=lambda spec: spec.kind)
+def test_each_rows_loss_is_its_weighted_cross_entropy(spec: CNNSpec | RNNSpec, rows: int) -> None:
+    models = _models(spec, rows)
+    if isinstance(spec, CNNSpec):
+        data, gradient = _cnn_batch(spec, rows, 12), _kernels().cnn_gradient
+        shape, params = native.CNNShape.of(spec), _stacked(spec, models).params
+        inputs = data.x.view(rows, -1, 1, spec.input_size, spec.input_size)
+    else:
+        data, gradient = _rnn_batch(spec, rows, 130), _row_kernels().recurrent_gradient
+        (shape, params), inputs = _stacked_rnn(spec, models), data.x
     loss = torch.full((rows,), float("nan"))  # every row's must be written
-    with_loss = _row_kernels().recurrent_gradient(shape, params, data.x, data.y, data.weight,
-                                                  loss)  # fmt: skip
-    without = _row_kernels().recurrent_gradient(shape, params, data.x, data.y, data.weight)
-    assert torch.equal(with_loss, without)
+    with_loss = gradient(shape, params, data.x, data.y, data.weight, loss)
+    assert torch.equal(with_loss, gradient(shape, params, data.x, data.y, data.weight))
     with torch.no_grad():
         expected = torch.stack([
             (nn.functional.cross_entropy(model(x), y, reduction="none") * weight).sum()
-            for model, x, y, weight in zip(models, data.x, data.y, data.weight, strict=True)
+            for model, x, y, weight in zip(models, inputs, data.y, data.weight, strict=True)
         ])  # fmt: skip
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-4)
 

@@ -487,20 +487,22 @@ static float sigmoid(float t) { return 1.0f / (1.0f + expf(-t)); }
 /* The gradient of every row's weighted cross-entropy over its batch.
    params: the stacked parameters (see the header); x (rows, batch, side^2) images;
    y (rows, batch) labels 0/1; weight (rows, batch), 1 / count on a row's samples and 0 on
-   padding; grads (rows, row_params): each row's gradient, its parameters' layout.
+   padding; grads (rows, row_params): each row's gradient, its parameters' layout; loss
+   (rows), where not NULL: each row's weighted cross-entropy.
    Returns 0 where scratch memory could not be had. */
 int cnn_gradient(float *const *params, const float *x, const long *y, const float *weight,
-                 float *grads, long rows, long batch, int layers, int kernel, int channels,
-                 int side, int hidden, int pools, int threads) {
+                 float *grads, float *loss, long rows, long batch, int layers, int kernel,
+                 int channels, int side, int hidden, int pools, int threads) {
     Net net;
     describe(&net, layers, kernel, channels, side, hidden, pools);
     long pixels = (long)side * side, per_row = net.row_params;
     if (rows <= 0 || batch <= 0) {  /* nothing to learn from: a zero gradient */
         memset(grads, 0, sizeof(float) * (rows > 0 ? rows : 0) * per_row);
+        if (loss) memset(loss, 0, sizeof(float) * (rows > 0 ? rows : 0));
         return 1;
     }
     RowParts parts;
-    if (!row_parts_init(&parts, rows, batch, per_row, threads)) return 0;
+    if (!row_parts_init(&parts, rows, batch, per_row, threads, loss != NULL)) return 0;
     Scratch *scratch = scratch_all(&net, threads);
     if (!scratch) {
         row_parts_free(&parts);
@@ -526,12 +528,15 @@ int cnn_gradient(float *const *params, const float *x, const long *y, const floa
                     float logits[2];
                     forward_sample(&net, w, x + at * pixels, s, logits);
                     float d = (sigmoid(logits[1] - logits[0]) - (float)y[at]) * weight[at];
+                    if (loss)
+                        row_parts_add_loss(&parts, item,
+                                           label_loss(logits[1] - logits[0], y[at]) * weight[at]);
                     if (d != 0.0f || d != d) backward_sample(&net, w, g, d, s);
                 }
             }
     }
     scratch_free(scratch, threads);
-    row_parts_sum(&parts, grads);
+    row_parts_sum(&parts, grads, loss);
     return 1;
 }
 

@@ -70,7 +70,7 @@ class Kernels:
         self._gru_backward = _bind(library.gru_backward, [pointers] * 8 + [size, size])
         self._tanh = _bind(library.tanh_inplace, [pointers, size])
         net = [ctypes.c_int] * 6  # layers, kernel, channels, side, hidden, pools
-        self._cnn_gradient = _bind(library.cnn_gradient, [pointers] * 5 + [size, size] + net,
+        self._cnn_gradient = _bind(library.cnn_gradient, [pointers] * 6 + [size, size] + net,
                                    ctypes.c_int)  # fmt: skip
         self._cnn_logits = _bind(library.cnn_logits, [pointers, pointers, size, pointers,
                                                       size, size, *net], ctypes.c_int)  # fmt: skip
@@ -172,11 +172,13 @@ class Kernels:
         x: torch.Tensor,
         y: torch.Tensor,
         weight: torch.Tensor,
+        loss: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The gradient (R, row parameters) of every row's weighted cross-entropy: x (R, B,
         S * S), y (R, B) int64 labels, weight (R, B); each row's part is laid out as its
-        parameters in order (`CNNShape.split` makes the views)."""
-        return self._gradient(self._cnn_gradient, net, params, x, y, weight)
+        parameters in order (`CNNShape.split` makes the views). Where `loss` (R,) is
+        given, it receives each row's weighted cross-entropy."""
+        return self._gradient(self._cnn_gradient, net, params, x, y, weight, loss)
 
     def cnn_logits(
         self, net: CNNShape, params: Sequence[torch.Tensor], x: torch.Tensor
@@ -199,13 +201,7 @@ class Kernels:
         weight (R, B); each row's part is laid out as its parameters (`split`). Where
         `loss` (R,) is given, it receives each row's weighted cross-entropy."""
         self._need_blas()
-        rows = y.shape[0]
-        if loss is not None:
-            _check(loss)
-            if tuple(loss.shape) != (rows,):
-                raise ValueError(f"a loss of shape {tuple(loss.shape)} for {rows} rows")
-        return self._gradient(self._recurrent_gradient, net, params, x, y, weight,
-                              _address(loss))  # fmt: skip
+        return self._gradient(self._recurrent_gradient, net, params, x, y, weight, loss)
 
     def recurrent_logits(
         self, net: RecurrentShape, params: Sequence[torch.Tensor], x: torch.Tensor
@@ -223,22 +219,25 @@ class Kernels:
         x: torch.Tensor,
         y: torch.Tensor,
         weight: torch.Tensor,
-        *outputs: int | None,
+        loss: torch.Tensor | None,
     ) -> torch.Tensor:
-        """A gradient kernel's call, after the checks C cannot make; `outputs`: the
-        addresses of the kernel's further outputs (None for NULL), after the gradient's."""
+        """A gradient kernel's call, after the checks C cannot make."""
         rows, batch = y.shape
         net.check(params, rows)
         _check(x)
         _check(weight)
         _check_labels(y)
+        if loss is not None:
+            _check(loss)
+            if tuple(loss.shape) != (rows,):
+                raise ValueError(f"a loss of shape {tuple(loss.shape)} for {rows} rows")
         if tuple(x.shape) != (rows, batch, *net.sample_shape) or weight.shape != y.shape:
             raise ValueError(f"{net.samples} {tuple(x.shape)} and weights "
                              f"{tuple(weight.shape)} for labels {tuple(y.shape)} and "
                              f"samples of shape {net.sample_shape}")  # fmt: skip
         grads = torch.empty(rows, net.row_params())
         done = function(_pointers(params), x.data_ptr(), y.data_ptr(), weight.data_ptr(),
-                        grads.data_ptr(), *outputs, rows, batch, *net.arguments(),
+                        grads.data_ptr(), _address(loss), rows, batch, *net.arguments(),
                         _threads())  # fmt: skip
         if not done:
             raise MemoryError(f"no memory for the {net.name} kernel's scratch")

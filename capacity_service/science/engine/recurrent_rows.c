@@ -259,9 +259,6 @@ static void backward(const Net *net, const Params *w, const Params *g, const flo
 
 static inline float sigmoid(float z) { return 1.0f / (1.0f + expf(-z)); }
 
-/* softplus(u) = log(1 + e^u) without overflow; a NaN stays NaN */
-static inline float softplus(float u) { return (u > 0.0f ? u : 0.0f) + log1pf(expf(-fabsf(u))); }
-
 /* The gradient of every row's weighted cross-entropy, rows x row_params floats (each
    row's laid out as its parameters): params (one pointer per parameter, each stacked over
    the rows), x (rows, batch, steps, n_in), y (rows, batch) int64 labels, weight (rows,
@@ -278,13 +275,9 @@ int recurrent_gradient(float *const *params, const float *x, const long *y,
     if (loss) memset(loss, 0, sizeof(float) * (rows > 0 ? rows : 0));
     if (rows <= 0 || batch <= 0) return 1; /* nothing to learn from: a zero gradient */
     RowParts parts;
-    if (!row_parts_init(&parts, rows, batch, per_row, threads)) return 0;
+    if (!row_parts_init(&parts, rows, batch, per_row, threads, loss != NULL)) return 0;
     Scratch *scratch = scratch_all(&net, threads);
-    /* each item's loss, summed into its row's in item order after (deterministic) */
-    float *item_loss = loss ? calloc((size_t)parts.items, sizeof(float)) : NULL;
-    if (!scratch || (loss && !item_loss)) {
-        if (scratch) scratch_free(scratch, threads);
-        free(item_loss);
+    if (!scratch) {
         row_parts_free(&parts);
         return 0;
     }
@@ -305,25 +298,18 @@ int recurrent_gradient(float *const *params, const float *x, const long *y,
                 for (long b = 0; b < nb; b++)
                     s->d_logit[b] = (sigmoid(s->logit1[b] - s->logit0[b]) - (float)y[at + b]) *
                                     weight[at + b];
-                if (item_loss) {
-                    /* -log softmax of the label: softplus(logit_other - logit_label) */
+                if (loss) {
                     float sum = 0.0f;
-                    for (long b = 0; b < nb; b++) {
-                        float margin = s->logit1[b] - s->logit0[b];
-                        sum += softplus(y[at + b] ? -margin : margin) * weight[at + b];
-                    }
-                    item_loss[item] += sum;
+                    for (long b = 0; b < nb; b++)
+                        sum += label_loss(s->logit1[b] - s->logit0[b], y[at + b]) * weight[at + b];
+                    row_parts_add_loss(&parts, item, sum);
                 }
                 backward(&net, &w, &g, xb, x_stride, nb, s, s->d_logit);
             }
         }
     }
     scratch_free(scratch, threads);
-    row_parts_sum(&parts, grads);
-    if (item_loss) {
-        for (long item = 0; item < parts.items; item++) loss[item / parts.split] += item_loss[item];
-        free(item_loss);
-    }
+    row_parts_sum(&parts, grads, loss);
     return 1;
 }
 
