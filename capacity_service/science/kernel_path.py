@@ -38,7 +38,12 @@ class KernelPath:
     ) -> None:  # fmt: skip
         self.model, self.shape = model, shape
         self._gradient, self._logits = gradient, logits
-        self.names = parameter_names(model.spec)  # the kernels' parameter order
+        # (module, attribute) of each weight in the kernels' order; registering a
+        # parametrization changes a module's class, not the module, so these stay valid
+        self._places = []
+        for name in parameter_names(model.spec):
+            owner, _, attribute = name.rpartition(".")
+            self._places.append((model.get_submodule(owner), attribute))
 
     @classmethod
     def find(cls, model: torch.nn.Module, device: torch.device) -> KernelPath | None:
@@ -59,11 +64,7 @@ class KernelPath:
 
     def weights(self) -> list[torch.Tensor]:
         """The weights the forward pass computes with, in the kernels' order."""
-        found = []
-        for name in self.names:
-            owner, _, attribute = name.rpartition(".")
-            found.append(getattr(self.model.get_submodule(owner), attribute))
-        return found
+        return [getattr(module, attribute) for module, attribute in self._places]
 
     def backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The mean cross-entropy of the batch x (B, *input shape), y (B,) as a 0-d

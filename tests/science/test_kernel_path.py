@@ -69,6 +69,7 @@ def test_the_paths_loss_and_gradient_are_autograds(
     data = make_dataset(spec, 40, seed=1)
     x = data.x
     models = _model(spec), _model(spec)
+    path = _path(models[0])  # found before the precision is applied: it still holds
     if bits is not None:  # gradients reach the float weights straight through
         for model in models:
             apply_precision(model, bits)
@@ -76,7 +77,7 @@ def test_the_paths_loss_and_gradient_are_autograds(
         # rounding in another order picks another maximum (measured: the first layer's
         # gradient 10% apart), so the inputs here are not on a grid
         x = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
-    mine = _path(models[0]).backward(x, data.y)
+    mine = path.backward(x, data.y)
     theirs = nn.functional.cross_entropy(models[1](x), data.y)
     theirs.backward()  # type: ignore[no-untyped-call]
     torch.testing.assert_close(mine, theirs.detach(), atol=1e-5, rtol=1e-4)
