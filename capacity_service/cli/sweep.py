@@ -29,6 +29,8 @@ SWEEP_FLAGS = {
     "retrain_epochs": "retrain.epochs",
     "retrain_lr": "retrain.lr",
     "retrain_batch_size": "retrain.batch_size",
+    "retrain_method": "retrain.method",
+    "retrain_stages": "retrain.stages",
 }
 
 
@@ -37,9 +39,10 @@ def add_parser(subparsers: Any) -> None:
         "sweep",
         help="quantize a trained model to falling precisions, retrain, find the boundary",
         description="Train a model in floating point on N random samples, then quantize its "
-        "weights to each precision in turn (Lloyd-Max step per group, straight-through "
-        "retraining) and report the accuracy and I before and after retraining, and the "
-        "precision boundary. N is given (--n) or taken from a capacity result (--regime).",
+        "weights to each precision in turn (Lloyd-Max step per group; incremental or "
+        "straight-through retraining) and report the accuracy and I before and after "
+        "retraining, and the precision boundary. N is given (--n) or taken from a capacity "
+        "result (--regime).",
     )
     add_spec_arguments(parser)
     sweep = parser.add_argument_group("sweep (override the spec file)")
@@ -55,6 +58,16 @@ def add_parser(subparsers: Any) -> None:
     sweep.add_argument("--retrain-epochs", type=int, help="retraining epochs per precision")
     sweep.add_argument("--retrain-lr", type=float, help="retraining learning rate")
     sweep.add_argument("--retrain-batch-size", type=int, help="retraining batch size")
+    sweep.add_argument(
+        "--retrain-method",
+        choices=("incremental", "straight_through"),
+        help="incremental (default): fix a growing share of the weights, retrain the rest; "
+        "straight_through: retrain all quantized (thesis)",
+    )
+    sweep.add_argument(
+        "--retrain-stages", type=_float_list,
+        help="incremental: the share fixed after each stage, rising to 1: 0.5,0.75,0.875,1",
+    )  # fmt: skip
     add_output_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -67,6 +80,15 @@ def _int_list(text: str) -> int | list[int]:
             f"expected integers separated by commas, got {text!r}"
         ) from None
     return values[0] if len(values) == 1 and "," not in text else values
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {text!r}"
+        ) from None
 
 
 def build_spec(args: argparse.Namespace) -> SweepSpec:

@@ -6,6 +6,11 @@ D; biases and the output layer stay in floating point. The float W stays the par
 so the trainer retrains it through the straight-through path. The sweep re-estimates D
 after every retraining epoch (`refit_steps`; the thesis keeps it fixed); it is a buffer,
 so a snapshot of the model's state keeps the D its weights were quantized with.
+
+Incremental quantization (Zhou et al. 2017, "Incremental network quantization") instead
+fixes a growing share of each group at its codes (`freeze_share`, the largest weights
+first) while the rest stay float and are retrained to make up for them; the frozen share
+learns nothing. When the share reaches 1 the group computes with W' = D * codes, as above.
 """
 
 from __future__ import annotations
@@ -19,23 +24,31 @@ from capacity_service.science.quantize import (
     fake_quantize,
     lloyd_max_refine,
     lloyd_max_step,
+    quantize,
     quantize_codes,
 )
 
 
 class FixedPointWeight(nn.Module):
-    """Parametrization: the float weight in, its fixed-point value out. D is a buffer:
-    changed only by `refit_steps`."""
+    """Parametrization: the float weight in, its fixed-point value out, the gradient
+    straight through. D is a buffer: changed only by `refit_steps`. With a `frozen` mask
+    (incremental quantization, `freeze_share`) only the masked weights compute with their
+    fixed-point value, and get no gradient; the others stay float."""
 
     step: torch.Tensor
+    frozen: torch.Tensor | None
 
     def __init__(self, bits: int, step: float) -> None:
         super().__init__()
         self.bits = bits
         self.register_buffer("step", torch.tensor(step))
+        self.register_buffer("frozen", None)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return fake_quantize(weight, self.bits, self.step)
+        if self.frozen is None:
+            return fake_quantize(weight, self.bits, self.step)
+        fixed = quantize(weight, self.bits, self.step).detach()
+        return torch.where(self.frozen, fixed, weight)
 
 
 def quantizable_groups(model: MemorizationModel) -> list[str]:
@@ -74,6 +87,35 @@ def refit_steps(model: MemorizationModel, search: bool = False) -> dict[str, flo
         quantizer.step.fill_(step)
         steps[name] = step
     return steps
+
+
+@torch.no_grad()
+def freeze_share(model: MemorizationModel, share: float) -> None:
+    """Fix `share` (0 to 1) of each quantized group's weights at their codes: those fixed
+    already, then the largest in magnitude of the rest. The others compute in float and
+    are retrained; a fixed weight never moves again (it gets no gradient)."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be in [0, 1], got {share}")
+    for name, quantizer in _quantizers(model).items():
+        weight = float_weight(model, name)
+        frozen = quantizer.frozen
+        if frozen is None:
+            frozen = torch.zeros_like(weight, dtype=torch.bool)
+        more = round(share * weight.numel()) - int(frozen.sum())
+        if more > 0:
+            # the fixed ones rank last (-1 < any magnitude), so topk adds only new ones
+            magnitude = weight.abs().masked_fill(frozen, -1.0).flatten()
+            frozen = frozen.flatten().clone()
+            frozen[magnitude.topk(more).indices] = True
+            frozen = frozen.view_as(weight)
+        quantizer.frozen = frozen
+
+
+def thaw(model: MemorizationModel) -> None:
+    """Every quantized group back to computing all of its weights in fixed point with
+    the gradient straight through (no frozen share)."""
+    for quantizer in _quantizers(model).values():
+        quantizer.frozen = None
 
 
 def current_steps(model: MemorizationModel) -> dict[str, float]:

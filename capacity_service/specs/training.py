@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from capacity_service.specs.base import Frozen, Int, Real
 
@@ -34,8 +34,32 @@ class RetrainSpec(TrainSpec):
         description="each precision retrains from the weights the previous precision's "
         "retraining left (thesis) or from the float-trained weights",
     )
+    method: Literal["incremental", "straight_through"] = Field(
+        "incremental",
+        description="incremental: fix a growing share of each group's weights at their codes "
+        "(the largest first) and retrain the rest in float after each share (`stages`), D "
+        "fixed; straight_through: retrain every weight quantized, the gradient passed "
+        "straight to the float weights (thesis)",
+    )
+    stages: tuple[Real, ...] = Field(
+        (0.5, 0.75, 0.875, 0.9375, 0.97, 0.985, 1.0),
+        description="incremental: the share of each group's weights fixed after each "
+        "stage, rising to 1; each stage but the last retrains with these settings",
+    )
     refit_steps: bool = Field(
         True,
-        description="re-estimate each group's step D after every retraining epoch (Lloyd-Max "
-        "from the current D); false keeps D fixed, as the thesis does",
+        description="straight_through: re-estimate each group's step D after every "
+        "retraining epoch (Lloyd-Max from the current D); false keeps D fixed, as the "
+        "thesis does",
     )
+
+    @field_validator("stages")
+    @classmethod
+    def _rising_to_one(cls, stages: tuple[float, ...]) -> tuple[float, ...]:
+        if not stages or stages[-1] != 1.0:
+            raise ValueError("must end at 1 (every weight fixed), e.g. [0.5, 0.75, 1]")
+        if any(not 0.0 < share <= 1.0 for share in stages):
+            raise ValueError("each share must be in (0, 1]")
+        if any(b <= a for a, b in zip(stages, stages[1:], strict=False)):
+            raise ValueError("shares must rise from stage to stage")
+        return stages

@@ -50,6 +50,7 @@ def test_sweep_table(capsys: pytest.CaptureFixture[str]) -> None:
         (["--n", "50", "--bits", "4,6"], "bits: precisions must fall strictly"),
         (["--n", "50", "--bits", "8,8"], "bits: precisions must fall strictly"),
         (["--n", "50", "--retrain-epochs", "-1"], "retrain.epochs"),
+        (["--n", "50", "--retrain-stages", "0.5,0.75"], "retrain.stages: must end at 1"),
         (["--regime", "half"], "capacity_n: regime 'half' needs"),
         (["--regime", "full", "--capacity-result", "/nonexistent.json"], "capacity result"),
         ([], "give either n"),

@@ -1,26 +1,32 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
+from capacity_service.science import sweep as sweep_module
 from capacity_service.science.data import make_dataset
 from capacity_service.science.fixed_point import (
     apply_precision,
     clear_precision,
     current_steps,
     float_weight,
+    freeze_share,
     levels_used,
     refit_steps,
+    thaw,
 )
-from capacity_service.science.models import build_model
+from capacity_service.science.models import MemorizationModel, build_model
 from capacity_service.science.quantize import (
     lloyd_max_refine,
     lloyd_max_step,
     quantization_error,
     quantize,
 )
+from capacity_service.science.schedule import TrainOutcome
 from capacity_service.science.seeds import derive_seed
-from capacity_service.science.sweep import precision_boundary, sweep
+from capacity_service.science.sweep import precision_boundary, retrain_incrementally, sweep
 from capacity_service.science.train import accuracy, snapshot, train_memorization
 from capacity_service.specs import (
     CNNSpec,
@@ -120,7 +126,12 @@ def test_retraining_from_the_float_weights_quantizes_the_float_model_at_each_pre
             "n": 300,
             "bits": [4, 2],
             "train": {"lr": 0.05, "batch_size": 16, "epochs": 100},
-            "retrain": {"epochs": 5, "start": "float", "refit_steps": True},
+            "retrain": {
+                "epochs": 5,
+                "start": "float",
+                "method": "straight_through",
+                "refit_steps": True,
+            },
         }
     )
     points = sweep(spec).curves[0].points
@@ -146,6 +157,83 @@ def test_eight_bits_keeps_and_retraining_recovers_two_bits() -> None:
     retrained = train_memorization(model, data, RetrainSpec(epochs=20), seed=1)
     assert direct < 1.0
     assert retrained.accuracy > direct + 0.03
+
+
+def test_freeze_share_fixes_the_largest_weights_first_and_never_lets_go() -> None:
+    model = build_model(FCDNNSpec(width=8, n_in=10), seed=0)
+    steps = apply_precision(model, 3)
+    weight = float_weight(model, "hidden.0.weight").detach().clone()
+    step = steps["hidden.0.weight"]
+    freeze_share(model, 0.5)
+    quantizer = model.hidden[0].parametrizations.weight[0]  # type: ignore[index,union-attr]
+    largest = weight.abs() > weight.abs().flatten().kthvalue(40).values  # 40 of 80
+    assert torch.equal(quantizer.frozen, largest)
+    expected = torch.where(largest, quantize(weight, 3, step), weight)
+    torch.testing.assert_close(model.hidden[0].weight, expected)  # type: ignore[index]
+    # a gradient reaches only the float share
+    data = make_dataset(FCDNNSpec(width=8, n_in=10), 100, seed=0)
+    torch.nn.functional.cross_entropy(model(data.x), data.y).backward()  # type: ignore[no-untyped-call]
+    grad = float_weight(model, "hidden.0.weight").grad
+    assert grad is not None and not grad[largest].any() and grad[~largest].any()
+    # a larger share keeps the fixed ones, even where a float weight grew past them
+    with torch.no_grad():
+        float_weight(model, "hidden.0.weight")[~largest] *= 10
+    freeze_share(model, 0.75)
+    assert torch.equal(quantizer.frozen & largest, largest) and int(quantizer.frozen.sum()) == 60
+    freeze_share(model, 1.0)  # all fixed: the fixed-point model, as thaw() computes it
+    everything = model.hidden[0].weight.detach().clone()  # type: ignore[index]
+    thaw(model)
+    torch.testing.assert_close(model.hidden[0].weight, everything)  # type: ignore[index]
+    with pytest.raises(ValueError, match="share"):
+        freeze_share(model, 1.5)
+
+
+def test_incremental_retraining_ends_fixed_point_and_never_worse_than_it_began() -> None:
+    spec = FCDNNSpec(width=16)
+    data = make_dataset(spec, 300, seed=0)
+    model = build_model(spec, seed=0)
+    train_memorization(model, data, TrainSpec(lr=0.05, batch_size=16, epochs=300), 0)
+    apply_precision(model, 2)
+    direct = accuracy(model, data)
+    retrain = RetrainSpec(epochs=20, stages=(0.5, 0.75, 1.0))
+    outcome = retrain_incrementally(model, data, retrain, seed=1, quantized=direct)
+    assert outcome.accuracy == accuracy(model, data) > direct + 0.03
+    assert 0 < outcome.epochs <= 40  # the two stages before the last
+    assert torch.unique(model.hidden[0].weight).numel() <= 3  # type: ignore[index]
+
+
+def test_incremental_retraining_that_ends_worse_goes_back_to_the_quantized_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = FCDNNSpec(width=16)
+    data = make_dataset(spec, 300, seed=0)
+    model = build_model(spec, seed=0)
+    train_memorization(model, data, TrainSpec(lr=0.05, batch_size=16, epochs=300), 0)
+    apply_precision(model, 4)
+    start, direct = snapshot(model), accuracy(model, data)
+
+    def wreck(model: MemorizationModel, *args: object, **kwargs: object) -> TrainOutcome:
+        """A stage that leaves its float share pointing the wrong way."""
+        with torch.no_grad():
+            float_weight(model, "hidden.0.weight").neg_()
+        return TrainOutcome(accuracy=0.0, epochs=1, diverged=False, wall_seconds=0.0,
+                            final_lr=0.002)  # fmt: skip
+
+    monkeypatch.setattr(sweep_module, "train_memorization", wreck)
+    outcome = retrain_incrementally(model, data, RetrainSpec(stages=(0.5, 1.0)), 1, direct)
+    assert outcome.accuracy == accuracy(model, data) == direct and outcome.epochs == 1
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, start[name]), name
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [([0.5, 0.75], "must end at 1"), ([0.5, 0.5, 1.0], "must rise"), ([0.0, 1.0], "(0, 1]")],
+)
+def test_incremental_stages_must_rise_to_one(stages: list[float], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RetrainSpec.model_validate({"stages": stages})
+    assert RetrainSpec.model_validate({"stages": [0.5, 1]}).stages == (0.5, 1.0)  # JSON's 1
 
 
 def test_sweep_records_every_precision_in_order() -> None:
