@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -60,6 +61,6 @@ class RetrainSpec(TrainSpec):
             raise ValueError("must end at 1 (every weight fixed), e.g. [0.5, 0.75, 1]")
         if any(not 0.0 < share <= 1.0 for share in stages):
             raise ValueError("each share must be in (0, 1]")
-        if any(b <= a for a, b in zip(stages, stages[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(stages)):
             raise ValueError("shares must rise from stage to stage")
         return stages
