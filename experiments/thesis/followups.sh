@@ -40,7 +40,8 @@ retrain_sweep() {  # NAME N RETRAIN_LR
 {"model": {"kind": "fcdnn", "width": 64, "depth": 2}, "n": $2, "bits": [8, 7, 6, 5, 4],
  "train": {"lr": 0.020319741211370607, "momentum": 0.9000140663419436,
            "lr_decay": 0.29996974708192226, "batch_size": 128},
- "retrain": {"lr": $3, "epochs": 200, "patience": 20, "max_decays": 3, "refit_steps": false}}
+ "retrain": {"method": "straight_through", "lr": $3, "epochs": 200, "patience": 20,
+             "max_decays": 3, "refit_steps": false}}
 JSON
 }
 retrain_sweep fcdnn-64x2-full-retrain200 23765 0.002
@@ -53,13 +54,14 @@ retrain_sweep fcdnn-64x2-half-retrain200-lr0.02 11882 0.02
 run fcdnn-128x3-half-n65536 sweep - <<JSON
 {"model": {"kind": "fcdnn", "width": 128, "depth": 3}, "n": 65536, "bits": [8, 6, 5, 4],
  "train": {"lr": 0.02, "batch_size": 128, "epochs": 600},
- "retrain": {"epochs": 30, "refit_steps": false}}
+ "retrain": {"method": "straight_through", "epochs": 30, "refit_steps": false}}
 JSON
 # ... and with the longer retraining (patience 20, up to 200 epochs per precision).
 run fcdnn-128x3-half-n65536-retrain200 sweep - <<JSON
 {"model": {"kind": "fcdnn", "width": 128, "depth": 3}, "n": 65536, "bits": [8, 6, 5, 4],
  "train": {"lr": 0.02, "batch_size": 128, "epochs": 600},
- "retrain": {"epochs": 200, "patience": 20, "max_decays": 3, "refit_steps": false}}
+ "retrain": {"method": "straight_through", "epochs": 200, "patience": 20, "max_decays": 3,
+             "refit_steps": false}}
 JSON
 
 # Issue 17: retraining variants at full capacity (FCDNN 64x2, the runs above: 8 bits
@@ -73,7 +75,8 @@ variant() {  # NAME N RETRAIN_JSON: the seed-0 FCDNN 64x2 at N, retrained as RET
  "retrain": $3}
 JSON
 }
-retrain200='"lr": 0.002, "epochs": 200, "patience": 20, "max_decays": 3'
+# (straight through: every variant here predates incremental retraining, the default now)
+retrain200='"method": "straight_through", "lr": 0.002, "epochs": 200, "patience": 20, "max_decays": 3'
 fixed='"refit_steps": false'  # D fixed: the default until D refitting measured better
 # D re-estimated (Lloyd-Max) after every retraining epoch instead of fixed
 variant fcdnn-64x2-full-retrain200-refit 23765 "{$retrain200, \"refit_steps\": true}"
@@ -83,8 +86,8 @@ variant fcdnn-64x2-full-retrain200-fromfloat 23765 "{$retrain200, $fixed, \"star
 variant fcdnn-64x2-full-retrain200-b128 23765 "{$retrain200, $fixed, \"batch_size\": 128}"
 # at batch 128 from the training's own rate, with its own plateau decay (4 decays of 0.3)
 variant fcdnn-64x2-full-retrain300-b128-lr0.02 23765 \
-  '{"lr": 0.02, "batch_size": 128, "epochs": 300, "patience": 20, "max_decays": 4,
-    "refit_steps": false}'
+  '{"method": "straight_through", "lr": 0.02, "batch_size": 128, "epochs": 300, "patience": 20,
+    "max_decays": 4, "refit_steps": false}'
 # Refitting D helped most (6 bits: 96.2% against 93.8%); combined with the others, and
 # with more patience (the refitted retrainings ran 142-184 of their 200 epochs).
 variant fcdnn-64x2-full-retrain200-refit-b128 23765 \
@@ -92,12 +95,14 @@ variant fcdnn-64x2-full-retrain200-refit-b128 23765 \
 variant fcdnn-64x2-full-retrain200-refit-fromfloat 23765 \
   "{$retrain200, \"refit_steps\": true, \"start\": \"float\"}"
 variant fcdnn-64x2-full-retrain600-p50-refit 23765 \
-  '{"lr": 0.002, "epochs": 600, "patience": 50, "max_decays": 3, "refit_steps": true}'
+  '{"method": "straight_through", "lr": 0.002, "epochs": 600, "patience": 50, "max_decays": 3,
+    "refit_steps": true}'
 # The thesis's half-capacity network (above) with D refitted and the longer retraining.
 run fcdnn-128x3-half-n65536-retrain200-refit sweep - <<JSON
 {"model": {"kind": "fcdnn", "width": 128, "depth": 3}, "n": 65536, "bits": [8, 6, 5, 4],
  "train": {"lr": 0.02, "batch_size": 128, "epochs": 600},
- "retrain": {"epochs": 200, "patience": 20, "max_decays": 3, "refit_steps": true}}
+ "retrain": {"method": "straight_through", "epochs": 200, "patience": 20, "max_decays": 3,
+             "refit_steps": true}}
 JSON
 
 # The "-refit" runs above searched a grid for D after every epoch (the code before the warm
@@ -109,19 +114,21 @@ variant fcdnn-64x2-half-retrain200-refit-warm 11882 "{$retrain200, \"refit_steps
 run fcdnn-128x3-half-n65536-retrain200-refit-warm sweep - <<JSON
 {"model": {"kind": "fcdnn", "width": 128, "depth": 3}, "n": 65536, "bits": [8, 6, 5, 4],
  "train": {"lr": 0.02, "batch_size": 128, "epochs": 600},
- "retrain": {"epochs": 200, "patience": 20, "max_decays": 3, "refit_steps": true}}
+ "retrain": {"method": "straight_through", "epochs": 200, "patience": 20, "max_decays": 3,
+             "refit_steps": true}}
 JSON
 # The half-capacity 64x2 at 4 bits was still rising at 200 epochs (95.2%): up to 600.
 variant fcdnn-64x2-half-retrain600-p50-refit-warm 11882 \
-  '{"lr": 0.002, "epochs": 600, "patience": 50, "max_decays": 3, "refit_steps": true}'
+  '{"method": "straight_through", "lr": 0.002, "epochs": 600, "patience": 50, "max_decays": 3,
+    "refit_steps": true}'
 # The default retraining (20 epochs, patience 5), D refitted: what the longer one buys.
-variant fcdnn-64x2-full-retrain20-refit-warm 23765 '{"refit_steps": true}'
-variant fcdnn-64x2-half-retrain20-refit-warm 11882 '{"refit_steps": true}'
+variant fcdnn-64x2-full-retrain20-refit-warm 23765 '{"method": "straight_through"}'
+variant fcdnn-64x2-half-retrain20-refit-warm 11882 '{"method": "straight_through"}'
 # The 4-bit retraining at half capacity rises slowly at lr 0.002 and never recovers at
 # 0.02 with patience 20 (it first loses, then climbs for hundreds of epochs): lr 0.02 at
 # batch 128 with patience 100, up to 1500 epochs, D refitted warm; at full and half
 # capacity, and at the thesis's own half capacity for the 64x2 (2.3 x 8,450 / 2 = 9,718).
-slow_climb='{"lr": 0.02, "batch_size": 128, "lr_decay": 0.3, "epochs": 1500, "patience": 100,
+slow_climb='{"method": "straight_through", "lr": 0.02, "batch_size": 128, "lr_decay": 0.3, "epochs": 1500, "patience": 100,
  "max_decays": 3}'
 variant fcdnn-64x2-full-retrain1500-p100-lr0.02-b128 23765 "$slow_climb"
 variant fcdnn-64x2-half-retrain1500-p100-lr0.02-b128 11882 "$slow_climb"
@@ -138,7 +145,7 @@ trial_sweep() {  # NAME N SEED LR MOMENTUM LR_DECAY
 {"model": {"kind": "fcdnn", "width": 64, "depth": 2}, "n": $2, "bits": [8, 7, 6, 5, 4],
  "train": {"lr": $4, "momentum": $5, "lr_decay": $6, "batch_size": 128, "epochs": 3000,
            "patience": 100},
- "retrain": {"epochs": 200, "patience": 20, "max_decays": 3}}
+ "retrain": {"method": "straight_through", "epochs": 200, "patience": 20, "max_decays": 3}}
 JSON
 }
 seed0='0.18788592231830267 0.6575964992582775 0.2185257202064414'
@@ -167,3 +174,20 @@ run gru-38-5760s "${recurrent[@]}" --budget-seconds 5760 --model gru --hidden 38
 # Stop 35: the tanh RNN-75 seeds 1 and 2 at 2,880 s (seed 0 did not move), one per core.
 SEED=1 run rnn-75-2880s-seed1 "${recurrent[@]}" --model rnn --hidden 75
 SEED=2 run rnn-75-2880s-seed2 "${recurrent[@]}" --model rnn --hidden 75
+
+# Stop 41: incremental retraining (Zhou et al. 2017; `retrain.method`, the default now)
+# against the straight-through retraining with D refitted warm (the default before), each
+# on the same float network: the seed-0 64x2 at full capacity (8 to 6 bits) and at half
+# capacity (8 to 4 bits), up to 200 epochs a stage or precision, patience 20.
+compare() {  # NAME N BITS METHOD
+  run "$1" sweep - <<JSON
+{"model": {"kind": "fcdnn", "width": 64, "depth": 2}, "n": $2, "bits": $3,
+ "train": {"lr": 0.020319741211370607, "momentum": 0.9000140663419436,
+           "lr_decay": 0.29996974708192226, "batch_size": 128},
+ "retrain": {"method": "$4", "lr": 0.002, "epochs": 200, "patience": 20, "max_decays": 3}}
+JSON
+}
+compare fcdnn-64x2-full-incremental 23765 "[8, 7, 6]" incremental
+compare fcdnn-64x2-full-straight-through 23765 "[8, 7, 6]" straight_through
+compare fcdnn-64x2-half-incremental 11882 "[8, 6, 5, 4]" incremental
+compare fcdnn-64x2-half-straight-through 11882 "[8, 6, 5, 4]" straight_through
