@@ -65,8 +65,9 @@ def train_memorization(
 
     The model keeps the weights with the best accuracy seen (the starting ones included).
     The plateau, decay and stop rule is `schedule.Schedule`'s, shared with the batched
-    engine. A NaN or infinite loss ends training as diverged. A recurrent model on a CPU
-    trains through the engine's C kernels where they are found (`kernel_path`).
+    engine. A NaN or infinite loss ends training as diverged. On a CPU a recurrent model,
+    or a CNN whose C step pays, trains through the engine's C kernels where they are found
+    (`kernel_path`).
     """
     started = time.perf_counter()
     device = data.x.device
