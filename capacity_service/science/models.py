@@ -196,7 +196,7 @@ def initial_parameters(spec: ModelSpecT, seed: int) -> list[torch.Tensor]:
     cost it a fifth of a short FCDNN run)."""
     generator = torch.Generator().manual_seed(seed)
     tensors = []
-    for shape, drawn in _initial_layout(spec):
+    for _, shape, drawn in _layout(spec):
         tensor = torch.zeros(shape)
         if drawn:
             nn.init.kaiming_normal_(tensor, nonlinearity="relu", generator=generator)
@@ -206,26 +206,24 @@ def initial_parameters(spec: ModelSpecT, seed: int) -> list[torch.Tensor]:
 
 def parameter_shapes(spec: ModelSpecT) -> tuple[torch.Size, ...]:
     """The shape of each of the model's parameters, in `parameters()` order."""
-    return tuple(shape for shape, _ in _initial_layout(spec))
+    return tuple(shape for _, shape, _ in _layout(spec))
 
 
-@functools.cache
 def parameter_names(spec: ModelSpecT) -> tuple[str, ...]:
     """The name of each of the model's parameters, in `parameters()` order, as they are
     before a parametrization (a fixed-point precision) moves one under
     `parametrizations.`: e.g. "cell.weight_ih"; `getattr` along the name reads the weight
     the forward pass computes with."""
-    with torch.device("meta"):
-        return tuple(name for name, _ in _construct(spec).named_parameters())
+    return tuple(name for name, _, _ in _layout(spec))
 
 
 @functools.cache
-def _initial_layout(spec: ModelSpecT) -> tuple[tuple[torch.Size, bool], ...]:
-    """Each parameter's shape and whether it is drawn (He) or starts at zero."""
+def _layout(spec: ModelSpecT) -> tuple[tuple[str, torch.Size, bool], ...]:
+    """Each parameter's name, shape and whether it is drawn (He) or starts at zero."""
     with torch.device("meta"):
         model = _construct(spec)
     return tuple(
-        (tensor.shape, name.rsplit(".", 1)[-1].startswith("weight")
+        (name, tensor.shape, name.rsplit(".", 1)[-1].startswith("weight")
          and not (model.zero_output and model.layer_of(name) == "output"))
         for name, tensor in model.named_parameters()
     )  # fmt: skip

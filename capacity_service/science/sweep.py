@@ -98,9 +98,11 @@ def sweep_at(
             model.load_state_dict(float_state)
         apply_precision(model, bits)
         quantized = accuracy(model, data)
-        retrain = retrain_incrementally if spec.retrain.method == "incremental" else retrain_through
-        retrained = retrain(model, data, spec.retrain, derive_seed(spec.seed, f"retrain-{bits}"),
-                            quantized, on_epoch)  # fmt: skip
+        seed = derive_seed(spec.seed, f"retrain-{bits}")
+        if spec.retrain.method == "incremental":
+            retrained = retrain_incrementally(model, data, spec.retrain, seed, quantized, on_epoch)
+        else:
+            retrained = retrain_through(model, data, spec.retrain, seed, on_epoch)
         steps = current_steps(model)  # the best weights' D (refitted or not)
         point = SweepPoint(
             bits=bits,
@@ -136,13 +138,12 @@ def retrain_through(
     data: Dataset,
     retrain: RetrainSpec,
     seed: int,
-    quantized: float,
     on_epoch: ProgressCallback | None = None,
 ) -> TrainOutcome:
     """Straight-through retraining of the quantized `model` (every weight computes in
     fixed point, the gradient goes to the float weights), D refitted after every epoch
     where `retrain.refit_steps` says so. The trainer keeps the best weights, the starting
-    ones included, so it needs no `quantized` (taken for the methods' common signature)."""
+    ones included."""
     on_retrain_epoch = on_epoch
     if retrain.refit_steps:
 
@@ -171,13 +172,13 @@ def retrain_incrementally(
     started = time.perf_counter()
     start = snapshot(model)
     epochs, diverged, lr = 0, False, retrain.lr
-    for index, share in enumerate(retrain.stages):
+    for index, share in enumerate(retrain.stages[:-1]):  # the last, 1, leaves none to train
         freeze_share(model, share)
-        if share == 1.0 or diverged:
-            continue  # nothing left to train
         stage = train_memorization(model, data, retrain, derive_seed(seed, f"stage-{index}"),
                                    on_epoch)  # fmt: skip
         epochs, diverged, lr = epochs + stage.epochs, stage.diverged, stage.final_lr
+        if diverged:
+            break
     freeze_share(model, 1.0)
     ended = accuracy(model, data)
     thaw(model)  # all fixed: the plain fixed-point model again

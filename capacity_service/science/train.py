@@ -39,7 +39,12 @@ ProgressCallback = Callable[[EpochProgress], None]
 @torch.no_grad()
 def accuracy(model: nn.Module, data: Dataset) -> float:
     """Fraction of the N samples whose label the model predicts."""
-    path = KernelPath.find(model, data.x.device)
+    return _accuracy(model, data, KernelPath.find(model, data.x.device))
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, data: Dataset, path: KernelPath | None) -> float:
+    """`accuracy` through `path`'s kernels where there is one, else the model's forward."""
     forward = model if path is None else path.logits
     was_training = model.training
     model.eval()
@@ -76,7 +81,7 @@ def train_memorization(
     path = KernelPath.find(model, device)
     # The starting weights count too: retraining a quantized model must not end worse
     # than it began, and one that already memorizes everything needs no epoch.
-    schedule = Schedule.start(train, accuracy(model, data))
+    schedule = Schedule.start(train, _accuracy(model, data, path))
     best_state = snapshot(model)
     model.train()
     over = schedule.done_before_start
@@ -85,7 +90,7 @@ def train_memorization(
         if not math.isfinite(loss):
             schedule.diverge()
             break
-        current, lr = accuracy(model, data), schedule.lr
+        current, lr = _accuracy(model, data, path), schedule.lr
         over = schedule.end_epoch(current)
         if schedule.improved:
             best_state = snapshot(model)
@@ -104,7 +109,7 @@ def train_memorization(
         optimizer.lr = schedule.lr
     model.load_state_dict(best_state)  # after a divergence too: never keep NaN weights
     return TrainOutcome(
-        accuracy=accuracy(model, data),
+        accuracy=_accuracy(model, data, path),
         epochs=schedule.epoch,
         diverged=schedule.diverged,
         wall_seconds=time.perf_counter() - started,
