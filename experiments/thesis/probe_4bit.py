@@ -9,10 +9,21 @@ float training (as `capacity sweep` makes them; the settings of followups.sh):
 - `from-scratch BITS`: can the BITS-bit network hold N at all? Train it quantized from its
   initial weights (D refitted after every epoch) with the float training's settings.
 
+- `incremental VARIANT`: the incremental retraining (the sweep's default) 8 to 4 bits,
+  each precision's stages logged, with one change against the sweep's (`plain`):
+  `settle` starts each precision from the previous one's fixed-point values instead of
+  its float weights (the fixed share's float values stop training when it is fixed);
+  `by-error` / `by-error-desc` fix the weights nearest to / farthest from their level
+  first instead of the largest; `margin` trains a stage that reached 100% 50 epochs more
+  (lower loss, larger margins) before the next share is fixed; `polish` retrains the
+  all-fixed network straight through afterwards (D fixed). `--lr`, `--patience` set the
+  stages' rate and patience, `--bits 8,7,6` the precisions.
+
 Each writes followups/probes/NAME.json (not a sweep file, so the report leaves it out).
 Run from the repository root, one core:
     OMP_NUM_THREADS=1 .venv/bin/python experiments/thesis/probe_4bit.py margin 300
     OMP_NUM_THREADS=1 .venv/bin/python experiments/thesis/probe_4bit.py from-scratch 4
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/thesis/probe_4bit.py incremental settle --lr 0.01
 """
 
 from __future__ import annotations
@@ -24,10 +35,13 @@ from pathlib import Path
 
 import torch
 
+from capacity_service.science import fixed_point
 from capacity_service.science.data import Dataset, make_dataset
 from capacity_service.science.fixed_point import apply_precision, refit_steps
 from capacity_service.science.models import MemorizationModel, build_model
+from capacity_service.science.quantize import quantize
 from capacity_service.science.seeds import derive_seed
+from capacity_service.science.sweep import retrain_through
 from capacity_service.science.train import (
     EpochProgress,
     MomentumSGD,
@@ -36,9 +50,10 @@ from capacity_service.science.train import (
     accuracy,
     train_memorization,
 )
-from capacity_service.specs import SweepSpec
+from capacity_service.specs import RetrainSpec, SweepSpec
 
 OUT = Path("experiments/thesis/followups/probes")
+VARIANTS = ("plain", "settle", "by-error", "by-error-desc", "margin", "polish")
 SPEC = {  # seed 0's FCDNN 64x2 training, as in followups.sh
     "model": {"kind": "fcdnn", "width": 64, "depth": 2},
     "bits": [8, 7, 6, 5, 4],
@@ -98,6 +113,80 @@ def from_scratch(spec: SweepSpec, n: int, bits: int) -> dict[str, object]:
     return {"bits": bits, "accuracy": trained.accuracy, "epochs": trained.epochs}
 
 
+def incremental(spec: SweepSpec, n: int, variant: str) -> dict[str, object]:
+    """The sweep's incremental retraining written out stage by stage, with `variant`'s one
+    change; returns every precision's accuracies and the last precision's stages."""
+    data, model = _network(spec, n)
+    trained = train_memorization(model, data, spec.train, derive_seed(spec.seed, "shuffle"))
+    retrain, points = spec.retrain, []
+    stages: list[list[float]] = []
+    for bits in spec.bits:
+        apply_precision(model, bits)
+        quantized = accuracy(model, data)
+        seed = derive_seed(spec.seed, f"retrain-{bits}")
+        stages = []
+        for index, share in enumerate(retrain.stages[:-1]):
+            _fix_share(model, share, variant)
+            fixed = accuracy(model, data)
+            stage = train_memorization(model, data, retrain, derive_seed(seed, f"stage-{index}"))
+            if variant == "margin" and stage.accuracy == 1.0:
+                _train_on(
+                    model, data, retrain, stage.final_lr, derive_seed(seed, f"margin-{index}")
+                )
+            stages.append([share, fixed, accuracy(model, data), stage.epochs])
+        _fix_share(model, 1.0, variant)
+        ended = accuracy(model, data)
+        fixed_point.thaw(model)
+        if variant == "settle":  # the float weights take the fixed-point values
+            with torch.no_grad():
+                for name, quantizer in fixed_point._quantizers(model).items():
+                    weight = fixed_point.float_weight(model, name)
+                    weight.copy_(quantize(weight, quantizer.bits, quantizer.step))
+        if variant == "polish":
+            through = retrain.model_copy(
+                update={"method": "straight_through", "refit_steps": False}
+            )
+            ended = retrain_through(model, data, through, derive_seed(seed, "polish")).accuracy
+        points.append([bits, quantized, ended])
+    return {
+        "variant": variant,
+        "retrain": retrain.model_dump(mode="json"),
+        "float_accuracy": trained.accuracy,
+        "float_epochs": trained.epochs,
+        "points (bits, quantized, retrained)": points,
+        "last precision's stages (share, fixed, retrained, epochs)": stages,
+    }
+
+
+def _fix_share(model: MemorizationModel, share: float, variant: str) -> None:
+    """`fixed_point.freeze_share`, or its order by distance to the nearest level."""
+    if not variant.startswith("by-error"):
+        fixed_point.freeze_share(model, share)
+        return
+    for name, quantizer in fixed_point._quantizers(model).items():
+        weight = fixed_point.float_weight(model, name).detach()
+        frozen = quantizer.frozen
+        if frozen is None:
+            frozen = torch.zeros_like(weight, dtype=torch.bool)
+        more = round(share * weight.numel()) - int(frozen.sum())
+        if more > 0:
+            error = (weight - quantize(weight, quantizer.bits, quantizer.step)).abs()
+            rank = (error if variant == "by-error-desc" else -error).masked_fill(frozen, -1e9)
+            frozen = frozen.flatten().clone()
+            frozen[rank.flatten().topk(more).indices] = True
+            frozen = frozen.view_as(weight)
+        quantizer.frozen = frozen
+
+
+def _train_on(
+    model: MemorizationModel, data: Dataset, retrain: RetrainSpec, lr: float, seed: int
+) -> None:
+    optimizer = MomentumSGD(list(model.parameters()), lr=lr, momentum=retrain.momentum)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(50):
+        _train_one_epoch(model, data, optimizer, retrain.batch_size, generator)
+
+
 def _refit_after_each_epoch(model: MemorizationModel) -> ProgressCallback:
     def refit(_progress: EpochProgress) -> None:
         refit_steps(model)  # as the sweep does by default
@@ -107,17 +196,37 @@ def _refit_after_each_epoch(model: MemorizationModel) -> ProgressCallback:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("probe", choices=["margin", "from-scratch"])
-    parser.add_argument("value", type=int, help="margin: extra epochs; from-scratch: bits")
+    parser.add_argument("probe", choices=["margin", "from-scratch", "incremental"])
+    parser.add_argument(
+        "value",
+        help="margin: extra epochs; from-scratch: bits; incremental: " + ", ".join(VARIANTS),
+    )
     parser.add_argument("--n", type=int, default=11882, help="samples (default: half capacity)")
+    parser.add_argument("--lr", type=float, default=0.002, help="incremental: the stages' rate")
+    parser.add_argument("--patience", type=int, default=20, help="incremental: the stages'")
+    parser.add_argument("--bits", default="8,6,5,4", help="incremental: the precisions")
     args = parser.parse_args()
-    spec = SweepSpec.model_validate({**SPEC, "n": args.n})
     started = time.perf_counter()
-    run = margin if args.probe == "margin" else from_scratch
-    result = {"probe": args.probe, "n": args.n, **run(spec, args.n, args.value)}
+    if args.probe == "incremental":
+        if args.value not in VARIANTS:
+            parser.error(f"incremental: VALUE must be one of {', '.join(VARIANTS)}")
+        retrain = {"lr": args.lr, "epochs": max(200, 10 * args.patience),
+                   "patience": args.patience, "max_decays": 3}  # fmt: skip
+        bits = [int(b) for b in args.bits.split(",")]
+        spec = SweepSpec.model_validate({**SPEC, "n": args.n, "bits": bits, "retrain": retrain})
+        found = incremental(spec, args.n, args.value)
+        name = f"fcdnn-64x2-n{args.n}-incremental-{args.value}-lr{args.lr:g}"
+        name += f"-p{args.patience}" if args.patience != 20 else ""
+        name += f"-bits{args.bits.replace(',', '')}" if args.bits != "8,6,5,4" else ""
+    else:
+        spec = SweepSpec.model_validate({**SPEC, "n": args.n})
+        run = margin if args.probe == "margin" else from_scratch
+        found = run(spec, args.n, int(args.value))
+        name = f"fcdnn-64x2-n{args.n}-{args.probe}{args.value}"
+    result = {"probe": args.probe, "n": args.n, **found}
     result["wall_seconds"] = time.perf_counter() - started
     OUT.mkdir(parents=True, exist_ok=True)
-    name = f"fcdnn-64x2-n{args.n}-{args.probe}{args.value}.json"
+    name += ".json"
     (OUT / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 
