@@ -256,3 +256,21 @@ suite_half fcdnn-64x2-half-suite-lr0.01-seed2 2 0.01
 suite_half fcdnn-64x2-half-suite-lr0.002 0 0.002
 suite_half fcdnn-64x2-half-suite-lr0.002-seed1 1 0.002
 suite_half fcdnn-64x2-half-suite-lr0.002-seed2 2 0.002
+# The CNN 3x3 and LSTM-32 full-capacity sweeps ran straight through (before incremental
+# retraining was the default): each seed's stored spec retrained incrementally, down to
+# the precisions that decide the boundary.
+suite_retrained() {  # NAME EXPERIMENT SEED BITS_JSON METHOD
+  local spec
+  spec=$(jq -c --argjson bits "$4" --arg method "$5" '.spec | .bits = $bits
+    | .retrain.method = $method | del(.device)' "experiments/thesis/results/$2.seed$3.json")
+  SEED=$3 run "$1" sweep - <<< "$spec"
+}
+suite_incremental() { suite_retrained "$@" incremental; }
+suite_incremental cnn-3x3-full-incremental cnn-3x3-full 0 "[10, 9, 8, 7, 6]"
+suite_incremental cnn-3x3-full-incremental-seed1 cnn-3x3-full 1 "[10, 9, 8, 7, 6]"
+suite_incremental cnn-3x3-full-incremental-seed2 cnn-3x3-full 2 "[10, 9, 8, 7, 6]"
+suite_incremental lstm-32-full-incremental lstm-32-full 0 "[12, 11, 10, 9, 8]"
+# ... and the CNN straight through on the same machine, for a like-for-like comparison.
+suite_retrained cnn-3x3-full-straight-through cnn-3x3-full 0 "[10, 9, 8, 7, 6]" straight_through
+suite_retrained cnn-3x3-full-straight-through-seed1 cnn-3x3-full 1 "[10, 9, 8, 7, 6]" straight_through
+suite_retrained cnn-3x3-full-straight-through-seed2 cnn-3x3-full 2 "[10, 9, 8, 7, 6]" straight_through
