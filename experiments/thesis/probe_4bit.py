@@ -16,8 +16,13 @@ float training (as `capacity sweep` makes them; the settings of followups.sh):
   `by-error` / `by-error-desc` fix the weights nearest to / farthest from their level
   first instead of the largest; `margin` trains a stage that reached 100% 50 epochs more
   (lower loss, larger margins) before the next share is fixed; `polish` retrains the
-  all-fixed network straight through afterwards (D fixed). `--lr`, `--patience` set the
-  stages' rate and patience, `--bits 8,7,6` the precisions.
+  all-fixed network straight through afterwards (D fixed); `final` trains once more with
+  every quantized weight fixed (the float rest: biases and the output layer);
+  `second-pass`, after the stages, frees the 12.5% of each group whose straight-through
+  gradient on the whole data is largest (the float weights set to their fixed-point
+  values first) and fixes them again through the stages above 87.5%. `--lr`,
+  `--patience`, `--batch` set the stages' rate, patience and batch size, `--stages` the
+  shares, `--bits 8,7,6` the precisions.
 
 Each writes followups/probes/NAME.json (not a sweep file, so the report leaves it out).
 Run from the repository root, one core:
@@ -53,7 +58,9 @@ from capacity_service.science.train import (
 from capacity_service.specs import RetrainSpec, SweepSpec
 
 OUT = Path("experiments/thesis/followups/probes")
-VARIANTS = ("plain", "settle", "by-error", "by-error-desc", "margin", "polish")
+VARIANTS = ("plain", "settle", "by-error", "by-error-desc", "margin", "polish", "final",
+            "second-pass")  # fmt: skip
+SECOND_PASS_FREE = 0.125  # the share a second pass trains in float again
 SPEC = {  # seed 0's FCDNN 64x2 training, as in followups.sh
     "model": {"kind": "fcdnn", "width": 64, "depth": 2},
     "bits": [8, 7, 6, 5, 4],
@@ -135,7 +142,13 @@ def incremental(spec: SweepSpec, n: int, variant: str) -> dict[str, object]:
                 )
             stages.append([share, fixed, accuracy(model, data), stage.epochs])
         _fix_share(model, 1.0, variant)
+        if variant == "final":  # only the unquantized parameters can still move
+            train_memorization(model, data, retrain, derive_seed(seed, "final"))
         ended = accuracy(model, data)
+        if variant == "second-pass":
+            first = ended
+            ended = _second_pass(model, data, retrain, derive_seed(seed, "second-pass"))
+            stages.append([f"second pass from {first}", 1.0 - SECOND_PASS_FREE, ended, 0])
         fixed_point.thaw(model)
         if variant == "settle":  # the float weights take the fixed-point values
             with torch.no_grad():
@@ -156,6 +169,42 @@ def incremental(spec: SweepSpec, n: int, variant: str) -> dict[str, object]:
         "points (bits, quantized, retrained)": points,
         "last precision's stages (share, fixed, retrained, epochs)": stages,
     }
+
+
+def _settle(model: MemorizationModel) -> None:
+    """Every quantized group's float weights take their fixed-point values."""
+    with torch.no_grad():
+        for name, quantizer in fixed_point._quantizers(model).items():
+            weight = fixed_point.float_weight(model, name)
+            weight.copy_(quantize(weight, quantizer.bits, quantizer.step))
+
+
+def _second_pass(model: MemorizationModel, data: Dataset, retrain: RetrainSpec, seed: int) -> float:
+    """Free the SECOND_PASS_FREE share of each group with the largest straight-through
+    gradient and fix it again stage by stage; returns the accuracy, all fixed."""
+    fixed_point.thaw(model)
+    _settle(model)
+    model.zero_grad()
+    for start in range(0, data.n, 4096):
+        logits = model(data.x[start : start + 4096])
+        torch.nn.functional.cross_entropy(
+            logits, data.y[start : start + 4096], reduction="sum"
+        ).backward()
+    for name, quantizer in fixed_point._quantizers(model).items():
+        weight = fixed_point.float_weight(model, name)
+        assert weight.grad is not None
+        grad = weight.grad.abs().flatten()
+        frozen = torch.ones_like(grad, dtype=torch.bool)
+        frozen[grad.topk(round(SECOND_PASS_FREE * grad.numel())).indices] = False
+        quantizer.frozen = frozen.view_as(weight)
+    model.zero_grad()
+    later = [share for share in retrain.stages if share > 1.0 - SECOND_PASS_FREE]
+    for index, share in enumerate(later[:-1]):
+        train_memorization(model, data, retrain, derive_seed(seed, f"stage-{index}"))
+        fixed_point.freeze_share(model, share)
+    train_memorization(model, data, retrain, derive_seed(seed, "last"))
+    fixed_point.freeze_share(model, 1.0)
+    return accuracy(model, data)
 
 
 def _fix_share(model: MemorizationModel, share: float, variant: str) -> None:
@@ -204,6 +253,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=11882, help="samples (default: half capacity)")
     parser.add_argument("--lr", type=float, default=0.002, help="incremental: the stages' rate")
     parser.add_argument("--patience", type=int, default=20, help="incremental: the stages'")
+    parser.add_argument("--batch", type=int, default=32, help="incremental: the stages'")
+    parser.add_argument("--stages", default="", help="incremental: shares, e.g. 0.5,0.75,1")
     parser.add_argument("--bits", default="8,6,5,4", help="incremental: the precisions")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -211,12 +262,17 @@ def main() -> None:
         if args.value not in VARIANTS:
             parser.error(f"incremental: VALUE must be one of {', '.join(VARIANTS)}")
         retrain = {"lr": args.lr, "epochs": max(200, 10 * args.patience),
-                   "patience": args.patience, "max_decays": 3}  # fmt: skip
+                   "patience": args.patience, "max_decays": 3,
+                   "batch_size": args.batch}  # fmt: skip
+        if args.stages:
+            retrain["stages"] = [float(s) for s in args.stages.split(",")]
         bits = [int(b) for b in args.bits.split(",")]
         spec = SweepSpec.model_validate({**SPEC, "n": args.n, "bits": bits, "retrain": retrain})
         found = incremental(spec, args.n, args.value)
         name = f"fcdnn-64x2-n{args.n}-incremental-{args.value}-lr{args.lr:g}"
         name += f"-p{args.patience}" if args.patience != 20 else ""
+        name += f"-b{args.batch}" if args.batch != 32 else ""
+        name += f"-stages{args.stages.replace(',', '_')}" if args.stages else ""
         name += f"-bits{args.bits.replace(',', '')}" if args.bits != "8,6,5,4" else ""
     else:
         spec = SweepSpec.model_validate({**SPEC, "n": args.n})
