@@ -150,11 +150,8 @@ def incremental(spec: SweepSpec, n: int, variant: str) -> dict[str, object]:
             ended = _second_pass(model, data, retrain, derive_seed(seed, "second-pass"))
             stages.append([f"second pass from {first}", 1.0 - SECOND_PASS_FREE, ended, 0])
         fixed_point.thaw(model)
-        if variant == "settle":  # the float weights take the fixed-point values
-            with torch.no_grad():
-                for name, quantizer in fixed_point._quantizers(model).items():
-                    weight = fixed_point.float_weight(model, name)
-                    weight.copy_(quantize(weight, quantizer.bits, quantizer.step))
+        if variant == "settle":
+            _settle(model)
         if variant == "polish":
             through = retrain.model_copy(
                 update={"method": "straight_through", "refit_steps": False}
