@@ -274,6 +274,10 @@ suite_incremental lstm-32-full-incremental lstm-32-full 0 "[12, 11, 10, 9, 8]"
 suite_retrained cnn-3x3-full-straight-through cnn-3x3-full 0 "[10, 9, 8, 7, 6]" straight_through
 suite_retrained cnn-3x3-full-straight-through-seed1 cnn-3x3-full 1 "[10, 9, 8, 7, 6]" straight_through
 suite_retrained cnn-3x3-full-straight-through-seed2 cnn-3x3-full 2 "[10, 9, 8, 7, 6]" straight_through
-# ... and the LSTM-32: seed 0 straight through on the same float network, seed 1 incremental.
-suite_retrained lstm-32-full-straight-through lstm-32-full 0 "[12, 11, 10, 9, 8]" straight_through
+# ... and the LSTM-32: seeds 1 and 2 incremental, each seed straight through on the
+# same float network.
 suite_incremental lstm-32-full-incremental-seed1 lstm-32-full 1 "[12, 11, 10, 9, 8]"
+suite_incremental lstm-32-full-incremental-seed2 lstm-32-full 2 "[12, 11, 10, 9, 8]"
+suite_retrained lstm-32-full-straight-through lstm-32-full 0 "[12, 11, 10, 9, 8]" straight_through
+suite_retrained lstm-32-full-straight-through-seed1 lstm-32-full 1 "[12, 11, 10, 9, 8]" straight_through
+suite_retrained lstm-32-full-straight-through-seed2 lstm-32-full 2 "[12, 11, 10, 9, 8]" straight_through
