@@ -22,7 +22,8 @@ float training (as `capacity sweep` makes them; the settings of followups.sh):
   gradient on the whole data is largest (the float weights set to their fixed-point
   values first) and fixes them again through the stages above 87.5%. `--lr`,
   `--patience`, `--batch` set the stages' rate, patience and batch size, `--stages` the
-  shares, `--bits 8,7,6` the precisions.
+  shares, `--bits 8,7,6` the precisions, `--suite-seed S` the suite's stored half-capacity
+  network of seed S (its training, seed and N) instead of seed 0's at N = 11,882.
 
 Each writes followups/probes/NAME.json (not a sweep file, so the report leaves it out).
 Run from the repository root, one core:
@@ -58,6 +59,7 @@ from capacity_service.science.train import (
 from capacity_service.specs import RetrainSpec, SweepSpec
 
 OUT = Path("experiments/thesis/followups/probes")
+SUITE_HALF = "experiments/thesis/results/fcdnn-64x2-half.seed{seed}.json"
 VARIANTS = ("plain", "settle", "by-error", "by-error-desc", "margin", "polish", "final",
             "second-pass")  # fmt: skip
 SECOND_PASS_FREE = 0.125  # the share a second pass trains in float again
@@ -126,7 +128,7 @@ def incremental(spec: SweepSpec, n: int, variant: str) -> dict[str, object]:
     data, model = _network(spec, n)
     trained = train_memorization(model, data, spec.train, derive_seed(spec.seed, "shuffle"))
     retrain, points = spec.retrain, []
-    stages: list[list[float]] = []
+    stages: list[list[object]] = []
     for bits in spec.bits:
         apply_precision(model, bits)
         quantized = accuracy(model, data)
@@ -253,8 +255,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="incremental: the stages'")
     parser.add_argument("--stages", default="", help="incremental: shares, e.g. 0.5,0.75,1")
     parser.add_argument("--bits", default="8,6,5,4", help="incremental: the precisions")
+    parser.add_argument(
+        "--suite-seed",
+        type=int,
+        help="incremental: that seed's stored fcdnn-64x2-half network and N instead of seed 0's",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
+    n = args.n
     if args.probe == "incremental":
         if args.value not in VARIANTS:
             parser.error(f"incremental: VALUE must be one of {', '.join(VARIANTS)}")
@@ -264,19 +272,24 @@ def main() -> None:
         if args.stages:
             retrain["stages"] = [float(s) for s in args.stages.split(",")]
         bits = [int(b) for b in args.bits.split(",")]
-        spec = SweepSpec.model_validate({**SPEC, "n": args.n, "bits": bits, "retrain": retrain})
-        found = incremental(spec, args.n, args.value)
-        name = f"fcdnn-64x2-n{args.n}-incremental-{args.value}-lr{args.lr:g}"
+        base, network = dict(SPEC), f"n{n}"
+        if args.suite_seed is not None:
+            stored = json.loads(Path(SUITE_HALF.format(seed=args.suite_seed)).read_text())["spec"]
+            base.update(model=stored["model"], train=stored["train"], seed=stored["seed"])
+            n, network = stored["capacity_n"] // 2, f"suite-half-seed{args.suite_seed}"
+        spec = SweepSpec.model_validate({**base, "n": n, "bits": bits, "retrain": retrain})
+        found = incremental(spec, n, args.value)
+        name = f"fcdnn-64x2-{network}-incremental-{args.value}-lr{args.lr:g}"
         name += f"-p{args.patience}" if args.patience != 20 else ""
         name += f"-b{args.batch}" if args.batch != 32 else ""
         name += f"-stages{args.stages.replace(',', '_')}" if args.stages else ""
         name += f"-bits{args.bits.replace(',', '')}" if args.bits != "8,6,5,4" else ""
     else:
-        spec = SweepSpec.model_validate({**SPEC, "n": args.n})
+        spec = SweepSpec.model_validate({**SPEC, "n": n})
         run = margin if args.probe == "margin" else from_scratch
-        found = run(spec, args.n, int(args.value))
-        name = f"fcdnn-64x2-n{args.n}-{args.probe}{args.value}"
-    result = {"probe": args.probe, "n": args.n, **found}
+        found = run(spec, n, int(args.value))
+        name = f"fcdnn-64x2-n{n}-{args.probe}{args.value}"
+    result = {"probe": args.probe, "n": n, **found}
     result["wall_seconds"] = time.perf_counter() - started
     OUT.mkdir(parents=True, exist_ok=True)
     name += ".json"
