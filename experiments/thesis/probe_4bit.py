@@ -128,7 +128,7 @@ def incremental(spec: SweepSpec, n: int, variant: str) -> dict[str, object]:
     data, model = _network(spec, n)
     trained = train_memorization(model, data, spec.train, derive_seed(spec.seed, "shuffle"))
     retrain, points = spec.retrain, []
-    stages: list[list[object]] = []
+    stages: list[list[float]] = []
     for bits in spec.bits:
         apply_precision(model, bits)
         quantized = accuracy(model, data)
@@ -147,10 +147,10 @@ def incremental(spec: SweepSpec, n: int, variant: str) -> dict[str, object]:
         if variant == "final":  # only the unquantized parameters can still move
             train_memorization(model, data, retrain, derive_seed(seed, "final"))
         ended = accuracy(model, data)
-        if variant == "second-pass":
+        if variant == "second-pass":  # logged as a stage: the share fixed while it trains
             first = ended
-            ended = _second_pass(model, data, retrain, derive_seed(seed, "second-pass"))
-            stages.append([f"second pass from {first}", 1.0 - SECOND_PASS_FREE, ended, 0])
+            ended, epochs = _second_pass(model, data, retrain, derive_seed(seed, "second-pass"))
+            stages.append([1.0 - SECOND_PASS_FREE, first, ended, epochs])
         fixed_point.thaw(model)
         if variant == "settle":
             _settle(model)
@@ -178,16 +178,20 @@ def _settle(model: MemorizationModel) -> None:
             weight.copy_(quantize(weight, quantizer.bits, quantizer.step))
 
 
-def _second_pass(model: MemorizationModel, data: Dataset, retrain: RetrainSpec, seed: int) -> float:
+def _second_pass(
+    model: MemorizationModel, data: Dataset, retrain: RetrainSpec, seed: int
+) -> tuple[float, int]:
     """Free the SECOND_PASS_FREE share of each group with the largest straight-through
-    gradient and fix it again stage by stage; returns the accuracy, all fixed."""
+    gradient and fix it again stage by stage; returns the accuracy, all fixed, and the
+    epochs trained."""
     fixed_point.thaw(model)
     _settle(model)
     model.zero_grad()
-    for start in range(0, data.n, 4096):
-        logits = model(data.x[start : start + 4096])
+    chunk = 4096  # samples a forward pass: the whole data's gradient, summed
+    for start in range(0, data.n, chunk):
+        logits = model(data.x[start : start + chunk])
         torch.nn.functional.cross_entropy(
-            logits, data.y[start : start + 4096], reduction="sum"
+            logits, data.y[start : start + chunk], reduction="sum"
         ).backward()
     for name, quantizer in fixed_point._quantizers(model).items():
         weight = fixed_point.float_weight(model, name)
@@ -198,12 +202,15 @@ def _second_pass(model: MemorizationModel, data: Dataset, retrain: RetrainSpec, 
         quantizer.frozen = frozen.view_as(weight)
     model.zero_grad()
     later = [share for share in retrain.stages if share > 1.0 - SECOND_PASS_FREE]
+    epochs = 0
     for index, share in enumerate(later[:-1]):
-        train_memorization(model, data, retrain, derive_seed(seed, f"stage-{index}"))
+        epochs += train_memorization(
+            model, data, retrain, derive_seed(seed, f"stage-{index}")
+        ).epochs
         fixed_point.freeze_share(model, share)
-    train_memorization(model, data, retrain, derive_seed(seed, "last"))
+    epochs += train_memorization(model, data, retrain, derive_seed(seed, "last")).epochs
     fixed_point.freeze_share(model, 1.0)
-    return accuracy(model, data)
+    return accuracy(model, data), epochs
 
 
 def _fix_share(model: MemorizationModel, share: float, variant: str) -> None:
