@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
+from capacity_service.science.code_search import CodeSearchOutcome, search_codes
 from capacity_service.science.data import Dataset, make_dataset
 from capacity_service.science.device import resolve_device
 from capacity_service.science.fixed_point import (
@@ -29,7 +31,12 @@ from capacity_service.science.fixed_point import (
     thaw,
 )
 from capacity_service.science.metrics import mutual_information
-from capacity_service.science.models import MemorizationModel, build_model, count_parameters
+from capacity_service.science.models import (
+    FCDNN,
+    MemorizationModel,
+    build_model,
+    count_parameters,
+)
 from capacity_service.science.schedule import TrainOutcome
 from capacity_service.science.seeds import derive_seed
 from capacity_service.science.train import (
@@ -103,6 +110,9 @@ def sweep_at(
             retrained = retrain_incrementally(model, data, spec.retrain, seed, quantized, on_epoch)
         else:
             retrained = retrain_through(model, data, spec.retrain, seed, on_epoch)
+        searched = _search_codes(model, data, spec.retrain, retrained)
+        if searched is not None:
+            retrained = replace(retrained, accuracy=searched.accuracy)
         steps = current_steps(model)  # the best weights' D (refitted or not)
         point = SweepPoint(
             bits=bits,
@@ -116,6 +126,7 @@ def sweep_at(
             retrain_diverged=retrained.diverged,
             steps=steps,
             levels_used=levels_used(model, bits, steps),
+            code_changes=None if searched is None else searched.changes,
         )
         points.append(point)
         if on_point is not None:
@@ -131,6 +142,18 @@ def sweep_at(
         precision_boundary=precision_boundary(trained.accuracy, points, spec.tolerance),
         wall_seconds=time.perf_counter() - started,
     )
+
+
+def _search_codes(
+    model: MemorizationModel, data: Dataset, retrain: RetrainSpec, retrained: TrainOutcome
+) -> CodeSearchOutcome | None:
+    """The code search after retraining, where it applies: an FCDNN that retrained (not
+    direct quantization, not diverged) and still misses samples."""
+    if not retrain.code_search or retrain.epochs == 0 or not isinstance(model, FCDNN):
+        return None
+    if retrained.diverged or retrained.accuracy == 1.0:
+        return None
+    return search_codes(model, data)
 
 
 def retrain_through(

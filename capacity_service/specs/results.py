@@ -77,6 +77,7 @@ class SweepPoint(Frozen):
     retrain_diverged: bool
     steps: dict[str, float]  # the step D of each quantized group
     levels_used: dict[str, int]  # distinct codes each group uses after retraining
+    code_changes: int | None = None  # codes the code search changed; None: it did not run
 
 
 class SweepCurve(Frozen):

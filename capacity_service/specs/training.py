@@ -54,6 +54,13 @@ class RetrainSpec(TrainSpec):
         "thesis does",
     )
 
+    code_search: bool = Field(
+        True,
+        description="FCDNN: after retraining, change the last hidden layer's integer codes "
+        "one step at a time while that holds more samples (science/code_search.py); other "
+        "kinds, and retraining with 0 epochs, skip it",
+    )
+
     @field_validator("stages")
     @classmethod
     def _rising_to_one(cls, stages: tuple[float, ...]) -> tuple[float, ...]:
