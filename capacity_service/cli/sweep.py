@@ -31,6 +31,7 @@ SWEEP_FLAGS = {
     "retrain_batch_size": "retrain.batch_size",
     "retrain_method": "retrain.method",
     "retrain_stages": "retrain.stages",
+    "code_search": "retrain.code_search",
 }
 
 
@@ -68,6 +69,11 @@ def add_parser(subparsers: Any) -> None:
         "--retrain-stages", type=_float_list,
         help="incremental: the share fixed after each stage, rising to 1: 0.5,0.75,0.875,1",
     )  # fmt: skip
+    sweep.add_argument(
+        "--code-search",
+        action=argparse.BooleanOptionalAction,
+        help="FCDNN: after retraining, search the last hidden layer's codes (default: on)",
+    )
     add_output_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -144,11 +150,13 @@ def run(args: argparse.Namespace) -> int:
             f"\nN = {curve.n:,}: float accuracy {curve.float_accuracy:.4%}, "
             f"I = {curve.float_mutual_information_bits:,.1f} bits"
         )
-        print(f"  {'bits':>4}  {'quantized':>9}  {'retrained':>9}  {'I (bits)':>10}")
+        header = f"  {'bits':>4}  {'quantized':>9}  {'retrained':>9}  {'I (bits)':>10}"
+        print(header + f"  {'codes changed':>13}")
         for p in curve.points:
+            changed = "-" if p.code_changes is None else f"{p.code_changes:,}"
             print(
                 f"  {p.bits:>4}  {p.accuracy_quantized:>9.4f}  {p.accuracy_retrained:>9.4f}  "
-                f"{p.mutual_information_bits:>10,.1f}"
+                f"{p.mutual_information_bits:>10,.1f}  {changed:>13}"
             )
         boundary = curve.precision_boundary
         print(f"  precision boundary: {boundary if boundary is not None else 'none'} bits")

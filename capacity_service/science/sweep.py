@@ -7,7 +7,8 @@ incremental by default (`retrain.method`, `fixed_point.freeze_share`): on FCDNN 
 full capacity (seed 0, N = 23,765, float 100%; up to 200 epochs a stage) it kept 100 /
 99.98 / 98.43% at 8 / 7 / 6 bits where the straight-through retraining with D refitted
 kept 99.98 / 99.45 / 96.28% of the same float network; at half capacity 98.55% at 4 bits
-against 94.26%.
+against 94.26%. After retraining, an FCDNN's last hidden layer's codes are searched
+(`retrain.code_search`, science/code_search.py), where it still misses samples.
 """
 
 from __future__ import annotations

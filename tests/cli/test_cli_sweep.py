@@ -36,6 +36,20 @@ def test_sweep_takes_n_from_a_capacity_result(
     assert document["regime"] == "half" and document["n"] == 45
 
 
+def test_code_search_is_on_by_default_and_the_flag_turns_it_off(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["sweep", *SMALL, "--n", "120", "--bits", "2", "--json", "--quiet"]
+    assert main([*argv, "--no-code-search"]) == 0
+    off = json.loads(capsys.readouterr().out)
+    assert off["points"][0]["code_changes"] is None
+    assert main(argv) == 0  # on by default
+    on = json.loads(capsys.readouterr().out)
+    assert off["points"][0]["accuracy_retrained"] < 1.0  # so the search ran
+    assert on["points"][0]["code_changes"] > 0
+    assert on["points"][0]["accuracy_retrained"] > off["points"][0]["accuracy_retrained"]
+
+
 def test_sweep_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sweep", *SMALL, "--n", "30,40", "--bits", "6,3", "--quiet"]) == 0
     out = capsys.readouterr().out
