@@ -4,8 +4,9 @@ Retraining moves float weights and rounds them, and at half capacity it leaves a
 64x2 at 4 bits 1-2% of its samples short; no retraining variant measured closed that
 (docs/results.md, follow-ups). The codes are what the network computes with, so this
 search changes them directly, one step at a time: a change of weight (i, j) of the last
-hidden layer by +-1 moves only unit i's pre-activation, by +-D h_j, so every candidate j
-of unit i is scored on all N samples in one N x fan-in pass. A change is kept only where
+hidden layer by +-1 (binary: a sign flip, +-2) moves only unit i's pre-activation, by
++-D h_j, so every candidate j of unit i is scored on all N samples in one N x fan-in
+pass. A change is kept only where
 it holds more samples, or as many at a lower cross-entropy, so the search never loses a
 sample the retraining held. Earlier layers are left alone: their candidates cost a pass
 through the layers above each (N x width x width per unit), and on the 64x2 at 4 bits
@@ -39,6 +40,14 @@ class CodeSearchOutcome:
     accuracy: float  # after the search, as `train.accuracy` measures it
     changes: int  # codes changed (each by one step)
     sweeps: int
+
+
+def _steps(codes: torch.Tensor, bits: int) -> list[torch.Tensor]:
+    """Each direction's change of every code of a unit: -1 and +1; binary codes (+-1, no
+    zero) only flip sign."""
+    if bits == 1:
+        return [-2 * codes]
+    return [torch.full_like(codes, -1.0), torch.full_like(codes, 1.0)]
 
 
 @torch.no_grad()
@@ -82,15 +91,15 @@ def search_codes(model: FCDNN, data: Dataset, max_sweeps: int = MAX_SWEEPS) -> C
         for unit in [u for u in range(codes.shape[0]) for _ in range(CHANGES_PER_UNIT)]:
             rest = margin - sign * torch.relu(pre[:, unit]) * toward[unit]
             best = float(score(margin[:, None])[0])
-            found: tuple[float, int] | None = None
-            for delta in (-1.0, 1.0):
-                candidates = pre[:, unit, None] + (delta * step) * below
+            found: tuple[float, int] | None = None  # (change, j)
+            for deltas in _steps(codes[unit], bits):
+                candidates = pre[:, unit, None] + step * deltas * below
                 margins = rest[:, None] + sign[:, None] * torch.relu(candidates) * toward[unit]
                 scores = score(margins)
-                scores[(codes[unit] + delta).abs() > bound] = -torch.inf
+                scores[(codes[unit] + deltas).abs() > bound] = -torch.inf
                 j = int(scores.argmax())
                 if float(scores[j]) > best:
-                    best, found = float(scores[j]), (delta, j)
+                    best, found = float(scores[j]), (float(deltas[j]), j)
             if found is not None:
                 delta, j = found
                 codes[unit, j] += delta

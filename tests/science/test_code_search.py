@@ -43,6 +43,19 @@ def test_the_one_change_that_holds_every_sample_by_hand() -> None:
     assert model.hidden[0].weight.tolist() == [[1.0, 0.0]]  # what the network computes with
 
 
+def test_binary_codes_only_flip_sign_by_hand() -> None:
+    """Codes (-1, -1) hold only (0, 1). Flipping c1 holds (1, 0) too (2 of 3); then c2's
+    flip keeps 2 of 3 at a lower cross-entropy: margins (0.5, -0.5, 1.5) against (0.5,
+    0.5, -0.5), softplus(-m) summing to 1.649 against 1.922. No zero code: binary has none."""
+    model, data = _one_unit_network()
+    with torch.no_grad():
+        model.hidden[0].weight.copy_(torch.tensor([[-1.0, -1.0]]))
+    assert apply_precision(model, 1) == {"hidden.0.weight": 1.0}  # D = mean |W|
+    found = search_codes(model, data)
+    assert (found.accuracy, found.changes, found.sweeps) == (pytest.approx(2 / 3), 2, 2)
+    assert float_weight(model, "hidden.0.weight").tolist() == [[1.0, 1.0]]
+
+
 def test_a_network_holding_every_sample_is_left_alone() -> None:
     model, data = _one_unit_network()
     with torch.no_grad():
