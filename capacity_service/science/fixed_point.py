@@ -118,6 +118,11 @@ def thaw(model: MemorizationModel) -> None:
         quantizer.frozen = None
 
 
+def quantizer_of(model: MemorizationModel, name: str) -> FixedPointWeight | None:
+    """Group `name`'s fixed-point parametrization; None where the group is float."""
+    return _quantizers(model).get(name)
+
+
 def current_steps(model: MemorizationModel) -> dict[str, float]:
     """The step D each quantized group computes with now."""
     return {name: float(quantizer.step) for name, quantizer in _quantizers(model).items()}
