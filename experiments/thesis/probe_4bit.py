@@ -23,13 +23,22 @@ float training (as `capacity sweep` makes them; the settings of followups.sh):
   values first) and fixes them again through the stages above 87.5%. `--lr`,
   `--patience`, `--batch` set the stages' rate, patience and batch size, `--stages` the
   shares, `--bits 8,7,6` the precisions, `--suite-seed S` the suite's stored half-capacity
-  network of seed S (its training, seed and N) instead of seed 0's at N = 11,882.
+  network of seed S (its training, seed and N) instead of seed 0's at N = 11,882;
+  `--code-search` runs the sweep's code search (science/code_search.py) after the last
+  precision.
+- `anneal GROWTH`: soft-to-hard instead of fixing weights: from the float network, train
+  on with a penalty pulling every quantized weight to its nearest 4-bit level, its weight
+  growing by GROWTH an epoch (`--lam0`, `--lr`, `--epochs`; `--suite-seed` as above).
 
 Each writes followups/probes/NAME.json (not a sweep file, so the report leaves it out).
 Run from the repository root, one core:
     OMP_NUM_THREADS=1 .venv/bin/python experiments/thesis/probe_4bit.py margin 300
     OMP_NUM_THREADS=1 .venv/bin/python experiments/thesis/probe_4bit.py from-scratch 4
     OMP_NUM_THREADS=1 .venv/bin/python experiments/thesis/probe_4bit.py incremental settle --lr 0.01
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/thesis/probe_4bit.py incremental plain \
+        --lr 0.01 --suite-seed 0 --code-search
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/thesis/probe_4bit.py anneal 1.007 \
+        --lr 0.01 --epochs 1500 --suite-seed 0
 """
 
 from __future__ import annotations
@@ -42,10 +51,11 @@ from pathlib import Path
 import torch
 
 from capacity_service.science import fixed_point
+from capacity_service.science.code_search import search_codes
 from capacity_service.science.data import Dataset, make_dataset
-from capacity_service.science.fixed_point import apply_precision, refit_steps
+from capacity_service.science.fixed_point import apply_precision, quantizable_groups, refit_steps
 from capacity_service.science.models import MemorizationModel, build_model
-from capacity_service.science.quantize import quantize
+from capacity_service.science.quantize import lloyd_max_refine, lloyd_max_step, quantize
 from capacity_service.science.seeds import derive_seed
 from capacity_service.science.sweep import retrain_through
 from capacity_service.science.train import (
@@ -122,9 +132,12 @@ def from_scratch(spec: SweepSpec, n: int, bits: int) -> dict[str, object]:
     return {"bits": bits, "accuracy": trained.accuracy, "epochs": trained.epochs}
 
 
-def incremental(spec: SweepSpec, n: int, variant: str) -> dict[str, object]:
+def incremental(
+    spec: SweepSpec, n: int, variant: str, code_search: bool = False
+) -> dict[str, object]:
     """The sweep's incremental retraining written out stage by stage, with `variant`'s one
-    change; returns every precision's accuracies and the last precision's stages."""
+    change; returns every precision's accuracies and the last precision's stages. With
+    `code_search`, the sweep's code search runs after the last precision's retraining."""
     data, model = _network(spec, n)
     trained = train_memorization(model, data, spec.train, derive_seed(spec.seed, "shuffle"))
     retrain, points = spec.retrain, []
@@ -160,13 +173,80 @@ def incremental(spec: SweepSpec, n: int, variant: str) -> dict[str, object]:
             )
             ended = retrain_through(model, data, through, derive_seed(seed, "polish")).accuracy
         points.append([bits, quantized, ended])
+    searched = {}
+    if code_search:
+        started = time.perf_counter()
+        found = search_codes(model, data)
+        searched = {"code search (before, after, changes, sweeps, seconds)": [
+            ended, found.accuracy, found.changes, found.sweeps,
+            time.perf_counter() - started]}  # fmt: skip
     return {
+        **searched,
         "variant": variant,
         "retrain": retrain.model_dump(mode="json"),
         "float_accuracy": trained.accuracy,
         "float_epochs": trained.epochs,
         "points (bits, quantized, retrained)": points,
         "last precision's stages (share, fixed, retrained, epochs)": stages,
+    }
+
+
+def anneal(
+    spec: SweepSpec, n: int, growth: float, lr: float, lam0: float, epochs: int
+) -> dict[str, object]:
+    """Soft-to-hard: from the float network, train on with a penalty pulling each
+    quantized group's weights to their nearest level, lam * mean(((W - D codes) / D)^2),
+    lam growing by `growth` an epoch from `lam0` (D refitted after each epoch, momentum
+    SGD at `lr`, batch 32); the fixed-point network's best accuracy over the epochs."""
+    data, model = _network(spec, n)
+    trained = train_memorization(model, data, spec.train, derive_seed(spec.seed, "shuffle"))
+    bits = spec.bits[-1]
+    weights = {name: fixed_point.float_weight(model, name) for name in quantizable_groups(model)}
+    steps = {name: lloyd_max_step(weight, bits) for name, weight in weights.items()}
+    total = sum(weight.numel() for weight in weights.values())
+
+    @torch.no_grad()
+    def fixed_accuracy() -> float:
+        floats = {name: weight.clone() for name, weight in weights.items()}
+        for name, weight in weights.items():
+            weight.copy_(quantize(weight, bits, steps[name]))
+        held = accuracy(model, data)
+        for name, weight in weights.items():
+            weight.copy_(floats[name])
+        return held
+
+    quantized = best = fixed_accuracy()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    generator = torch.Generator().manual_seed(derive_seed(spec.seed, "anneal"))
+    lam, curve = lam0, []
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, 32):
+            batch = order[start : start + 32]
+            loss = torch.nn.functional.cross_entropy(model(data.x[batch]), data.y[batch])
+            for name, weight in weights.items():
+                level = quantize(weight, bits, steps[name]).detach()
+                loss = loss + lam * (((weight - level) / steps[name]) ** 2).sum() / total
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        steps = {name: lloyd_max_refine(w, bits, steps[name]) for name, w in weights.items()}
+        lam *= growth
+        held = fixed_accuracy()
+        best = max(best, held)
+        if epoch % 100 == 0 or held == 1.0:
+            curve.append([epoch, lam, accuracy(model, data), held])
+        if held == 1.0:
+            break
+    return {
+        "bits": bits,
+        "growth": growth,
+        "lr": lr,
+        "lam0": lam0,
+        "float_accuracy": trained.accuracy,
+        "quantized": quantized,
+        "best fixed-point accuracy": best,
+        "every 100 epochs (epoch, lam, float accuracy, fixed-point accuracy)": curve,
     }
 
 
@@ -251,13 +331,16 @@ def _refit_after_each_epoch(model: MemorizationModel) -> ProgressCallback:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("probe", choices=["margin", "from-scratch", "incremental"])
+    parser.add_argument("probe", choices=["margin", "from-scratch", "incremental", "anneal"])
     parser.add_argument(
         "value",
-        help="margin: extra epochs; from-scratch: bits; incremental: " + ", ".join(VARIANTS),
+        help="margin: extra epochs; from-scratch: bits; anneal: the penalty's growth an "
+        "epoch; incremental: " + ", ".join(VARIANTS),
     )
     parser.add_argument("--n", type=int, default=11882, help="samples (default: half capacity)")
-    parser.add_argument("--lr", type=float, default=0.002, help="incremental: the stages' rate")
+    parser.add_argument(
+        "--lr", type=float, default=0.002, help="incremental: the stages' rate; anneal: the rate"
+    )
     parser.add_argument("--patience", type=int, default=20, help="incremental: the stages'")
     parser.add_argument("--batch", type=int, default=32, help="incremental: the stages'")
     parser.add_argument("--stages", default="", help="incremental: shares, e.g. 0.5,0.75,1")
@@ -265,12 +348,28 @@ def main() -> None:
     parser.add_argument(
         "--suite-seed",
         type=int,
-        help="incremental: that seed's stored fcdnn-64x2-half network and N instead of seed 0's",
+        help="incremental, anneal: that seed's stored fcdnn-64x2-half network and N instead "
+        "of seed 0's",
     )
+    parser.add_argument(
+        "--code-search", action="store_true", help="incremental: then the code search"
+    )
+    parser.add_argument("--lam0", type=float, default=0.01, help="anneal: the first penalty")
+    parser.add_argument("--epochs", type=int, default=700, help="anneal: epochs")
     args = parser.parse_args()
     started = time.perf_counter()
     n = args.n
-    if args.probe == "incremental":
+    base, network = dict(SPEC), f"n{n}"
+    if args.suite_seed is not None:
+        stored = json.loads(Path(SUITE_HALF.format(seed=args.suite_seed)).read_text())["spec"]
+        base.update(model=stored["model"], train=stored["train"], seed=stored["seed"])
+        n, network = stored["capacity_n"] // 2, f"suite-half-seed{args.suite_seed}"
+    if args.probe == "anneal":
+        spec = SweepSpec.model_validate({**base, "n": n, "bits": [4]})
+        found = anneal(spec, n, float(args.value), args.lr, args.lam0, args.epochs)
+        name = f"fcdnn-64x2-{network}-anneal{args.value}-lr{args.lr:g}-lam{args.lam0:g}"
+        name += f"-e{args.epochs}"
+    elif args.probe == "incremental":
         if args.value not in VARIANTS:
             parser.error(f"incremental: VALUE must be one of {', '.join(VARIANTS)}")
         retrain = {"lr": args.lr, "epochs": max(200, 10 * args.patience),
@@ -279,18 +378,14 @@ def main() -> None:
         if args.stages:
             retrain["stages"] = [float(s) for s in args.stages.split(",")]
         bits = [int(b) for b in args.bits.split(",")]
-        base, network = dict(SPEC), f"n{n}"
-        if args.suite_seed is not None:
-            stored = json.loads(Path(SUITE_HALF.format(seed=args.suite_seed)).read_text())["spec"]
-            base.update(model=stored["model"], train=stored["train"], seed=stored["seed"])
-            n, network = stored["capacity_n"] // 2, f"suite-half-seed{args.suite_seed}"
         spec = SweepSpec.model_validate({**base, "n": n, "bits": bits, "retrain": retrain})
-        found = incremental(spec, n, args.value)
+        found = incremental(spec, n, args.value, args.code_search)
         name = f"fcdnn-64x2-{network}-incremental-{args.value}-lr{args.lr:g}"
         name += f"-p{args.patience}" if args.patience != 20 else ""
         name += f"-b{args.batch}" if args.batch != 32 else ""
         name += f"-stages{args.stages.replace(',', '_')}" if args.stages else ""
         name += f"-bits{args.bits.replace(',', '')}" if args.bits != "8,6,5,4" else ""
+        name += "-code-search" if args.code_search else ""
     else:
         spec = SweepSpec.model_validate({**SPEC, "n": n})
         run = margin if args.probe == "margin" else from_scratch
