@@ -14,7 +14,7 @@ their best changes raised nothing in 4 sweeps.
 
 On the suite's three half-capacity 64x2 networks at 4 bits (N = 13,490 / 12,900 / 14,291;
 the incremental retraining with its stages at lr 0.01) it raised 98.45 / 98.63 / 97.24%
-to 99.86 / 99.97 / 99.13% in 96-128 s a network
+to 99.86 / 99.97 / 99.13% in 88-116 s a network (one thread)
 (`experiments/thesis/probe_4bit.py incremental plain --lr 0.01 --suite-seed S
 --code-search`).
 """
