@@ -90,13 +90,14 @@ def search_codes(model: FCDNN, data: Dataset, max_sweeps: int = MAX_SWEEPS) -> C
         loss = F.softplus(-margins).clamp(max=_LOSS_CAP).sum(0, dtype=torch.float64)
         return held.sum(0, dtype=torch.float64) - loss / (_LOSS_CAP * data.n + 1)
 
+    current = score(margin[:, None])[0]  # changes only when a change is kept
     changes, sweeps = 0, 0
-    while sweeps < max_sweeps and bool(score(margin[:, None])[0] <= data.n - 1):
+    while sweeps < max_sweeps and bool(current <= data.n - 1):
         sweeps += 1
         changed = 0
         for unit in [u for u in range(codes.shape[0]) for _ in range(CHANGES_PER_UNIT)]:
             rest = margin - sign * torch.relu(pre[:, unit]) * toward[unit]
-            best = float(score(margin[:, None])[0])
+            best = float(current)
             found: tuple[float, int] | None = None  # (change, j)
             for deltas in _steps(codes[unit], bits):
                 candidates = pre[:, unit, None] + step * deltas * below
@@ -111,6 +112,7 @@ def search_codes(model: FCDNN, data: Dataset, max_sweeps: int = MAX_SWEEPS) -> C
                 codes[unit, j] += delta
                 pre[:, unit] += (delta * step) * below[:, j]
                 margin = rest + sign * torch.relu(pre[:, unit]) * toward[unit]
+                current = score(margin[:, None])[0]
                 changed += 1
         changes += changed
         if changed == 0:
