@@ -32,6 +32,7 @@ SWEEP_FLAGS = {
     "retrain_method": "retrain.method",
     "retrain_stages": "retrain.stages",
     "code_search": "retrain.code_search",
+    "search_rounds": "retrain.search_rounds",
 }
 
 
@@ -73,6 +74,12 @@ def add_parser(subparsers: Any) -> None:
         "--code-search",
         action=argparse.BooleanOptionalAction,
         help="FCDNN: after retraining, search the last hidden layer's codes (default: on)",
+    )
+    sweep.add_argument(
+        "--search-rounds",
+        type=int,
+        help="FCDNN, after the code search: rounds that retrain the last hidden layer "
+        "again, the others fixed, and search again (default: 2; 0: none)",
     )
     add_output_arguments(parser)
     parser.set_defaults(handler=run)
@@ -151,12 +158,13 @@ def run(args: argparse.Namespace) -> int:
             f"I = {curve.float_mutual_information_bits:,.1f} bits"
         )
         header = f"  {'bits':>4}  {'quantized':>9}  {'retrained':>9}  {'I (bits)':>10}"
-        print(header + f"  {'codes changed':>13}")
+        print(header + f"  {'codes changed':>13}  {'rounds kept':>11}")
         for p in curve.points:
             changed = "-" if p.code_changes is None else f"{p.code_changes:,}"
+            kept = "-" if p.search_rounds_kept is None else str(p.search_rounds_kept)
             print(
                 f"  {p.bits:>4}  {p.accuracy_quantized:>9.4f}  {p.accuracy_retrained:>9.4f}  "
-                f"{p.mutual_information_bits:>10,.1f}  {changed:>13}"
+                f"{p.mutual_information_bits:>10,.1f}  {changed:>13}  {kept:>11}"
             )
         boundary = curve.precision_boundary
         print(f"  precision boundary: {boundary if boundary is not None else 'none'} bits")

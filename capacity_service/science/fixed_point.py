@@ -111,6 +111,18 @@ def freeze_share(model: MemorizationModel, share: float) -> None:
         quantizer.frozen = frozen
 
 
+def fix_other_groups(model: MemorizationModel, name: str) -> None:
+    """Fix every quantized group at its codes except `name`, which is left with no fixed
+    share, so that an incremental retraining (`freeze_share` from a share below 1)
+    re-quantizes that group alone while the others hold still."""
+    quantizers = _quantizers(model)
+    if name not in quantizers:
+        raise ValueError(f"{name} is not a quantized group of this model")
+    for group, quantizer in quantizers.items():
+        fixed = torch.ones_like(float_weight(model, group), dtype=torch.bool)
+        quantizer.frozen = None if group == name else fixed
+
+
 def thaw(model: MemorizationModel) -> None:
     """Every quantized group back to computing all of its weights in fixed point with
     the gradient straight through (no frozen share)."""

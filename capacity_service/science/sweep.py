@@ -8,14 +8,16 @@ full capacity (seed 0, N = 23,765, float 100%; up to 200 epochs a stage) it kept
 99.98 / 98.43% at 8 / 7 / 6 bits where the straight-through retraining with D refitted
 kept 99.98 / 99.45 / 96.28% of the same float network; at half capacity 98.55% at 4 bits
 against 94.26%. After retraining, an FCDNN's last hidden layer's codes are searched
-(`retrain.code_search`, science/code_search.py), where it still misses samples.
+(`retrain.code_search`, science/code_search.py), where it still misses samples, and then,
+while it misses any, rounds retrain that layer again with the others fixed and search
+again (`retrain.search_rounds`, `search_rounds`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -26,6 +28,7 @@ from capacity_service.science.fixed_point import (
     apply_precision,
     clear_precision,
     current_steps,
+    fix_other_groups,
     freeze_share,
     levels_used,
     refit_steps,
@@ -112,8 +115,12 @@ def sweep_at(
         else:
             retrained = retrain_through(model, data, spec.retrain, seed, on_epoch)
         searched = _search_codes(model, data, spec.retrain, retrained)
+        refined = None
         if searched is not None:
-            retrained = replace(retrained, accuracy=searched.accuracy)
+            assert isinstance(model, FCDNN)  # the search runs on FCDNNs only
+            refined = search_rounds(model, data, spec.retrain, seed, searched, on_epoch)
+            retrained = replace(retrained, accuracy=refined.accuracy,
+                                epochs=retrained.epochs + refined.epochs)  # fmt: skip
         steps = current_steps(model)  # the best weights' D (refitted or not)
         point = SweepPoint(
             bits=bits,
@@ -127,7 +134,8 @@ def sweep_at(
             retrain_diverged=retrained.diverged,
             steps=steps,
             levels_used=levels_used(model, bits, steps),
-            code_changes=None if searched is None else searched.changes,
+            code_changes=None if refined is None else refined.code_changes,
+            search_rounds_kept=None if refined is None else refined.rounds_kept,
         )
         points.append(point)
         if on_point is not None:
@@ -155,6 +163,48 @@ def _search_codes(
     if retrained.diverged or retrained.accuracy == 1.0:
         return None
     return search_codes(model, data)
+
+
+@dataclass(frozen=True)
+class Refinement:
+    accuracy: float
+    code_changes: int  # by every search kept
+    rounds_kept: int  # search rounds that held more samples
+    epochs: int  # every round's retraining epochs, kept or undone
+
+
+def search_rounds(
+    model: FCDNN,
+    data: Dataset,
+    retrain: RetrainSpec,
+    seed: int,
+    searched: CodeSearchOutcome,
+    on_epoch: ProgressCallback | None = None,
+) -> Refinement:
+    """Up to `retrain.search_rounds` rounds after the code search, while samples are
+    missed: each retrains the last hidden layer incrementally again, every other layer
+    fixed at its codes (the float rest, biases and output layer, retrains with it), then
+    searches its codes again. The search's optimum is local; a round moves the layer to
+    another start, fitted to the fixed layers below. A round that ends holding no more
+    samples is undone and ends the rounds."""
+    held, changes, kept, epochs = searched.accuracy, searched.changes, 0, 0
+    last = f"hidden.{len(model.hidden) - 1}.weight"
+    settings = retrain.model_copy(update={"lr": retrain.search_round_lr})
+    for index in range(retrain.search_rounds):
+        if held == 1.0:
+            break
+        before = snapshot(model)
+        fix_other_groups(model, last)
+        # 0: the stages' end is compared after the search, below, not before it
+        stages = retrain_incrementally(model, data, settings, derive_seed(seed, f"round-{index}"),
+                                       0.0, on_epoch)  # fmt: skip
+        epochs += stages.epochs
+        found = None if stages.diverged else search_codes(model, data)
+        if found is None or found.accuracy <= held:
+            model.load_state_dict(before)
+            break
+        held, changes, kept = found.accuracy, changes + found.changes, kept + 1
+    return Refinement(accuracy=held, code_changes=changes, rounds_kept=kept, epochs=epochs)
 
 
 def retrain_through(

@@ -78,6 +78,7 @@ class SweepPoint(Frozen):
     steps: dict[str, float]  # the step D of each quantized group
     levels_used: dict[str, int]  # distinct codes each group uses after retraining
     code_changes: int | None = None  # codes the code search changed; None: it did not run
+    search_rounds_kept: int | None = None  # search rounds that held more; None: none ran
 
 
 class SweepCurve(Frozen):

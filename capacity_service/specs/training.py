@@ -60,6 +60,20 @@ class RetrainSpec(TrainSpec):
         "one step at a time while that holds more samples (science/code_search.py); other "
         "kinds, and retraining with 0 epochs, skip it",
     )
+    search_rounds: Int = Field(
+        2,
+        ge=0,
+        description="FCDNN, after the code search, while samples are still missed: rounds "
+        "that each retrain the last hidden layer incrementally again (every other layer "
+        "fixed at its codes) and search its codes again; the first round that holds no "
+        "more samples is undone and ends them. 0: none",
+    )
+    search_round_lr: Real = Field(
+        0.01,
+        gt=0,
+        description="the learning rate of a search round's retraining (its other settings "
+        "are the retraining's)",
+    )
 
     @field_validator("stages")
     @classmethod

@@ -50,6 +50,20 @@ def test_code_search_is_on_by_default_and_the_flag_turns_it_off(
     assert on["points"][0]["accuracy_retrained"] > off["points"][0]["accuracy_retrained"]
 
 
+def test_search_rounds_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["sweep", *SMALL, "--n", "120", "--bits", "2", "--json", "--quiet"]
+    assert main([*argv, "--search-rounds", "0"]) == 0
+    none = json.loads(capsys.readouterr().out)["points"][0]
+    assert none["search_rounds_kept"] == 0 and none["accuracy_retrained"] < 1.0
+    assert main([*argv, "--search-rounds", "3"]) == 0
+    three = json.loads(capsys.readouterr().out)["points"][0]
+    assert 0 <= three["search_rounds_kept"] <= 3
+    assert three["accuracy_retrained"] >= none["accuracy_retrained"]
+    assert (three["search_rounds_kept"] > 0) == (
+        three["accuracy_retrained"] > none["accuracy_retrained"]
+    )
+
+
 def test_sweep_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sweep", *SMALL, "--n", "30,40", "--bits", "6,3", "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -64,6 +78,7 @@ def test_sweep_table(capsys: pytest.CaptureFixture[str]) -> None:
         (["--n", "50", "--bits", "4,6"], "bits: precisions must fall strictly"),
         (["--n", "50", "--bits", "8,8"], "bits: precisions must fall strictly"),
         (["--n", "50", "--retrain-epochs", "-1"], "retrain.epochs"),
+        (["--n", "50", "--search-rounds", "-1"], "retrain.search_rounds"),
         (["--n", "50", "--retrain-stages", "0.5,0.75"], "retrain.stages: must end at 1"),
         (["--regime", "half"], "capacity_n: regime 'half' needs"),
         (["--regime", "full", "--capacity-result", "/nonexistent.json"], "capacity result"),
