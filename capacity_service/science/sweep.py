@@ -118,7 +118,8 @@ def sweep_at(
         refined = None
         if searched is not None:
             assert isinstance(model, FCDNN)  # the search runs on FCDNNs only
-            refined = search_rounds(model, data, spec.retrain, seed, searched, on_epoch)
+            refined = search_rounds(model, data, spec.retrain, seed, searched, on_epoch,
+                                    should_stop)  # fmt: skip
             retrained = replace(retrained, accuracy=refined.accuracy,
                                 epochs=retrained.epochs + refined.epochs)  # fmt: skip
         steps = current_steps(model)  # the best weights' D (refitted or not)
@@ -180,19 +181,23 @@ def search_rounds(
     seed: int,
     searched: CodeSearchOutcome,
     on_epoch: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
 ) -> Refinement:
     """Up to `retrain.search_rounds` rounds after the code search, while samples are
     missed: each retrains the last hidden layer incrementally again, every other layer
     fixed at its codes (the float rest, biases and output layer, retrains with it), then
     searches its codes again. The search's optimum is local; a round moves the layer to
     another start, fitted to the fixed layers below. A round that ends holding no more
-    samples is undone and ends the rounds."""
+    samples is undone and ends the rounds. `should_stop` is asked before each round (a
+    round takes minutes at N in the tens of thousands); Stopped when it says so."""
     held, changes, kept, epochs = searched.accuracy, searched.changes, 0, 0
     last = f"hidden.{len(model.hidden) - 1}.weight"
     settings = retrain.model_copy(update={"lr": retrain.search_round_lr})
     for index in range(retrain.search_rounds):
         if held == 1.0:
             break
+        if should_stop is not None and should_stop():
+            raise Stopped(f"stopped before search round {index + 1}")
         before = snapshot(model)
         fix_other_groups(model, last)
         # 0: the stages' end is compared after the search, below, not before it

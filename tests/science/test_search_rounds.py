@@ -21,6 +21,7 @@ from capacity_service.science.quantize import quantize
 from capacity_service.science.sweep import search_rounds
 from capacity_service.science.train import accuracy, snapshot, train_memorization
 from capacity_service.specs import FCDNNSpec, RetrainSpec
+from capacity_service.stopping import Stopped
 
 GROUPS = ("hidden.0.weight", "hidden.1.weight")
 
@@ -98,4 +99,13 @@ def test_no_rounds_where_every_sample_is_held_or_none_are_asked() -> None:
     held = CodeSearchOutcome(accuracy=1.0, changes=searched.changes, sweeps=searched.sweeps)
     done = search_rounds(model, data, RetrainSpec(search_rounds=2), seed=5, searched=held)
     assert (done.rounds_kept, done.epochs) == (0, 0)
+    assert all(torch.equal(model.state_dict()[name], before[name]) for name in before)
+
+
+def test_a_stop_request_is_heard_before_each_round() -> None:
+    model, data, searched = _searched_network()
+    before = snapshot(model)
+    with pytest.raises(Stopped, match="before search round 1"):
+        search_rounds(model, data, RetrainSpec(), seed=5, searched=searched,
+                      should_stop=lambda: True)  # fmt: skip
     assert all(torch.equal(model.state_dict()[name], before[name]) for name in before)
