@@ -288,22 +288,11 @@ suite_incremental fcdnn-64x2-full-code-search fcdnn-64x2-full 0 "[8, 7, 6]"
 suite_incremental fcdnn-64x2-full-code-search-seed2 fcdnn-64x2-full 2 "[8, 7, 6]"
 # Search rounds (the default since stop 45: after the code search, the last hidden layer
 # retrained again at lr 0.01 with the first fixed, then searched again, up to 2 rounds):
-# the suite's half-capacity sweeps, each seed's stored spec with the defaults, 8 to 4 bits.
-suite_half_defaults() {  # NAME SEED
-  local spec
-  spec=$(jq -c '.spec | .bits = [8, 7, 6, 5, 4] | del(.device)' \
-    "experiments/thesis/results/fcdnn-64x2-half.seed$2.json")
-  SEED=$2 run "$1" sweep - <<< "$spec"
-}
-suite_half_defaults fcdnn-64x2-half-search-rounds 0
-suite_half_defaults fcdnn-64x2-half-search-rounds-seed1 1
-suite_half_defaults fcdnn-64x2-half-search-rounds-seed2 2
+# the suite's half-capacity sweeps, each seed's stored spec with the defaults, 8 to 4 bits
+# (the stored specs retrain incrementally already) ...
+suite_incremental fcdnn-64x2-half-search-rounds fcdnn-64x2-half 0 "[8, 7, 6, 5, 4]"
+suite_incremental fcdnn-64x2-half-search-rounds-seed1 fcdnn-64x2-half 1 "[8, 7, 6, 5, 4]"
+suite_incremental fcdnn-64x2-half-search-rounds-seed2 fcdnn-64x2-half 2 "[8, 7, 6, 5, 4]"
 # ... and at full capacity, 8 to 6 bits (the thesis's boundary is 6), seeds 0 and 2.
-suite_full_defaults() {  # NAME SEED
-  local spec
-  spec=$(jq -c '.spec | .bits = [8, 7, 6] | del(.device)' \
-    "experiments/thesis/results/fcdnn-64x2-full.seed$2.json")
-  SEED=$2 run "$1" sweep - <<< "$spec"
-}
-suite_full_defaults fcdnn-64x2-full-search-rounds 0
-suite_full_defaults fcdnn-64x2-full-search-rounds-seed2 2
+suite_incremental fcdnn-64x2-full-search-rounds fcdnn-64x2-full 0 "[8, 7, 6]"
+suite_incremental fcdnn-64x2-full-search-rounds-seed2 fcdnn-64x2-full 2 "[8, 7, 6]"
