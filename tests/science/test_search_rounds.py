@@ -24,16 +24,18 @@ from capacity_service.specs import FCDNNSpec, RetrainSpec
 from capacity_service.stopping import Stopped
 
 GROUPS = ("hidden.0.weight", "hidden.1.weight")
+BITS = 3
+THREE_ROUNDS = RetrainSpec(epochs=30, patience=10, stages=(0.5, 0.875, 1.0), search_rounds=3)
 
 
-def _searched_network(bits: int = 3) -> tuple[FCDNN, Dataset, CodeSearchOutcome]:
+def _searched_network() -> tuple[FCDNN, Dataset, CodeSearchOutcome]:
     """A 12x2 FCDNN trained on 400 samples, quantized, its codes searched to the end."""
     spec = FCDNNSpec(width=12, depth=2, n_in=10)
     data = make_dataset(spec, 400, seed=3)
     model = build_model(spec, seed=3)
     assert isinstance(model, FCDNN)
     train_memorization(model, data, RetrainSpec(lr=0.05, epochs=60, patience=60), seed=0)
-    apply_precision(model, bits)
+    apply_precision(model, BITS)
     searched = search_codes(model, data)
     assert searched.accuracy < 1.0  # rounds have samples to win
     return model, data, searched
@@ -57,8 +59,7 @@ def test_fix_other_groups_fixes_all_but_the_named_group() -> None:
 def test_rounds_never_lose_a_sample_and_leave_every_weight_fixed() -> None:
     model, data, searched = _searched_network()
     steps = current_steps(model)
-    retrain = RetrainSpec(epochs=30, patience=10, stages=(0.5, 0.875, 1.0), search_rounds=3)
-    refined = search_rounds(model, data, retrain, seed=5, searched=searched)
+    refined = search_rounds(model, data, THREE_ROUNDS, seed=5, searched=searched)
     # here the first round holds 24 more of the 400 samples (76.5 -> 82.5%)
     assert refined.accuracy > searched.accuracy
     assert refined.accuracy == accuracy(model, data)
@@ -69,7 +70,7 @@ def test_rounds_never_lose_a_sample_and_leave_every_weight_fixed() -> None:
         quantizer = quantizer_of(model, name)
         assert quantizer is not None and quantizer.frozen is None  # plain fixed point again
     last = float_weight(model, "hidden.1.weight")  # the search wrote its codes back
-    assert torch.equal(last, quantize(last, 3, steps["hidden.1.weight"]))
+    assert torch.equal(last, quantize(last, BITS, steps["hidden.1.weight"]))
 
 
 def test_a_round_that_holds_no_more_is_undone() -> None:
@@ -106,6 +107,10 @@ def test_a_stop_request_is_heard_before_each_round() -> None:
     model, data, searched = _searched_network()
     before = snapshot(model)
     with pytest.raises(Stopped, match="before search round 1"):
-        search_rounds(model, data, RetrainSpec(), seed=5, searched=searched,
+        search_rounds(model, data, THREE_ROUNDS, seed=5, searched=searched,
                       should_stop=lambda: True)  # fmt: skip
     assert all(torch.equal(model.state_dict()[name], before[name]) for name in before)
+    answers = iter([False, True])  # round 1 runs (and is kept, as above), then a stop
+    with pytest.raises(Stopped, match="before search round 2"):
+        search_rounds(model, data, THREE_ROUNDS, seed=5, searched=searched,
+                      should_stop=lambda: next(answers))  # fmt: skip
