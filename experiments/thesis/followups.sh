@@ -296,3 +296,5 @@ suite_incremental fcdnn-64x2-half-search-rounds-seed2 fcdnn-64x2-half 2 "[8, 7, 
 # ... and at full capacity, 8 to 6 bits (the thesis's boundary is 6), seeds 0 and 2.
 suite_incremental fcdnn-64x2-full-search-rounds fcdnn-64x2-full 0 "[8, 7, 6]"
 suite_incremental fcdnn-64x2-full-search-rounds-seed2 fcdnn-64x2-full 2 "[8, 7, 6]"
+# ... and seed 2's half-capacity spec down to 3 bits: what a round costs and gains there.
+suite_incremental fcdnn-64x2-half-search-rounds-3bits-seed2 fcdnn-64x2-half 2 "[8, 7, 6, 5, 4, 3]"
