@@ -56,13 +56,18 @@ def _steps(codes: torch.Tensor, bits: int) -> list[torch.Tensor]:
     return [torch.full_like(codes, -1.0), torch.full_like(codes, 1.0)]
 
 
+def searched_layer(model: FCDNN) -> str:
+    """The group whose codes the search changes: the last hidden layer's weight."""
+    return f"hidden.{len(model.hidden) - 1}.weight"
+
+
 @torch.no_grad()
 def search_codes(model: FCDNN, data: Dataset, max_sweeps: int = MAX_SWEEPS) -> CodeSearchOutcome:
     """Change the last hidden layer's codes of the quantized `model` (every weight fixed,
     `apply_precision`) one step at a time while that holds more of `data`'s samples,
     ties broken by the summed cross-entropy; stops after a sweep that changes nothing, or
     after `max_sweeps`. The float weights take the found fixed-point values."""
-    name = f"hidden.{len(model.hidden) - 1}.weight"
+    name = searched_layer(model)
     quantizer = quantizer_of(model, name)
     if quantizer is None or quantizer.frozen is not None:
         raise ValueError(f"{name} must be quantized with every weight fixed")

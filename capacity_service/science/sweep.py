@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from capacity_service.science.code_search import CodeSearchOutcome, search_codes
+from capacity_service.science.code_search import CodeSearchOutcome, search_codes, searched_layer
 from capacity_service.science.data import Dataset, make_dataset
 from capacity_service.science.device import resolve_device
 from capacity_service.science.fixed_point import (
@@ -114,12 +114,9 @@ def sweep_at(
             retrained = retrain_incrementally(model, data, spec.retrain, seed, quantized, on_epoch)
         else:
             retrained = retrain_through(model, data, spec.retrain, seed, on_epoch)
-        searched = _search_codes(model, data, spec.retrain, retrained)
-        refined = None
-        if searched is not None:
-            assert isinstance(model, FCDNN)  # the search runs on FCDNNs only
-            refined = search_rounds(model, data, spec.retrain, seed, searched, on_epoch,
-                                    should_stop)  # fmt: skip
+        refined = _search_codes(model, data, spec.retrain, retrained, seed, on_epoch,
+                                should_stop)  # fmt: skip
+        if refined is not None:
             retrained = replace(retrained, accuracy=refined.accuracy,
                                 epochs=retrained.epochs + refined.epochs)  # fmt: skip
         steps = current_steps(model)  # the best weights' D (refitted or not)
@@ -155,15 +152,22 @@ def sweep_at(
 
 
 def _search_codes(
-    model: MemorizationModel, data: Dataset, retrain: RetrainSpec, retrained: TrainOutcome
-) -> CodeSearchOutcome | None:
-    """The code search after retraining, where it applies: an FCDNN that retrained (not
-    direct quantization, not diverged) and still misses samples."""
+    model: MemorizationModel,
+    data: Dataset,
+    retrain: RetrainSpec,
+    retrained: TrainOutcome,
+    seed: int,
+    on_epoch: ProgressCallback | None,
+    should_stop: StopCheck | None,
+) -> Refinement | None:
+    """The code search and its rounds after retraining, where they apply: an FCDNN that
+    retrained (not direct quantization, not diverged) and still misses samples."""
     if not retrain.code_search or retrain.epochs == 0 or not isinstance(model, FCDNN):
         return None
     if retrained.diverged or retrained.accuracy == 1.0:
         return None
-    return search_codes(model, data)
+    searched = search_codes(model, data)
+    return search_rounds(model, data, retrain, seed, searched, on_epoch, should_stop)
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,7 @@ def search_rounds(
     samples is undone and ends the rounds. `should_stop` is asked before each round (a
     round takes minutes at N in the tens of thousands); Stopped when it says so."""
     held, changes, kept, epochs = searched.accuracy, searched.changes, 0, 0
-    last = f"hidden.{len(model.hidden) - 1}.weight"
+    last = searched_layer(model)
     settings = retrain.model_copy(update={"lr": retrain.search_round_lr})
     for index in range(retrain.search_rounds):
         if held == 1.0:
