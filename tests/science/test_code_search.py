@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from capacity_service.science import code_search
 from capacity_service.science.code_search import search_codes
 from capacity_service.science.data import Dataset, make_dataset
 from capacity_service.science.fixed_point import (
@@ -16,6 +17,14 @@ from capacity_service.science.quantize import max_code, quantize, quantize_codes
 from capacity_service.science.sweep import sweep
 from capacity_service.science.train import accuracy, train_memorization
 from capacity_service.specs import CNNSpec, FCDNNSpec, RetrainSpec, SweepSpec
+
+
+@pytest.fixture(params=["one chunk", "row by row"])
+def chunking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU scores the samples in chunks of rows (`CPU_CHUNK_ELEMENTS`): each test
+    runs with the default (one chunk here) and with chunks of a single row."""
+    if request.param == "row by row":
+        monkeypatch.setattr(code_search, "CPU_CHUNK_ELEMENTS", 1)
 
 
 def _one_unit_network() -> tuple[FCDNN, Dataset]:
@@ -33,6 +42,7 @@ def _one_unit_network() -> tuple[FCDNN, Dataset]:
     return model, data
 
 
+@pytest.mark.usefixtures("chunking")
 def test_the_one_change_that_holds_every_sample_by_hand() -> None:
     model, data = _one_unit_network()
     assert apply_precision(model, 2) == {"hidden.0.weight": 1.0}
@@ -43,6 +53,7 @@ def test_the_one_change_that_holds_every_sample_by_hand() -> None:
     assert model.hidden[0].weight.tolist() == [[1.0, 0.0]]  # what the network computes with
 
 
+@pytest.mark.usefixtures("chunking")
 def test_binary_codes_only_flip_sign_by_hand() -> None:
     """Codes (-1, -1) hold only (0, 1). Flipping c1 holds (1, 0) too (2 of 3); then c2's
     flip keeps 2 of 3 at a lower cross-entropy: margins (0.5, -0.5, 1.5) against (0.5,
@@ -65,6 +76,7 @@ def test_a_network_holding_every_sample_is_left_alone() -> None:
     assert (found.accuracy, found.changes, found.sweeps) == (1.0, 0, 0)
 
 
+@pytest.mark.usefixtures("chunking")
 def test_search_never_loses_a_sample_and_changes_only_the_last_layer_codes() -> None:
     spec = FCDNNSpec(width=12, depth=2, n_in=10)
     data = make_dataset(spec, 400, seed=3)
