@@ -42,7 +42,7 @@ CHANGES_PER_UNIT = 4
 _LOSS_CAP = 50.0  # a sample's cross-entropy counts at most this much in a tie-break
 # Each candidate pass builds temporaries of rows x fan-in elements. On a CPU, past a few
 # MB each is a fresh mmap whose page faults cost more than its arithmetic (FCDNN 128x3 at
-# N = 2^16: 146 of 252 CPU seconds a sweep in the kernel, 97 in all when chunked), so rows
+# N = 2^16: 154 of 277 CPU seconds a sweep in the kernel, 107 in all when chunked), so rows
 # are scored in chunks of at most this many elements; a single chunk (the 64x2's
 # N < 16,384) scores bitwise as the whole.
 CPU_CHUNK_ELEMENTS = 1 << 20
