@@ -6,7 +6,7 @@ Retraining moves float weights and rounds them, and at half capacity it leaves a
 search changes them directly, one step at a time: a change of weight (i, j) of the last
 hidden layer by +-1 (binary: a sign flip, +-2) moves only unit i's pre-activation, by
 +-D h_j, so every candidate j of unit i is scored on all N samples in one N x fan-in
-pass. A change is kept only where
+pass (in chunks of rows on a CPU). A change is kept only where
 it holds more samples, or as many at a lower cross-entropy, so the search never loses a
 sample the retraining held. Earlier layers are left alone: their candidates cost a pass
 through the layers above each (N x width x width per unit), and on the 64x2 at 4 bits
@@ -103,8 +103,9 @@ def search_codes(model: FCDNN, data: Dataset, max_sweeps: int = MAX_SWEEPS) -> C
     def scored(chunk_margins: Iterable[torch.Tensor]) -> torch.Tensor:
         """Per column of the margins, given chunk by chunk of rows: samples held, less a
         fraction (< 1) for their summed cross-entropy. The current margins are scored
-        through the same chunks as the candidates, so that a change that moves no margin
-        scores exactly as the current codes do."""
+        through the same chunks as the candidates, so both sums add the same rows in the
+        same order (float32 softplus may still round a column apart from a matrix in the
+        last bit: a tie-break at that level is noise either way)."""
         held = torch.zeros((), dtype=torch.float64, device=below.device)
         loss = torch.zeros_like(held)
         for part, margins in zip(chunks, chunk_margins, strict=True):
