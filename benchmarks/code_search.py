@@ -45,6 +45,16 @@ class Case:
     n: int
     bits: int = 4
 
+    @property
+    def spec(self) -> FCDNNSpec:
+        return FCDNNSpec(width=self.width, depth=self.depth)
+
+    def candidate_samples(self) -> int:
+        """Candidate-sample scores a sweep computes: units x visits x 2 directions x
+        fan-in x N (the last hidden layer's fan-in: the width below it, or the input)."""
+        fan_in = self.width if self.depth > 1 else self.spec.input_bits
+        return self.width * CHANGES_PER_UNIT * 2 * fan_in * self.n
+
 
 CASES: tuple[Case, ...] = (
     # the suite's fcdnn-64x2-half, seed 2 (N = 14,291)
@@ -56,7 +66,7 @@ CASES: tuple[Case, ...] = (
 
 def time_sweeps(case: Case, sweeps: int, device: torch.device) -> float:
     """Seconds per sweep of `sweeps` sweeps on a fresh quantized network."""
-    spec = FCDNNSpec(width=case.width, depth=case.depth)
+    spec = case.spec
     model = build_model(spec, 0, device)
     assert isinstance(model, FCDNN)
     data = make_dataset(spec, case.n, 1, device)
@@ -75,11 +85,10 @@ def time_sweeps(case: Case, sweeps: int, device: torch.device) -> float:
 
 def measure_case(case: Case, sweeps: int, repeat: int, device: torch.device) -> dict[str, Any]:
     per_sweep = min(time_sweeps(case, sweeps, device) for _ in range(repeat))
-    evaluations = case.width * CHANGES_PER_UNIT * 2 * case.n * case.width
     return {"case": case.name, "bits": case.bits, "device": device.type,
             "threads": torch.get_num_threads(), "sweeps": sweeps, "repeat": repeat,
             "seconds_per_sweep": per_sweep,
-            "candidate_samples_per_s": evaluations / per_sweep,
+            "candidate_samples_per_s": case.candidate_samples() / per_sweep,
             "precision_bound_s": per_sweep * MAX_SWEEPS * (1 + SEARCH_ROUNDS)}  # fmt: skip
 
 

@@ -68,6 +68,8 @@ def main() -> None:
     seed = derive_seed(spec.seed, f"retrain-{bits}")
     retrained = retrain_incrementally(model, data, spec.retrain, seed, quantized, every_100)
     say(f"retrained incrementally: {retrained.accuracy:.4%} after {retrained.epochs} epochs")
+    if retrained.diverged or retrained.accuracy == 1.0:
+        return  # where the sweep searches no codes either
     searched = search_codes(model, data)
     say(f"code search: {searched.accuracy:.4%}, {searched.changes} codes changed in "
         f"{searched.sweeps} sweeps ({round(data.n * (1 - searched.accuracy))} missed)")  # fmt: skip
